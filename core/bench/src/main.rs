@@ -1,0 +1,682 @@
+//! `proxlab-bench`: Proxlab's benchmarks. Every figure is printed beside its ceiling or floor measured
+//! in the same run, because these machines are noisy: a ratio from one run means more than an absolute.
+//!
+//! - `read`: `GET /api/vms` with 5,000 guests vs the same server's `/health` at 64 connections (wrk), and
+//!   the admin view of one 2,000-guest cluster (~1 MB JSON) at 32 connections.
+//! - `sync`: PVE requests per tick and tick time for N guests and K clusters, counted by the fake cluster.
+//!
+//! Usage: `proxlab-bench [read|sync|all] [--duration SECS]`. Needs `wrk` (Debian package) for `read`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use pve::{Auth, PveClient, PveConfig, Secret, Tls};
+use sync::{AgentDiscovery, ClusterHandle, Inventory, SyncConfig, Syncer};
+use testkit::{ClusterSpec, FakeCluster};
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+    mb_per_s: f64,
+}
+
+fn client(c: &FakeCluster) -> anyhow::Result<PveClient> {
+    let auth = Auth::Token {
+        id: c.token_id.clone(),
+        secret: Secret::new(c.token_secret.clone()),
+    };
+    Ok(PveClient::new(PveConfig::new(
+        c.url.parse()?,
+        auth,
+        Tls::CaFile(c.ca_file.clone()),
+    ))?)
+}
+
+async fn syncer_for(clusters: &[(String, &FakeCluster)]) -> anyhow::Result<Arc<Syncer>> {
+    syncer_with_store(clusters, None).await
+}
+
+async fn syncer_with_store(
+    clusters: &[(String, &FakeCluster)],
+    store: Option<store::Store>,
+) -> anyhow::Result<Arc<Syncer>> {
+    let names: Vec<(String, String)> = clusters.iter().map(|(id, _)| (id.clone(), id.clone())).collect();
+    let inv = Inventory::load(store, &names)?;
+    let mut handles = Vec::new();
+    for (id, c) in clusters {
+        handles.push(ClusterHandle {
+            id: id.clone(),
+            name: id.clone(),
+            client: client(c)?,
+        });
+    }
+    Ok(Syncer::new(
+        inv,
+        handles,
+        SyncConfig::default(),
+        Arc::new(AgentDiscovery),
+    ))
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(url: &str, connections: u32, secs: u64) -> anyhow::Result<Load> {
+    wrk_with(url, connections, secs, &[])
+}
+
+fn wrk_with(url: &str, connections: u32, secs: u64, headers: &[String]) -> anyhow::Result<Load> {
+    let mut args: Vec<String> = [
+        "--latency",
+        "-t",
+        "2",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{secs}s"),
+    ]
+    .map(String::from)
+    .to_vec();
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.clone());
+    }
+    args.push(url.into());
+    let out = Command::new("wrk")
+        .args(&args)
+        .output()
+        .context("running wrk (install the Debian package `wrk`; dev/setup does)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut load = Load::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            load.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            load.p50_ms = parse_ms(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            load.p99_ms = parse_ms(v);
+        } else if t.contains("requests in") {
+            load.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            load.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            load.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if let Some(v) = t.strip_prefix("Transfer/sec:") {
+            let v = v.trim();
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().unwrap_or(0.0);
+            load.mb_per_s = match unit {
+                "GB" => n * 1024.0,
+                "MB" => n,
+                "KB" => n / 1024.0,
+                _ => n / 1024.0 / 1024.0,
+            };
+        }
+    }
+    Ok(load)
+}
+
+/// Credentials of the benchmark's accounts, as wrk header lines.
+struct Creds {
+    admin: String,
+    student_token: String,
+    student_cookie: String,
+}
+
+/// Serves the real router (with accounts: an admin and a student with three assigned VMs of the
+/// default cluster) on 127.0.0.1:0.
+async fn serve(
+    syncer: Arc<Syncer>,
+    store: store::Store,
+    default_cluster: &str,
+) -> anyhow::Result<(String, Creds, tokio::task::JoinHandle<()>)> {
+    use store::{AssignmentRecord, Role, UserRecord};
+    if store.user("bench-admin")?.is_none() {
+        store.create_local_user(UserRecord {
+            name: "bench-admin".into(),
+            role: Role::Admin,
+            ..Default::default()
+        })?;
+        store.create_local_user(UserRecord {
+            name: "bench-student".into(),
+            role: Role::Student,
+            ..Default::default()
+        })?;
+    }
+    let first: Vec<u32> = syncer
+        .inventory()
+        .snapshot()
+        .cluster_guests(default_cluster)
+        .take(3)
+        .map(|g| g.vmid)
+        .collect();
+    for vmid in first {
+        store.create_assignment(AssignmentRecord {
+            cluster: default_cluster.into(),
+            vmid,
+            user: "bench-student".into(),
+            ..Default::default()
+        })?;
+    }
+    let auth = web::auth::AuthState::new(store.clone(), web::auth::AuthConfig::default());
+    let cookie_name = auth.cookie_name();
+    let (admin_token, _) = auth.create_token("bench-admin", None, "bench")?;
+    let (student_token, _) = auth.create_token("bench-student", None, "bench")?;
+    let student = store.user("bench-student")?.context("student")?;
+    let (cookie, _) = auth.start_session(&student, "127.0.0.1".parse()?, None)?;
+    let state = web::AppState::new(
+        syncer.inventory().clone(),
+        syncer,
+        web::WebConfig {
+            default_cluster: default_cluster.into(),
+            ..Default::default()
+        },
+    )
+    .with_auth(auth);
+    let app = web::app(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let creds = Creds {
+        admin: format!("Authorization: Bearer {}", admin_token.expose()),
+        student_token: format!("Authorization: Bearer {}", student_token.expose()),
+        student_cookie: format!("Cookie: {cookie_name}={cookie}"),
+    };
+    Ok((format!("http://{addr}"), creds, task))
+}
+
+async fn bench_read(secs: u64) -> anyhow::Result<()> {
+    println!("== read path (wrk, {secs} s per run, same server, same run)");
+    // 5,000 guests: two clusters (3,000 + 2,000), synced from fake clusters like production.
+    let fakes = tokio::task::spawn_blocking(|| {
+        FakeCluster::start_many(vec![ClusterSpec::generated(3000), ClusterSpec::generated(2000)])
+    })
+    .await??;
+    let store = store::Store::open_temporary()?;
+    let syncer = syncer_with_store(
+        &[("big".into(), &fakes[0]), ("lab".into(), &fakes[1])],
+        Some(store.clone()),
+    )
+    .await?;
+    for r in syncer.sync_once().await {
+        r?;
+    }
+    let total = syncer.inventory().snapshot().guests.len();
+    let (base, creds, server) = serve(syncer.clone(), store.clone(), "big").await?;
+    let admin = creds.admin.clone();
+    let first = testkit::http_client()
+        .get(format!("{base}/api/vms"))
+        .header("authorization", admin.trim_start_matches("Authorization: "))
+        .send()
+        .await?;
+    let etag = first
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let size = first.bytes().await?.len();
+    println!(
+        "inventory: {total} guests; admin /api/vms body {:.2} MB",
+        size as f64 / 1e6
+    );
+    let vmid = syncer
+        .inventory()
+        .snapshot()
+        .cluster_guests("big")
+        .nth(500)
+        .map(|g| g.vmid)
+        .unwrap_or(1500);
+    let base2 = base.clone();
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, Load)>> {
+        let a = std::slice::from_ref(&creds.admin);
+        let mut rows = vec![(
+            "GET /health, anonymous (ceiling)".to_string(),
+            wrk(&format!("{base2}/health"), 64, secs)?,
+        )];
+        rows.push((
+            format!("GET /api/vms, student, bearer ({total} guests)"),
+            wrk_with(
+                &format!("{base2}/api/vms"),
+                64,
+                secs,
+                std::slice::from_ref(&creds.student_token),
+            )?,
+        ));
+        rows.push((
+            "GET /api/vms, student, session cookie".to_string(),
+            wrk_with(
+                &format!("{base2}/api/vms"),
+                64,
+                secs,
+                std::slice::from_ref(&creds.student_cookie),
+            )?,
+        ));
+        rows.push((
+            format!("GET /api/vm/{vmid}/status, admin"),
+            wrk_with(&format!("{base2}/api/vm/{vmid}/status"), 64, secs, a)?,
+        ));
+        rows.push((
+            "GET /api/vms, admin, If-None-Match (304)".to_string(),
+            wrk_with(
+                &format!("{base2}/api/vms"),
+                64,
+                secs,
+                &[creds.admin.clone(), format!("If-None-Match: {etag}")],
+            )?,
+        ));
+        rows.push((
+            "GET /api/vms, admin, gzip".to_string(),
+            wrk_with(
+                &format!("{base2}/api/vms"),
+                64,
+                secs,
+                &[creds.admin.clone(), "Accept-Encoding: gzip".to_string()],
+            )?,
+        ));
+        rows.push((
+            format!("GET /api/vms, admin, plain ({total} guests)"),
+            wrk_with(&format!("{base2}/api/vms"), 64, secs, a)?,
+        ));
+        Ok(rows)
+    })
+    .await??;
+    let ceiling = rows[0].1.rps;
+    for (name, load) in &rows {
+        print_load(&format!("{name} c=64"), load);
+    }
+    println!("ratios to the trivial route (target >= 0.50, p99 < 10 ms):");
+    for (name, load) in rows.iter().skip(1) {
+        println!(
+            "  {name:<46} {:.2}  p99 {:.2} ms  {}",
+            load.rps / ceiling,
+            load.p99_ms,
+            if load.rps / ceiling >= 0.5 && load.p99_ms < 10.0 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+    drop(server);
+
+    // Admin view of all 2,000 guests of one cluster (~1 MB JSON) at 32 connections.
+    let store2 = store::Store::open_temporary()?;
+    let lab_only = syncer_with_store(&[("lab".into(), &fakes[1])], Some(store2.clone())).await?;
+    for r in lab_only.sync_once().await {
+        r?;
+    }
+    let (base3, creds3, _server3) = serve(lab_only.clone(), store2, "lab").await?;
+    let size = testkit::http_client()
+        .get(format!("{base3}/api/vms"))
+        .header(
+            "authorization",
+            creds3.admin.trim_start_matches("Authorization: "),
+        )
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .len();
+    let b = base3.clone();
+    let h = creds3.admin.clone();
+    let admin =
+        tokio::task::spawn_blocking(move || wrk_with(&format!("{b}/api/vms"), 32, secs, &[h])).await??;
+    print_load(
+        &format!("GET /api/vms (2,000 guests, {:.2} MB) c=32", size as f64 / 1e6),
+        &admin,
+    );
+    println!(
+        "admin view: {:.0} req/s (target >= 300), p99 {:.1} ms (target < 50), errors {} (target 0)",
+        admin.rps, admin.p99_ms, admin.errors
+    );
+    Ok(())
+}
+
+fn print_load(name: &str, l: &Load) {
+    println!(
+        "{name:<44} {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>8.1} MB/s  requests {:>8}  errors {}",
+        l.rps, l.p50_ms, l.p99_ms, l.mb_per_s, l.requests, l.errors
+    );
+}
+
+async fn bench_sync() -> anyhow::Result<()> {
+    println!("== sync cost (requests counted by the fake cluster itself)");
+    println!(
+        "{:<28} {:>9} {:>14} {:>12} {:>14}",
+        "setup", "guests", "requests/tick", "tick ms", "first sync ms"
+    );
+    for (k, n) in [(1usize, 2000usize), (3, 2000), (1, 5000)] {
+        let specs: Vec<ClusterSpec> = (0..k).map(|_| ClusterSpec::generated(n)).collect();
+        let fakes = tokio::task::spawn_blocking(move || FakeCluster::start_many(specs)).await??;
+        let ids: Vec<(String, &FakeCluster)> = fakes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("c{i}"), f))
+            .collect();
+        let syncer = syncer_for(&ids).await?;
+        // First sync: inventory + config reads + agent calls for running guests (one-off).
+        let t = Instant::now();
+        for r in syncer.sync_once().await {
+            r?;
+        }
+        let first_ms = t.elapsed().as_millis();
+        // Steady state: a plain tick on every cluster.
+        let before: usize = fakes.iter().map(|f| f.request_count().unwrap_or(0)).sum();
+        let t = Instant::now();
+        let mut tick_ms = 0u128;
+        for (id, _) in &ids {
+            let t1 = Instant::now();
+            syncer.tick_cluster(id, false).await?;
+            tick_ms = tick_ms.max(t1.elapsed().as_millis());
+        }
+        let _ = t;
+        let after: usize = fakes.iter().map(|f| f.request_count().unwrap_or(0)).sum();
+        let per_tick = (after - before) as f64 / k as f64;
+        println!(
+            "{:<28} {:>9} {:>14.2} {:>12} {:>14}",
+            format!("{k} cluster(s) x {n} guests"),
+            n * k,
+            per_tick,
+            tick_ms,
+            first_ms
+        );
+    }
+    println!(
+        "(a tick = one GET /cluster/resources?type=vm; the quorum check GET /cluster/status runs on its own 15 s"
+    );
+    println!(
+        " cadence, i.e. +1 request every 3rd tick at the default 5 s interval; IP lookups run once per guest start"
+    );
+    println!(
+        " and then every ip_refresh_secs, counted in the first sync. Earlier portal: 4,669 sequential requests, 46 s)"
+    );
+    Ok(())
+}
+
+/// Hot reload under load: wrk hammers the themed `/login` page while its template is rewritten 100
+/// times; prints failed requests (target 0) and the edit → visible-in-response latency (target <= 1 s).
+async fn bench_reload(secs: u64) -> anyhow::Result<()> {
+    println!("== hot reload under load (100 template rewrites while wrk runs, c=64)");
+    let dir = testkit::temp_dir("bench-theme");
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("templates"))?;
+    std::fs::write(
+        site.join("theme.toml"),
+        "name = \"bench\"\nextends = \"default\"\n",
+    )?;
+    let original =
+        std::fs::read_to_string(testkit::workspace_root().join("themes/default/templates/login.html"))?;
+    // The marker goes inside the first block: text outside blocks of a child template is not rendered.
+    let with_marker = |n: usize| {
+        original.replacen(
+            "{% endblock %}",
+            &format!("<span hidden>rev-{n}.</span>{{% endblock %}}"),
+            1,
+        )
+    };
+    let login = site.join("templates/login.html");
+    std::fs::write(&login, with_marker(0))?;
+    let themes = Arc::new(
+        web::theme::Themes::start(web::theme::ThemeConfig::with_site_dir(&site))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let store = store::Store::open_temporary()?;
+    let syncer = syncer_with_store(&[], Some(store.clone())).await?;
+    let auth = web::auth::AuthState::new(store.clone(), web::auth::AuthConfig::default());
+    let state = web::AppState::new(syncer.inventory().clone(), syncer, web::WebConfig::default())
+        .with_auth(auth)
+        .with_themes(themes.clone());
+    let app = web::app(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let url = format!("{base}/login");
+    // Long enough to cover all 100 rewrites (~0.25 s each).
+    let load_secs = secs.max(30);
+    let u2 = url.clone();
+    let load = tokio::task::spawn_blocking(move || wrk(&u2, 64, load_secs));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = testkit::http_client();
+    let mut latencies = Vec::new();
+    let mut events = themes.subscribe();
+    let mut reloads_ok = 0;
+    for n in 1..=100usize {
+        let t = Instant::now();
+        // Editors save in place or by rename; alternate both.
+        if n % 2 == 0 {
+            std::fs::write(&login, with_marker(n))?;
+        } else {
+            let tmp = site.join("templates/.login.html.tmp");
+            std::fs::write(&tmp, with_marker(n))?;
+            std::fs::rename(&tmp, &login)?;
+        }
+        let marker = format!("rev-{n}.");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await
+                && ev.ok
+            {
+                reloads_ok += 1;
+            }
+            let body = http.get(&url).send().await?.text().await?;
+            if body.contains(&marker) {
+                latencies.push(t.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("rewrite {n} not visible after 5 s");
+            }
+        }
+    }
+    let load = load.await??;
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    print_load("GET /login during 100 rewrites c=64", &load);
+    println!(
+        "rewrites: 100, reload events ok: {reloads_ok}, failed requests: {} (target 0); edit -> next response: p50 {:.0} ms, max {:.0} ms (target <= 1000)",
+        load.errors,
+        p50.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().map(String::as_str).unwrap_or("all").to_string();
+    let secs = args
+        .iter()
+        .position(|a| a == "--duration")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5u64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "proxlab-bench on {} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        Command::new("date")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    );
+    rt.block_on(async {
+        if what == "read" || what == "all" {
+            bench_read(secs).await?;
+        }
+        if what == "reload" || what == "all" {
+            bench_reload(secs).await?;
+        }
+        if what == "sync" || what == "all" {
+            bench_sync().await?;
+        }
+        if what == "deploy" || what == "all" {
+            bench_deploy().await?;
+        }
+        let _ = Duration::ZERO;
+        Ok(())
+    })
+}
+
+/// `deploy`: wall time of a class of 25 and of 100 student VMs (qcow2-overlay: flatten, overlays over a
+/// real loopback sshd with real qemu-img, VMs and snapshots on the fake cluster at time-scale 0), beside
+/// N x the time of one bare `qemu-img create` of an overlay on this machine (the floor).
+/// Targets: 25 VMs < 2 s, 100 VMs < 6 s.
+async fn bench_deploy() -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    println!("== deploy (qcow2-overlay; fake cluster at time-scale 0, loopback sshd, real qemu-img)");
+    let fake = FakeCluster::start(ClusterSpec::lab())?;
+    let sshd = testkit::NodeSshd::start()?;
+    let labnfs = fake.storage_dirs["labnfs"].canonicalize()?;
+    // The floor: one bare overlay creation, median of 7, on the same storage folder.
+    let base = labnfs.join("images/9000/base-9000-disk-0.qcow2");
+    let scratch = testkit::temp_dir("bench-floor-");
+    let mut one = Vec::new();
+    for i in 0..7 {
+        let t = Instant::now();
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(scratch.path().join(format!("o{i}.qcow2")))
+            .status()?;
+        anyhow::ensure!(st.success(), "qemu-img create failed");
+        one.push(t.elapsed());
+    }
+    one.sort();
+    let floor_one = one[one.len() / 2];
+    let targets = ["pve1", "pve2", "pve3"]
+        .iter()
+        .map(|n| -> anyhow::Result<deploy::NodeTarget> {
+            let mut access = cloner::NodeAccess::new(
+                &sshd.host,
+                &sshd.user,
+                &sshd.private_key,
+                cloner::HostKeyPolicy::Fingerprint(sshd.host_key_sha256.clone()),
+            );
+            access.port = sshd.port;
+            Ok(deploy::NodeTarget {
+                cluster: "lab".into(),
+                node: n.to_string(),
+                exec: Arc::new(cloner::SshExecutor::new(access)?),
+                storage_roots: vec![labnfs.clone()],
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let nodes = deploy::NodeOps::new(targets)?;
+    let host = deploy::StaticHost::new(
+        tokio::runtime::Handle::current(),
+        BTreeMap::from([("lab".to_string(), client(&fake)?)]),
+        nodes,
+    );
+    let loader = script::ScriptRuntime::new(
+        Arc::new(script::NullHost::new(tokio::runtime::Handle::current())),
+        script::Limits::default(),
+    );
+    let set = Arc::new(
+        loader
+            .load_set(&script::SetSources::default())
+            .map_err(|e| anyhow::anyhow!(script::format_load_errors(&e)))?,
+    );
+    let db = testkit::temp_dir("bench-deploy-");
+    let store = store::Store::open(db.path().join("db"))?;
+    let cfg = deploy::DeployConfig {
+        clusters: BTreeMap::from([(
+            "lab".to_string(),
+            deploy::ClusterDeploy {
+                vmid_range: Some((20000, 20999)),
+                ..deploy::ClusterDeploy::default()
+            },
+        )]),
+        ..deploy::DeployConfig::default()
+    };
+    let deployer = deploy::Deployer::new(store, host, Arc::new(move || set.clone()), cfg)?;
+    println!(
+        "{:<22} {:>6} {:>10} {:>12} {:>9} {:>8}  target",
+        "class", "VMs", "wall s", "floor s", "x floor", "VMs/s"
+    );
+    for (n, target) in [(25u32, 2.0f64), (100, 6.0)] {
+        let t = Instant::now();
+        let (class, job) = deployer
+            .create_class(
+                "bench",
+                deploy::ClassSpec {
+                    name: format!("bench {n}"),
+                    cluster: "lab".into(),
+                    template_vmid: 9000,
+                    pool_size: n,
+                    node: Some("pve1".into()),
+                    ..deploy::ClassSpec::default()
+                },
+            )
+            .await?;
+        let job = deployer.wait_job(&job.id, Duration::from_secs(600)).await?;
+        let wall = t.elapsed().as_secs_f64();
+        anyhow::ensure!(job.error.is_none(), "deploy of {n} failed: {:?}", job.error);
+        let vms = n as usize + 2;
+        let floor = floor_one.as_secs_f64() * vms as f64;
+        println!(
+            "{:<22} {:>6} {:>10.2} {:>12.2} {:>9.1} {:>8.1}  < {target:.0} s {}",
+            format!("{n} students"),
+            vms,
+            wall,
+            floor,
+            wall / floor,
+            vms as f64 / wall,
+            if wall < target { "met" } else { "missed" }
+        );
+        let del = deployer
+            .delete_class(&class.id, "bench", false, &class.id)
+            .await?;
+        deployer.wait_job(&del.id, Duration::from_secs(600)).await?;
+    }
+    println!(
+        "floor: one bare `qemu-img create -f qcow2 -F qcow2 -b <base>` takes {:.1} ms here",
+        floor_one.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}

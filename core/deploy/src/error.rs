@@ -1,0 +1,153 @@
+//! [`DeployError`]: every failure of a deployment, class, invite or publish operation.
+
+use pve::PveError;
+use script::{HostError, ScriptError};
+use store::StoreError;
+
+/// What went wrong. Each variant has a stable [`DeployError::code`] for JSON error bodies
+/// (`{"error": {"code", "message"}}`) and a message a teacher can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A class, template, job, VM or invite that must exist does not.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up, e.g. `class netsec-a`.
+        what: String,
+    },
+    /// The request itself is unusable (bad name, pool size out of range, unknown workflow, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request clashes with the current state (a job already running, the user already joined, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// Only the class owner may do this (delete the class, change its owner).
+    #[error("only the class owner ({owner}) may {action}")]
+    NotOwner {
+        /// The owner's user name.
+        owner: String,
+        /// What was refused, e.g. `delete the class`.
+        action: String,
+    },
+    /// Every student VM of the class is taken; the user was put on the waiting list.
+    #[error(
+        "class {class} is full ({size} student VMs); {user} is on the waiting list at position {position}"
+    )]
+    ClassFull {
+        /// Class id.
+        class: String,
+        /// Number of student VMs.
+        size: usize,
+        /// Who tried to join.
+        user: String,
+        /// 1-based position on the waiting list.
+        position: usize,
+    },
+    /// The invite token is unknown, revoked or expired (deliberately one answer for all three).
+    #[error(
+        "this invite link is not valid any more (unknown, revoked or expired); ask your teacher for a new one"
+    )]
+    InviteInvalid,
+    /// No free VMID is left in the cluster's configured range.
+    #[error(
+        "no {needed} free VMIDs left in cluster {cluster}'s range {low}..={high}; widen [[cluster]] vmid_range"
+    )]
+    VmidsExhausted {
+        /// Cluster id.
+        cluster: String,
+        /// Range start (inclusive).
+        low: u32,
+        /// Range end (inclusive).
+        high: u32,
+        /// How many were needed.
+        needed: usize,
+    },
+    /// A preflight check refused the request before any API call (field case B28).
+    #[error("{0}")]
+    Preflight(String),
+    /// The VM is not one Proxlab created (the template, or a VM made by someone else): left untouched.
+    #[error("VM {vmid} in cluster {cluster} was not created by Proxlab; it is left untouched")]
+    NotOurs {
+        /// Cluster id.
+        cluster: String,
+        /// VMID.
+        vmid: u32,
+    },
+    /// The cluster id is not configured.
+    #[error("unknown cluster {0}")]
+    UnknownCluster(String),
+    /// A destructive request needs an explicit confirmation.
+    #[error("confirmation required: {0}")]
+    ConfirmationRequired(String),
+    /// A Proxmox VE call failed (keeps PVE's kind and message).
+    #[error(transparent)]
+    Pve(#[from] PveError),
+    /// A workflow script failed (its code, message, path and line).
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    /// A node operation (SSH, qemu-img) failed.
+    #[error("node operation failed: {0}")]
+    Host(HostError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<HostError> for DeployError {
+    fn from(e: HostError) -> Self {
+        DeployError::Host(e)
+    }
+}
+
+impl From<sled::Error> for DeployError {
+    fn from(e: sled::Error) -> Self {
+        DeployError::Store(StoreError::from(e))
+    }
+}
+
+impl DeployError {
+    /// A stable snake_case code for JSON error bodies: `not_found`, `invalid`, `conflict`,
+    /// `not_owner`, `class_full`, `invite_invalid`, `vmids_exhausted`, `preflight`, `not_ours`,
+    /// `unknown_cluster`, `confirmation_required`, `pve`, `script`, `node`, `store`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeployError::NotFound { .. } => "not_found",
+            DeployError::Invalid(_) => "invalid",
+            DeployError::Conflict(_) => "conflict",
+            DeployError::NotOwner { .. } => "not_owner",
+            DeployError::ClassFull { .. } => "class_full",
+            DeployError::InviteInvalid => "invite_invalid",
+            DeployError::VmidsExhausted { .. } => "vmids_exhausted",
+            DeployError::Preflight(_) => "preflight",
+            DeployError::NotOurs { .. } => "not_ours",
+            DeployError::UnknownCluster(_) => "unknown_cluster",
+            DeployError::ConfirmationRequired(_) => "confirmation_required",
+            DeployError::Pve(_) => "pve",
+            DeployError::Script(_) => "script",
+            DeployError::Host(_) => "node",
+            DeployError::Store(_) => "store",
+        }
+    }
+
+    /// The HTTP status that fits: 404, 400, 409, 403, 409 (full), 404 (invite), 503, 422, 403, 404,
+    /// 428, 502 (PVE, node, script), 500 (store).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DeployError::NotFound { .. } | DeployError::InviteInvalid | DeployError::UnknownCluster(_) => 404,
+            DeployError::Invalid(_) => 400,
+            DeployError::Conflict(_) | DeployError::ClassFull { .. } => 409,
+            DeployError::NotOwner { .. } | DeployError::NotOurs { .. } => 403,
+            DeployError::VmidsExhausted { .. } => 503,
+            DeployError::Preflight(_) => 422,
+            DeployError::ConfirmationRequired(_) => 428,
+            DeployError::Pve(_) | DeployError::Script(_) | DeployError::Host(_) => 502,
+            DeployError::Store(_) => 500,
+        }
+    }
+
+    pub(crate) fn not_found(what: impl Into<String>) -> DeployError {
+        DeployError::NotFound { what: what.into() }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = DeployError> = std::result::Result<T, E>;

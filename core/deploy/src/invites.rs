@@ -1,0 +1,339 @@
+//! Invite links and joining: tokens of 256 random bits (only their SHA-256 is stored), expiry (7 days
+//! by default) or never, revocable; joining gives the first free student VM in one sled transaction over
+//! the assignments, so concurrent joins never share a VM; a full class puts the user on its waiting list.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use store::{AssignmentRecord, StoreError, WaitingEntry};
+
+use crate::Deployer;
+use crate::error::{DeployError, Result};
+use crate::trees::{ClassVm, InviteRecord, VmRole};
+
+/// An invite token as given to the teacher once (`/join/{token}`). `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InviteToken(String);
+
+impl InviteToken {
+    /// The token text (43 URL-safe base64 characters) — put it in the URL, never in a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for InviteToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InviteToken(***)")
+    }
+}
+
+/// A freshly made invite: the token (shown once) and its record. `Debug` hides the token and path.
+#[derive(Clone)]
+pub struct Invite {
+    /// The secret token.
+    pub token: InviteToken,
+    /// Path to give out: `/join/<token>` (the web layer prefixes the public URL).
+    pub path: String,
+    /// The stored record (id, class, expiry).
+    pub record: InviteRecord,
+}
+
+impl fmt::Debug for Invite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invite")
+            .field("token", &self.token)
+            .field("path", &"/join/***")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+/// How long an invite lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InviteTtl {
+    /// The configured default (7 days).
+    #[default]
+    Default,
+    /// Until revoked.
+    Never,
+    /// This long.
+    For(Duration),
+}
+
+/// What joining did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JoinOutcome {
+    /// The user got this VM now.
+    Assigned {
+        /// The VM.
+        vm: ClassVm,
+        /// Its assignment to the user.
+        assignment: AssignmentRecord,
+    },
+    /// The user already had this VM of the class (joining twice is harmless).
+    AlreadyMember {
+        /// The VM.
+        vm: ClassVm,
+        /// Its assignment to the user.
+        assignment: AssignmentRecord,
+    },
+}
+
+/// SHA-256 hex of a token: the key of its record.
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Deployer {
+    /// Makes an invite link for class `id`. The token is returned once; only its SHA-256 is stored.
+    /// Errors: [`DeployError::NotFound`].
+    pub fn create_invite(&self, id: &str, actor: &str, ttl: InviteTtl) -> Result<Invite> {
+        self.class(id)?;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = self.now();
+        let expires_at = match ttl {
+            InviteTtl::Default => Some(now + self.inner.cfg.limits.invite_ttl.as_secs()),
+            InviteTtl::Never => None,
+            InviteTtl::For(d) => Some(now + d.as_secs().max(1)),
+        };
+        let record = InviteRecord {
+            id: format!("inv-{}", &token_hash(&token)[..12]),
+            class_id: id.to_string(),
+            created_by: actor.to_string(),
+            created_at: now,
+            expires_at,
+            revoked: false,
+            uses: 0,
+        };
+        let hash = token_hash(&token);
+        self.inner.invites.insert(&hash, &record)?;
+        self.update_class(id, |c| {
+            c.invite_hash = Some(hash.clone());
+            c.invite_expires_at = expires_at;
+        })?;
+        tracing::info!(class = id, invite = %record.id, expires_at, "invite created");
+        Ok(Invite {
+            path: format!("/join/{token}"),
+            token: InviteToken(token),
+            record,
+        })
+    }
+
+    /// The invites of a class (records only; tokens are not kept).
+    pub fn invites(&self, id: &str) -> Result<Vec<InviteRecord>> {
+        Ok(self
+            .inner
+            .invites
+            .values()?
+            .into_iter()
+            .filter(|i| i.class_id == id)
+            .collect())
+    }
+
+    /// Revokes invite `invite_id` of class `id` (the link stops working at once).
+    /// Errors: [`DeployError::NotFound`].
+    pub fn revoke_invite(&self, id: &str, invite_id: &str) -> Result<InviteRecord> {
+        for (k, inv) in self.inner.invites.scan_prefix("")? {
+            if inv.class_id == id && inv.id == invite_id {
+                let out = self.inner.invites.update(&k, |r| {
+                    Ok(r.map(|mut r| {
+                        r.revoked = true;
+                        r
+                    }))
+                })?;
+                self.update_class(id, |c| {
+                    if c.invite_hash.as_deref() == Some(k.as_str()) {
+                        c.invite_hash = None;
+                        c.invite_expires_at = None;
+                    }
+                })?;
+                return out.ok_or_else(|| DeployError::not_found(format!("invite {invite_id}")));
+            }
+        }
+        Err(DeployError::not_found(format!(
+            "invite {invite_id} of class {id}"
+        )))
+    }
+
+    /// The class an invite token opens, if the token is valid now (for the join page).
+    /// Errors: [`DeployError::InviteInvalid`] for unknown, revoked and expired tokens alike.
+    pub fn invite_class(&self, token: &str) -> Result<store::ClassRecord> {
+        let (_, inv) = self.valid_invite(token)?;
+        self.class(&inv.class_id).map_err(|_| DeployError::InviteInvalid)
+    }
+
+    fn valid_invite(&self, token: &str) -> Result<(String, InviteRecord)> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(DeployError::InviteInvalid);
+        }
+        let hash = token_hash(token);
+        let inv = self.inner.invites.get(&hash)?.ok_or(DeployError::InviteInvalid)?;
+        if inv.revoked || inv.expires_at.is_some_and(|e| self.now() >= e) {
+            return Err(DeployError::InviteInvalid);
+        }
+        Ok((hash, inv))
+    }
+
+    /// Joins `user` to the class of invite `token`: assigns the first free student VM (see
+    /// [`Deployer::assign`]). Errors: [`DeployError::InviteInvalid`], [`DeployError::ClassFull`] (the user
+    /// is then on the waiting list), [`DeployError::NotFound`] for an unknown user.
+    pub fn join(&self, token: &str, user: &str) -> Result<JoinOutcome> {
+        let (hash, inv) = self.valid_invite(token)?;
+        let out = self.assign(&inv.class_id, user)?;
+        if matches!(out, JoinOutcome::Assigned { .. }) {
+            self.inner.invites.update(&hash, |r| {
+                Ok(r.map(|mut r| {
+                    r.uses += 1;
+                    r
+                }))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Gives `user` the first free student VM of class `id` (lowest slot), atomically: one sled
+    /// transaction reads the class's student assignments and writes the chosen one, so concurrent
+    /// callers never get the same VM and a user never gets two. A user who already has a VM of the class
+    /// gets [`JoinOutcome::AlreadyMember`]. When no VM is free, the user is put on the class's waiting
+    /// list and [`DeployError::ClassFull`] is returned.
+    pub fn assign(&self, id: &str, user: &str) -> Result<JoinOutcome> {
+        if self.inner.store.users.get(user)?.is_none() {
+            return Err(DeployError::not_found(format!("user {user}")));
+        }
+        let class = self.class(id)?;
+        if class.state == "deleting" {
+            return Err(DeployError::Conflict(format!("class {id} is being deleted")));
+        }
+        let mut students: Vec<ClassVm> = self
+            .class_vms(id)?
+            .into_iter()
+            .filter(|v| v.role == VmRole::Student && !v.assignment_id.is_empty())
+            .collect();
+        students.sort_by_key(|v| (v.slot, v.vmid));
+        let ids: Vec<String> = students.iter().map(|v| v.assignment_id.clone()).collect();
+        let now = self.now();
+        let tree = self.inner.store.assignments.raw();
+        let result: std::result::Result<Option<(usize, AssignmentRecord, bool)>, TransactionError<String>> =
+            tree.transaction(|tx| {
+                let mut free: Option<(usize, AssignmentRecord)> = None;
+                for (i, aid) in ids.iter().enumerate() {
+                    let Some(bytes) = tx.get(aid.as_bytes())? else {
+                        continue;
+                    };
+                    let a: AssignmentRecord = serde_json::from_slice(&bytes)
+                        .map_err(|e| ConflictableTransactionError::Abort(format!("assignment {aid}: {e}")))?;
+                    if a.user == user {
+                        return Ok(Some((i, a, false)));
+                    }
+                    if a.user.is_empty() && free.is_none() {
+                        free = Some((i, a));
+                    }
+                }
+                let Some((i, mut a)) = free else { return Ok(None) };
+                a.user = user.to_string();
+                a.created_at = now;
+                let bytes =
+                    serde_json::to_vec(&a).map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
+                tx.insert(a.id.as_bytes(), bytes)?;
+                Ok(Some((i, a, true)))
+            });
+        let found = match result {
+            Ok(f) => f,
+            Err(TransactionError::Abort(m)) => return Err(DeployError::Store(StoreError::Rejected(m))),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        match found {
+            Some((i, assignment, true)) => {
+                self.update_class(id, |c| c.waiting.retain(|w| w.user != user))?;
+                tracing::info!(class = id, user, vmid = students[i].vmid, "student joined");
+                Ok(JoinOutcome::Assigned {
+                    vm: students[i].clone(),
+                    assignment,
+                })
+            }
+            Some((i, assignment, false)) => Ok(JoinOutcome::AlreadyMember {
+                vm: students[i].clone(),
+                assignment,
+            }),
+            None => {
+                let c = self.update_class(id, |c| {
+                    if !c.waiting.iter().any(|w| w.user == user) {
+                        c.waiting.push(WaitingEntry {
+                            user: user.to_string(),
+                            since: now,
+                        });
+                    }
+                })?;
+                let position = c
+                    .waiting
+                    .iter()
+                    .position(|w| w.user == user)
+                    .map(|p| p + 1)
+                    .unwrap_or(c.waiting.len());
+                Err(DeployError::ClassFull {
+                    class: id.to_string(),
+                    size: students.len(),
+                    user: user.to_string(),
+                    position,
+                })
+            }
+        }
+    }
+
+    /// Takes class `id`'s VM away from `user` (the VM stays, free for the next student; revert it before
+    /// giving it out). Returns the freed VM. Errors: [`DeployError::NotFound`].
+    pub fn unassign(&self, id: &str, user: &str) -> Result<ClassVm> {
+        for v in self.class_vms(id)? {
+            if v.role != VmRole::Student || v.assignment_id.is_empty() {
+                continue;
+            }
+            let mut hit = false;
+            self.inner.store.assignments.update(&v.assignment_id, |a| {
+                Ok(a.map(|mut a| {
+                    if a.user == user {
+                        a.user.clear();
+                        hit = true;
+                    }
+                    a
+                }))
+            })?;
+            if hit {
+                return Ok(v);
+            }
+        }
+        Err(DeployError::not_found(format!("a VM of {user} in class {id}")))
+    }
+
+    /// The waiting list of a class, oldest first.
+    pub fn waiting_list(&self, id: &str) -> Result<Vec<WaitingEntry>> {
+        Ok(self.class(id)?.waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_debug_hides_the_secret() {
+        let t = InviteToken("abc".into());
+        assert_eq!(format!("{t:?}"), "InviteToken(***)");
+    }
+
+    #[test]
+    fn token_hash_is_sha256_hex() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

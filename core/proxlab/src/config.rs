@@ -1,0 +1,768 @@
+//! `proxlab.toml`: the site configuration, with `PROXLAB_*` environment overrides.
+//!
+//! Unknown keys are rejected by name (in the file and in the environment). Secrets may be given
+//! inline or, better, as `*_file` paths; they are never logged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the portal listens on (default `127.0.0.1:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Runtime state directory: the sled database lives in `<data_dir>/db` (default `data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Public URL of the portal (scheme://host:port), used for Origin checks and invite links.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Inventory sync tuning.
+    #[serde(default)]
+    pub sync: SyncSection,
+    /// IP discovery rules.
+    #[serde(default)]
+    pub ip: IpSection,
+    /// Site scripts and sandbox limits.
+    #[serde(default)]
+    pub scripts: ScriptsSection,
+    /// Site theme.
+    #[serde(default)]
+    pub themes: ThemesSection,
+    /// Plugins.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    /// Proxmox VE clusters (`[[cluster]]`).
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<ClusterSection>,
+    /// Accounts, sessions and sign-in throttling.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// SSH terminal, console and RDP file.
+    #[serde(default)]
+    pub connect: ConnectSection,
+}
+
+/// `[auth]`: sessions, realm admins, cookie and throttle settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// A session idle this long ends (seconds, default 28,800 = 8 h).
+    pub session_idle_secs: u64,
+    /// A session ends this long after sign-in (seconds, default 604,800 = 7 days).
+    pub session_absolute_secs: u64,
+    /// Realm users that are admins, e.g. `["root@pam", "alice@LDAP-School"]` (exact, case-sensitive).
+    /// A realm user is never an admin just because Proxmox accepted the password.
+    pub realm_admins: Vec<String>,
+    /// PVE groups whose members are admins (read at sign-in with the cluster's token).
+    pub realm_admin_groups: Vec<String>,
+    /// Role of other realm users on first sign-in: `student` (default) or `teacher`.
+    pub realm_default_role: String,
+    /// Cluster id whose `/access/ticket` checks realm passwords (default: the first enabled cluster).
+    pub realm_cluster: Option<String>,
+    /// `Secure` session cookie; default: on when `public_url` is https.
+    pub cookie_secure: Option<bool>,
+    /// Reverse proxies whose `X-Forwarded-For` is trusted (CIDRs); empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed sign-ins of one account before each further attempt is delayed.
+    pub throttle_account_free: u32,
+    /// First delay (ms), doubling per failure.
+    pub throttle_account_base_ms: u64,
+    /// Longest delay of one attempt (ms). Accounts are slowed, never locked.
+    pub throttle_account_max_ms: u64,
+    /// Failed sign-ins from one address before it is refused for a while (429).
+    pub throttle_address_free: u32,
+    /// Longest refusal of one address (seconds).
+    pub throttle_address_max_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            session_idle_secs: 8 * 3600,
+            session_absolute_secs: 7 * 24 * 3600,
+            realm_admins: Vec::new(),
+            realm_admin_groups: Vec::new(),
+            realm_default_role: "student".into(),
+            realm_cluster: None,
+            cookie_secure: None,
+            trusted_proxies: Vec::new(),
+            throttle_account_free: 5,
+            throttle_account_base_ms: 250,
+            throttle_account_max_ms: 5000,
+            throttle_address_free: 20,
+            throttle_address_max_secs: 300,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// Seconds between inventory ticks per cluster.
+    pub interval_secs: f64,
+    /// Seconds between quorum checks.
+    pub quorum_interval_secs: f64,
+    /// Seconds after which a running guest's IP is looked up again.
+    pub ip_refresh_secs: u64,
+    /// IP lookups in flight per cluster.
+    pub ip_concurrency: usize,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection {
+            interval_secs: 5.0,
+            quorum_interval_secs: 15.0,
+            ip_refresh_secs: 60,
+            ip_concurrency: 8,
+        }
+    }
+}
+
+/// `[ip]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpSection {
+    /// Ranges accepted even if loopback (tests only; empty in production).
+    pub allow_ranges: Vec<ipnet::IpNet>,
+    /// Prefer IPv6 addresses.
+    pub prefer_ipv6: bool,
+    /// Who finds guest addresses: `scripts` (default: the tiers `scripts/ip/*.rhai`, each answer
+    /// verified) or `builtin` (the guest agent / LXC interfaces in Rust, no verification).
+    pub tiers: IpTiers,
+    /// Which guest addresses are probed before they are handed out: `on-link` (default: loopback and
+    /// directly connected IPv4 networks, where the ARP MAC comparison works), `all`, or `off`.
+    pub verify: VerifyMode,
+    /// Subnets the ARP tier may use and keep probed (IPv4 CIDRs the portal shares an L2 segment with);
+    /// empty (default): the ARP tier is off and nothing is probed.
+    pub arp_subnets: Vec<ipnet::IpNet>,
+    /// Most addresses probed per subnet and round (default 1024).
+    pub arp_max_hosts: usize,
+    /// ARP probes per second, all subnets together (default 100).
+    pub arp_rate_per_sec: u32,
+    /// A subnet is probed at most once per this many seconds (default 120).
+    pub arp_interval_secs: u64,
+}
+
+impl Default for IpSection {
+    fn default() -> Self {
+        IpSection {
+            allow_ranges: Vec::new(),
+            prefer_ipv6: false,
+            tiers: IpTiers::Scripts,
+            verify: VerifyMode::OnLink,
+            arp_subnets: Vec::new(),
+            arp_max_hosts: 1024,
+            arp_rate_per_sec: 100,
+            arp_interval_secs: 120,
+        }
+    }
+}
+
+/// `[ip] verify`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyMode {
+    /// Loopback and directly connected IPv4 networks.
+    #[default]
+    OnLink,
+    /// Every address.
+    All,
+    /// Nothing is probed.
+    Off,
+}
+
+/// `[ip] tiers`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IpTiers {
+    /// `scripts/ip/*.rhai` in order, answers verified.
+    #[default]
+    Scripts,
+    /// The built-in agent/LXC lookup.
+    Builtin,
+}
+
+/// `[connect]`: the SSH terminal, the console and the RDP file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectSection {
+    /// SSH port of the guests (default 22; a VM tag `ssh-port-NNNN` overrides it per VM).
+    pub ssh_port: u16,
+    /// TCP connect + key exchange limit, seconds (default 10).
+    pub ssh_connect_timeout_secs: u64,
+    /// SSH keepalive towards the guest, seconds (default 15).
+    pub ssh_keepalive_secs: u64,
+    /// WebSocket ping interval towards browsers, seconds (default 25; keep it under your proxy's
+    /// idle timeout, nginx: 60 s).
+    pub ws_ping_secs: u64,
+    /// A terminal without input for this long is closed, seconds (default 1800).
+    pub idle_timeout_secs: u64,
+    /// Time to type the guest login, seconds (default 120).
+    pub login_timeout_secs: u64,
+    /// Terminals plus consoles per user at once (default 4).
+    pub max_sessions_per_user: usize,
+    /// VM tag that enables legacy SSH algorithms for old guests (default `ssh-legacy`).
+    pub legacy_tag: String,
+    /// RDP script name under `scripts/rdp/` (default `default`).
+    pub rdp_script: String,
+    /// Folder of the vendored npm files (default: `assets/vendor` of the checkout, filled by
+    /// `dev/build-assets`).
+    pub vendor_dir: Option<PathBuf>,
+    /// A verification older than this is repeated before a terminal connects, seconds (default 60).
+    pub verify_max_age_secs: u64,
+    /// At shutdown, wait this long for terminals and consoles to close, seconds (default 5).
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for ConnectSection {
+    fn default() -> Self {
+        ConnectSection {
+            ssh_port: 22,
+            ssh_connect_timeout_secs: 10,
+            ssh_keepalive_secs: 15,
+            ws_ping_secs: 25,
+            idle_timeout_secs: 1800,
+            login_timeout_secs: 120,
+            max_sessions_per_user: 4,
+            legacy_tag: "ssh-legacy".into(),
+            rdp_script: "default".into(),
+            vendor_dir: None,
+            verify_max_age_secs: 60,
+            shutdown_drain_secs: 5,
+        }
+    }
+}
+
+/// How a site directory is watched for hot reload.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchKind {
+    /// Native notifications (inotify).
+    #[default]
+    Inotify,
+    /// Stat the files every `poll_secs` (for NFS/CIFS, which send no events).
+    Poll,
+    /// No hot reload.
+    Off,
+}
+
+/// `[scripts]`: site scripts (deployment workflows, IP tiers, RDP) and their sandbox limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsSection {
+    /// Site scripts overriding the shipped defaults file by file (same relative paths).
+    pub site_dir: Option<PathBuf>,
+    /// Hot reload mode.
+    pub watch: WatchKind,
+    /// Poll interval in seconds when `watch = "poll"` (default 2).
+    pub poll_secs: Option<f64>,
+    /// Sandbox limits (operations, sizes, time, memory); see scripts/README.md.
+    pub limits: script::Limits,
+}
+
+/// `[themes]`: the site theme.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThemesSection {
+    /// Site theme directory (`theme.toml` with `extends = "default"`), overriding files of the default.
+    pub site_dir: Option<PathBuf>,
+    /// Hot reload mode.
+    pub watch: WatchKind,
+    /// Poll interval in seconds when `watch = "poll"`.
+    pub poll_secs: Option<f64>,
+}
+
+/// `[plugins]`: where plugins live and which are enabled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Plugin directories, later ones win (default: the shipped `plugins/` of the checkout, if present).
+    pub dirs: Vec<PathBuf>,
+    /// Enabled plugins by name.
+    pub enabled: Vec<String>,
+    /// Site settings per plugin (`[plugins.settings.idle-shutdown]`), checked against its schema.
+    pub settings: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `[[cluster]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Short id used in keys and `?cluster=`.
+    pub id: String,
+    /// Display name (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// API base URL, e.g. `https://pve1.example.org:8006`.
+    pub url: String,
+    /// API token id `user@realm!tokenid` (preferred auth).
+    #[serde(default)]
+    pub token_id: Option<String>,
+    /// API token secret (or `token_secret_file`).
+    #[serde(default)]
+    pub token_secret: Option<String>,
+    #[serde(default)]
+    pub token_secret_file: Option<PathBuf>,
+    /// User `user@realm` for ticket auth (if no token).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA file that signed the cluster's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the API certificate (`AA:BB:...`).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Turn certificate checks off (loud warning; never combined with a pin).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// VMIDs Proxlab may use for the VMs it creates, inclusive.
+    #[serde(default)]
+    pub vmid_range: Option<[u32; 2]>,
+    /// Whether the sync runs for it (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// SSH access to the cluster's nodes and their storage paths (`[[cluster.node]]`), for QCOW2
+    /// overlays and `ssh::exec`.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeSection>,
+}
+
+/// `[[cluster.node]]`: how Proxlab reaches one Proxmox node over SSH (or runs there itself).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node name as PVE knows it (`pve1`).
+    pub name: String,
+    /// Address to connect to (default: the node name).
+    #[serde(default)]
+    pub ssh_host: Option<String>,
+    /// SSH port (default 22).
+    #[serde(default = "ssh_port")]
+    pub ssh_port: u16,
+    /// SSH user (default `root`).
+    #[serde(default = "ssh_user")]
+    pub ssh_user: String,
+    /// Private key file (OpenSSH format, Ed25519 or RSA, no passphrase).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Pinned host key fingerprint as `ssh-keygen -lf` prints it (`SHA256:...`).
+    #[serde(default)]
+    pub host_key_sha256: Option<String>,
+    /// known_hosts file to verify the host key with.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust the host key on first use and record it in `known_hosts` (off by default; a changed key is
+    /// still refused).
+    #[serde(default)]
+    pub tofu: bool,
+    /// Storage ID → its mount path on this node (`labnfs = "/mnt/pve/labnfs"`); QCOW2 work is refused
+    /// outside these directories.
+    #[serde(default)]
+    pub storage_roots: std::collections::BTreeMap<String, PathBuf>,
+    /// Proxlab runs on this node itself: commands run locally, no SSH.
+    #[serde(default)]
+    pub local: bool,
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+fn ssh_user() -> String {
+    "root".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("token_id", &self.token_id)
+            .field("token_secret", &self.token_secret.as_ref().map(|_| "***"))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Environment variables starting with `PROXLAB_` that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &[
+    "PROXLAB_LOG",
+    "PROXLAB_CONFIG",
+    "PROXLAB_VENV",
+    "PROXLAB_PVE_SIM_DIR",
+];
+
+impl Config {
+    /// Reads `path` (if it exists; a missing explicit file is an error) and applies `PROXLAB_*` overrides:
+    /// `PROXLAB_LISTEN=0.0.0.0:8080`, `PROXLAB_SYNC__INTERVAL_SECS=2`, `PROXLAB_CLUSTER__0__TOKEN_SECRET=...`
+    /// (`__` separates levels; a number indexes `[[cluster]]`). Values are parsed as TOML, else taken as strings.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::parse(&text, &env, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses config text with the given environment; relative paths are taken from `base`.
+    pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> anyhow::Result<Config> {
+        let mut value: toml::Value = toml::from_str(text)?;
+        for (key, val) in env {
+            let Some(rest) = key.strip_prefix("PROXLAB_") else {
+                continue;
+            };
+            if NON_CONFIG_ENV.contains(&key.as_str()) || key.starts_with("PROXLAB_TEST") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {val}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(val.clone()));
+            set_path(&mut value, &path, parsed).with_context(|| format!("environment variable {key}"))?;
+        }
+        let mut cfg: Config = value.try_into()?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.data_dir);
+        for c in &mut self.clusters {
+            for p in [&mut c.ca_file, &mut c.token_secret_file, &mut c.password_file]
+                .into_iter()
+                .flatten()
+            {
+                abs(p);
+            }
+            for n in &mut c.nodes {
+                for p in [&mut n.key_file, &mut n.known_hosts].into_iter().flatten() {
+                    abs(p);
+                }
+            }
+        }
+        for p in [
+            &mut self.scripts.site_dir,
+            &mut self.themes.site_dir,
+            &mut self.connect.vendor_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
+        for p in &mut self.plugins.dirs {
+            abs(p);
+        }
+    }
+
+    /// Checks the rules that the types cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut ids = std::collections::BTreeSet::new();
+        for c in &self.clusters {
+            if c.id.is_empty()
+                || !c
+                    .id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                bail!(
+                    "cluster id {:?} must be non-empty and use only letters, digits, '-' and '_'",
+                    c.id
+                );
+            }
+            if !ids.insert(c.id.clone()) {
+                bail!("cluster id {:?} is used twice", c.id);
+            }
+            let has_token = c.token_id.is_some();
+            let has_user = c.user.is_some();
+            if has_token == has_user {
+                bail!(
+                    "cluster {}: set either token_id (+ token_secret or token_secret_file) or user (+ password)",
+                    c.id
+                );
+            }
+            if has_token && c.token_secret.is_none() && c.token_secret_file.is_none() {
+                bail!(
+                    "cluster {}: token_id needs token_secret or token_secret_file",
+                    c.id
+                );
+            }
+            if has_user && c.password.is_none() && c.password_file.is_none() {
+                bail!("cluster {}: user needs password or password_file", c.id);
+            }
+            if c.insecure_skip_verify && c.fingerprint.is_some() {
+                bail!(
+                    "cluster {}: insecure_skip_verify cannot be combined with a pinned fingerprint",
+                    c.id
+                );
+            }
+            if c.ca_file.is_some() && c.fingerprint.is_some() {
+                bail!("cluster {}: set ca_file or fingerprint, not both", c.id);
+            }
+            if let Some(fp) = &c.fingerprint {
+                fp.parse::<pve::Fingerprint>()
+                    .map_err(|e| anyhow::anyhow!("cluster {}: fingerprint: {e}", c.id))?;
+            }
+            if let Some([lo, hi]) = c.vmid_range
+                && (lo < 100 || hi < lo)
+            {
+                bail!(
+                    "cluster {}: vmid_range [{lo}, {hi}] must satisfy 100 <= low <= high",
+                    c.id
+                );
+            }
+            url::Url::parse(&c.url).with_context(|| format!("cluster {}: url {:?}", c.id, c.url))?;
+            let mut names = std::collections::BTreeSet::new();
+            for n in &c.nodes {
+                if !names.insert(n.name.clone()) {
+                    bail!("cluster {}: node {:?} is listed twice", c.id, n.name);
+                }
+                if let Some(p) = n
+                    .storage_roots
+                    .values()
+                    .find(|p| !p.is_absolute() || p.as_path() == Path::new("/"))
+                {
+                    bail!(
+                        "cluster {} node {}: storage root {} must be an absolute directory, not /",
+                        c.id,
+                        n.name,
+                        p.display()
+                    );
+                }
+                if n.local {
+                    continue;
+                }
+                if n.key_file.is_none() {
+                    bail!("cluster {} node {}: set key_file (or local = true)", c.id, n.name);
+                }
+                match (&n.host_key_sha256, &n.known_hosts, n.tofu) {
+                    (Some(_), None, false) | (None, Some(_), _) => {}
+                    (Some(_), Some(_), _) => {
+                        bail!(
+                            "cluster {} node {}: set host_key_sha256 or known_hosts, not both",
+                            c.id,
+                            n.name
+                        )
+                    }
+                    _ => bail!(
+                        "cluster {} node {}: the host key must be verified: set host_key_sha256 = \"SHA256:...\" \
+                         (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the node), or known_hosts (with tofu = true \
+                         to record a first key)",
+                        c.id,
+                        n.name
+                    ),
+                }
+            }
+        }
+        if !matches!(self.auth.realm_default_role.as_str(), "student" | "teacher") {
+            bail!(
+                "auth.realm_default_role must be \"student\" or \"teacher\" (admins are named in auth.realm_admins)"
+            );
+        }
+        if let Some(rc) = &self.auth.realm_cluster
+            && !self.clusters.iter().any(|c| &c.id == rc)
+        {
+            bail!("auth.realm_cluster {rc:?} is not a configured [[cluster]] id");
+        }
+        if self.auth.session_idle_secs == 0 || self.auth.session_absolute_secs < self.auth.session_idle_secs {
+            bail!("auth: session_idle_secs must be > 0 and session_absolute_secs >= session_idle_secs");
+        }
+        if let Some(u) = &self.public_url {
+            let parsed = url::Url::parse(u).with_context(|| format!("public_url {u:?}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                bail!("public_url {u:?} must be http(s)://host[:port]");
+            }
+        }
+        if self.sync.interval_secs <= 0.0 {
+            bail!("sync.interval_secs must be > 0");
+        }
+        if let Some(v6) = self
+            .ip
+            .arp_subnets
+            .iter()
+            .find(|n| matches!(n, ipnet::IpNet::V6(_)))
+        {
+            bail!("ip.arp_subnets: {v6} is IPv6; ARP probes only work on IPv4 subnets");
+        }
+        if self.ip.arp_rate_per_sec == 0 || self.ip.arp_max_hosts == 0 {
+            bail!("ip.arp_rate_per_sec and ip.arp_max_hosts must be > 0");
+        }
+        if self.connect.ws_ping_secs == 0 || self.connect.idle_timeout_secs == 0 || self.connect.ssh_port == 0
+        {
+            bail!("connect.ws_ping_secs, connect.idle_timeout_secs and connect.ssh_port must be > 0");
+        }
+        Ok(())
+    }
+}
+
+fn set_path(value: &mut toml::Value, path: &[String], new: toml::Value) -> anyhow::Result<()> {
+    let Some((first, rest)) = path.split_first() else {
+        bail!("empty key")
+    };
+    // `cluster` is the TOML name of the array of tables.
+    match value {
+        toml::Value::Table(t) => {
+            if rest.is_empty() {
+                t.insert(first.clone(), new);
+                return Ok(());
+            }
+            let entry = t.entry(first.clone()).or_insert_with(|| {
+                if rest.first().is_some_and(|r| r.parse::<usize>().is_ok()) {
+                    toml::Value::Array(Vec::new())
+                } else {
+                    toml::Value::Table(Default::default())
+                }
+            });
+            set_path(entry, rest, new)
+        }
+        toml::Value::Array(a) => {
+            let idx: usize = first
+                .parse()
+                .with_context(|| format!("{first:?} is not an index"))?;
+            if idx >= a.len() {
+                bail!("index {idx} is past the {} configured entries", a.len());
+            }
+            if rest.is_empty() {
+                a[idx] = new;
+                Ok(())
+            } else {
+                set_path(&mut a[idx], rest, new)
+            }
+        }
+        _ => bail!("{first:?} is inside a value that is not a table"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:8080"
+[[cluster]]
+id = "lab"
+url = "https://127.0.0.11:8006"
+token_id = "root@pam!portal"
+token_secret = "s3cret"
+ca_file = "ca.crt"
+"#;
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let err = Config::parse(&format!("{BASE}\nlisten_port = 1\n"), &[], Path::new("/x")).unwrap_err();
+        assert!(format!("{err:#}").contains("listen_port"), "{err:#}");
+        let err = Config::parse(&format!("{BASE}\ncolour = 1\n"), &[], Path::new("/x")).unwrap_err();
+        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+    }
+
+    #[test]
+    fn env_overrides_nested_and_indexed_keys() {
+        let env = vec![
+            ("PROXLAB_SYNC__INTERVAL_SECS".to_string(), "2".to_string()),
+            (
+                "PROXLAB_CLUSTER__0__TOKEN_SECRET".to_string(),
+                "from-env".to_string(),
+            ),
+            ("PROXLAB_LOG".to_string(), "debug".to_string()),
+        ];
+        let cfg = Config::parse(BASE, &env, Path::new("/etc/proxlab")).unwrap();
+        assert_eq!(cfg.sync.interval_secs, 2.0);
+        assert_eq!(cfg.clusters[0].token_secret.as_deref(), Some("from-env"));
+        assert_eq!(
+            cfg.clusters[0].ca_file.as_deref(),
+            Some(Path::new("/etc/proxlab/ca.crt"))
+        );
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected_by_name() {
+        let env = vec![("PROXLAB_SYNCC__INTERVAL".to_string(), "2".to_string())];
+        let err = Config::parse(BASE, &env, Path::new("/x")).unwrap_err();
+        assert!(format!("{err:#}").contains("syncc"), "{err:#}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let cfg = Config::parse(BASE, &[], Path::new("/x")).unwrap();
+        let dbg = format!("{:?}", cfg.clusters[0]);
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+    }
+
+    #[test]
+    fn pin_and_insecure_together_are_refused() {
+        let text = format!(
+            "{}\nfingerprint = \"{}\"\ninsecure_skip_verify = true\n",
+            BASE.replace("ca_file = \"ca.crt\"", ""),
+            ["AB"; 32].join(":")
+        );
+        let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
+        assert!(format!("{err:#}").contains("insecure_skip_verify"), "{err:#}");
+    }
+
+    #[test]
+    fn auth_section_is_checked() {
+        let cfg = Config::parse(
+            &format!("{BASE}\n[auth]\nrealm_admins = [\"root@pam\"]\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(cfg.auth.realm_admins, ["root@pam"]);
+        assert_eq!(cfg.auth.session_idle_secs, 8 * 3600);
+        let err = Config::parse(
+            &format!("{BASE}\n[auth]\nrealm_default_role = \"admin\"\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("realm_default_role"), "{err:#}");
+        let err = Config::parse(
+            &format!("{BASE}\n[auth]\nrealm_cluster = \"nope\"\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
+        let err = Config::parse(
+            &format!("{BASE}\n[auth]\nsesion_idle_secs = 1\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("sesion_idle_secs"), "{err:#}");
+    }
+}

@@ -1,0 +1,440 @@
+//! IP discovery through the site's scripted tiers (`scripts/ip/NN-name.rhai`, DESIGN §7): an
+//! [`sync::IpDiscovery`] that runs the tiers in file-name order until one answers, verifies each answer
+//! before handing it out, and keeps the ARP table fresh for the ARP tier with bounded, rate-limited
+//! probes of the configured subnets.
+//!
+//! - **Tiers**: `discover(vm)` returns `()` (next tier), an address string, or `#{address, all, source}`.
+//!   `vm` is [`web::connect::script_vm`] of the inventory record plus `allow_ranges`, `arp_subnets` and
+//!   `prefer_ipv6` from `[ip]`.
+//! - **Verification** ([`web::connect::verify`]): one ping (else a TCP connect to 22/3389), then the
+//!   address's ARP entry against the VM's config MACs. An address whose ARP entry shows another MAC is
+//!   dropped and the next tier runs; the result and its time are kept in the shared
+//!   [`web::connect::FactsBook`] for the portal (`GET /api/vm/{vmid}/connect`).
+//! - **ARP probes** ([`ArpSweeper`]): only inside `[ip] arp_subnets`, at most `max_hosts` addresses per
+//!   subnet, one UDP datagram to the discard port each at most `rate_per_sec` per second from one task,
+//!   at most once per `min_interval` per subnet — never a burst of threads. The kernel's own ARP
+//!   resolution of those datagrams fills `/proc/net/arp`.
+//!
+//! This file only uses other crates (no `crate::` items), so `tests/ip_tiers.rs` includes it as is.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use pve::{GuestKind, PveClient, PveError};
+use script::{CallOptions, ScriptRuntime};
+use serde_json::{Value, json};
+use store::{GuestRecord, IpRecord};
+use sync::{AddressPolicy, AgentDiscovery, IpDiscovery};
+use web::connect::{FactsBook, ScriptSetSource, VerifyConfig};
+
+/// Bounds of the ARP probes.
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    /// Subnets the ARP tier may use and probe (`[ip] arp_subnets`); empty: ARP tier off, no probes.
+    pub subnets: Vec<IpNet>,
+    /// Most addresses probed per subnet and round (default 1024, a /22).
+    pub max_hosts: usize,
+    /// Probes per second, all subnets together (default 100).
+    pub rate_per_sec: u32,
+    /// A subnet is probed at most once per this interval (default 120 s).
+    pub min_interval: Duration,
+    /// UDP port the probes go to (default 9, discard).
+    pub port: u16,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            subnets: Vec::new(),
+            max_hosts: 1024,
+            rate_per_sec: 100,
+            min_interval: Duration::from_secs(120),
+            port: 9,
+        }
+    }
+}
+
+/// Rate-limited ARP probes of the configured subnets (see the module docs).
+pub struct ArpSweeper {
+    cfg: SweepConfig,
+    last: Mutex<HashMap<IpNet, Instant>>,
+    running: AtomicBool,
+    probes: AtomicU64,
+    rounds: AtomicU64,
+}
+
+impl ArpSweeper {
+    /// A sweeper with `cfg` (IPv6 subnets are ignored: neighbour discovery has no equivalent probe).
+    pub fn new(cfg: SweepConfig) -> Arc<ArpSweeper> {
+        Arc::new(ArpSweeper {
+            cfg,
+            last: Mutex::default(),
+            running: AtomicBool::new(false),
+            probes: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+        })
+    }
+
+    /// Datagrams sent so far.
+    #[allow(dead_code)] // read by tests/ip_tiers.rs
+    pub fn probes_sent(&self) -> u64 {
+        self.probes.load(Ordering::Relaxed)
+    }
+
+    /// Subnet rounds done so far.
+    #[allow(dead_code)] // read by tests/ip_tiers.rs
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// The subnets due for a round now (not probed within `min_interval`), marked as probed.
+    fn due(&self) -> Vec<IpNet> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for net in &self.cfg.subnets {
+            if !matches!(net, IpNet::V4(_)) {
+                continue;
+            }
+            if last
+                .get(net)
+                .is_some_and(|t| now.duration_since(*t) < self.cfg.min_interval)
+            {
+                continue;
+            }
+            last.insert(*net, now);
+            out.push(*net);
+        }
+        out
+    }
+
+    /// Probes the due subnets once (one round at a time; a call while a round runs returns at once).
+    /// Returns the number of datagrams sent by this call.
+    pub async fn sweep_if_due(&self) -> u64 {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return 0;
+        }
+        let mut sent = 0;
+        let due = self.due();
+        if !due.is_empty() {
+            sent = self.probe(&due).await;
+        }
+        self.running.store(false, Ordering::SeqCst);
+        sent
+    }
+
+    async fn probe(&self, nets: &[IpNet]) -> u64 {
+        let sock = match tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ARP probes: cannot open a UDP socket");
+                return 0;
+            }
+        };
+        let rate = self.cfg.rate_per_sec.max(1);
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent = 0u64;
+        for net in nets {
+            self.rounds.fetch_add(1, Ordering::Relaxed);
+            let hosts: Vec<IpAddr> = net.hosts().take(self.cfg.max_hosts).collect();
+            tracing::debug!(subnet = %net, hosts = hosts.len(), "ARP probes");
+            for ip in hosts {
+                tick.tick().await;
+                // A send error (no route, host unreachable from an earlier round) is expected.
+                if sock
+                    .send_to(&[], SocketAddr::new(ip, self.cfg.port))
+                    .await
+                    .is_ok()
+                {
+                    sent += 1;
+                    self.probes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        sent
+    }
+}
+
+/// What the tiers receive besides the inventory record, and how answers are checked.
+#[derive(Clone, Debug, Default)]
+pub struct TierOptions {
+    /// `[ip] allow_ranges` (tests only).
+    pub allow_ranges: Vec<IpNet>,
+    /// `[ip] prefer_ipv6`.
+    pub prefer_ipv6: bool,
+    /// Verification of every answer.
+    pub verify: VerifyConfig,
+    /// ARP tier subnets and probe bounds.
+    pub sweep: SweepConfig,
+}
+
+/// The scripted discovery (see the module docs). Build it before the syncer, then [`attach`] the script
+/// runtime once the syncer (which the runtime's host needs) exists; until then it answers like
+/// [`AgentDiscovery`].
+///
+/// [`attach`]: ScriptedDiscovery::attach
+pub struct ScriptedDiscovery {
+    scripts: OnceLock<(ScriptRuntime, Arc<dyn ScriptSetSource>)>,
+    facts: Arc<FactsBook>,
+    options: TierOptions,
+    sweeper: Arc<ArpSweeper>,
+}
+
+impl ScriptedDiscovery {
+    /// A discovery writing verifications and OS types into `facts`.
+    pub fn new(options: TierOptions, facts: Arc<FactsBook>) -> Arc<ScriptedDiscovery> {
+        let sweeper = ArpSweeper::new(options.sweep.clone());
+        Arc::new(ScriptedDiscovery {
+            scripts: OnceLock::new(),
+            facts,
+            options,
+            sweeper,
+        })
+    }
+
+    /// Sets the runtime and script set the tiers run from (once; later calls are ignored).
+    pub fn attach(&self, runtime: ScriptRuntime, set: Arc<dyn ScriptSetSource>) {
+        let _ = self.scripts.set((runtime, set));
+    }
+
+    /// The ARP sweeper (for tests and metrics).
+    #[allow(dead_code)] // read by tests/ip_tiers.rs
+    pub fn sweeper(&self) -> &Arc<ArpSweeper> {
+        &self.sweeper
+    }
+
+    /// The facts book.
+    #[allow(dead_code)] // read by tests/ip_tiers.rs
+    pub fn facts(&self) -> &Arc<FactsBook> {
+        &self.facts
+    }
+
+    /// The `vm` argument of the tiers for `guest`.
+    pub fn tier_vm(&self, guest: &GuestRecord, ostype: Option<&str>) -> Value {
+        let mut vm = web::connect::script_vm(guest, ostype);
+        if let Value::Object(m) = &mut vm {
+            m.insert(
+                "allow_ranges".into(),
+                json!(
+                    self.options
+                        .allow_ranges
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                ),
+            );
+            m.insert(
+                "arp_subnets".into(),
+                json!(
+                    self.options
+                        .sweep
+                        .subnets
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                ),
+            );
+            m.insert("prefer_ipv6".into(), json!(self.options.prefer_ipv6));
+        }
+        vm
+    }
+
+    fn macs(guest: &GuestRecord) -> Vec<String> {
+        let mut macs: Vec<String> = guest.macs.iter().map(|(_, m)| m.to_ascii_lowercase()).collect();
+        if let Some(m) = &guest.mac
+            && !macs.contains(&m.to_ascii_lowercase())
+        {
+            macs.push(m.to_ascii_lowercase());
+        }
+        macs
+    }
+
+    async fn ostype(&self, client: &PveClient, guest: &GuestRecord) -> Option<String> {
+        if let Some(os) = self.facts.get(&guest.cluster, guest.vmid).ostype {
+            return Some(os);
+        }
+        let os = if guest.kind == "lxc" {
+            "lxc".to_string()
+        } else {
+            match client
+                .guest_config(&guest.node, GuestKind::Qemu, guest.vmid)
+                .await
+            {
+                Ok(c) => c.ostype().unwrap_or_else(|| "other".into()),
+                Err(e) => {
+                    tracing::debug!(vmid = guest.vmid, error = %e, "ostype: config read failed");
+                    return None;
+                }
+            }
+        };
+        self.facts.set_ostype(&guest.cluster, guest.vmid, &os);
+        Some(os)
+    }
+
+    /// Starts an ARP probe round in the background when ARP subnets are configured and none of the
+    /// VM's MACs is in the ARP table yet (the round itself is rate-limited per subnet).
+    async fn refresh_arp(&self, macs: &[String]) {
+        if self.options.sweep.subnets.is_empty() || macs.is_empty() {
+            return;
+        }
+        let table = tokio::fs::read_to_string("/proc/net/arp")
+            .await
+            .unwrap_or_default();
+        let known = script::parse_proc_net_arp(&table)
+            .iter()
+            .any(|e| macs.contains(&e.mac));
+        if !known {
+            let sweeper = self.sweeper.clone();
+            tokio::spawn(async move {
+                sweeper.sweep_if_due().await;
+            });
+        }
+    }
+
+    /// Runs the tiers for `guest` (see the module docs).
+    pub async fn run_tiers(
+        &self,
+        client: &PveClient,
+        guest: &GuestRecord,
+    ) -> Result<Option<IpRecord>, PveError> {
+        let Some((rt, source)) = self.scripts.get() else {
+            return AgentDiscovery.discover(client, guest, &self.policy()).await;
+        };
+        let ostype = self.ostype(client, guest).await;
+        let macs = Self::macs(guest);
+        self.refresh_arp(&macs).await;
+        let vm = self.tier_vm(guest, ostype.as_deref());
+        let set = source.current_set();
+        for tier in set.ip_tiers() {
+            let name = tier.short_name().to_string();
+            let value = match rt
+                .call(
+                    &set,
+                    tier.clone(),
+                    "discover",
+                    vec![vm.clone()],
+                    CallOptions::default(),
+                )
+                .await
+            {
+                Ok(r) => r.value,
+                Err(e) => {
+                    tracing::warn!(tier = %name, vmid = guest.vmid, error = %e, "IP tier failed");
+                    continue;
+                }
+            };
+            let Some(answer) = TierAnswer::parse(&value) else {
+                if !value.is_null() {
+                    tracing::warn!(tier = %name, answer = %value, "IP tier returned neither an address nor ()");
+                }
+                continue;
+            };
+            let check = web::connect::verify(answer.address, &macs, &self.options.verify).await;
+            self.facts.set_check(&guest.cluster, guest.vmid, check.clone());
+            if !check.trusted() {
+                tracing::warn!(
+                    tier = %name, vm = %format!("{}/{}", guest.cluster, guest.vmid), address = %answer.address,
+                    seen_mac = ?check.seen_mac, "address answers with another machine's MAC; not used"
+                );
+                continue;
+            }
+            // A plain answer that repeats the current address keeps its list and the tier that found it.
+            let previous = guest
+                .ip
+                .as_ref()
+                .filter(|p| p.address == answer.address.to_string());
+            let (prev_all, prev_source) = match previous {
+                Some(p) if answer.all.is_empty() && answer.source.is_none() => {
+                    (p.all.clone(), Some(p.source.clone()).filter(|s| !s.is_empty()))
+                }
+                _ => (Vec::new(), None),
+            };
+            let mut all: Vec<String> = vec![answer.address.to_string()];
+            for a in answer.all.iter().map(|a| a.to_string()).chain(prev_all) {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+            return Ok(Some(IpRecord {
+                address: answer.address.to_string(),
+                all,
+                source: answer.source.or(prev_source).unwrap_or(name),
+                seen_at: sync::now_secs(),
+            }));
+        }
+        Ok(None)
+    }
+
+    fn policy(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow_ranges: self.options.allow_ranges.clone(),
+            prefer_ipv6: self.options.prefer_ipv6,
+        }
+    }
+}
+
+/// What one tier answered.
+#[derive(Debug, PartialEq)]
+pub struct TierAnswer {
+    /// The address to hand out.
+    pub address: IpAddr,
+    /// Further addresses (secondary list).
+    pub all: Vec<IpAddr>,
+    /// Source name to record instead of the tier's file name.
+    pub source: Option<String>,
+}
+
+impl TierAnswer {
+    /// Reads a tier's return value: `"192.0.2.1"`, `#{address, all, source}`; anything else (or an
+    /// address that does not parse) is `None`.
+    pub fn parse(v: &Value) -> Option<TierAnswer> {
+        let ip = |v: &Value| {
+            v.as_str().and_then(|s| {
+                s.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+            })
+        };
+        match v {
+            Value::String(_) => Some(TierAnswer {
+                address: ip(v)?,
+                all: vec![],
+                source: None,
+            }),
+            Value::Object(m) => Some(TierAnswer {
+                address: ip(m.get("address")?)?,
+                all: m
+                    .get("all")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(ip).collect())
+                    .unwrap_or_default(),
+                source: m
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl IpDiscovery for ScriptedDiscovery {
+    fn discover<'a>(
+        &'a self,
+        client: &'a PveClient,
+        guest: &'a GuestRecord,
+        _policy: &'a AddressPolicy,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<IpRecord>, PveError>> + Send + 'a>> {
+        Box::pin(self.run_tiers(client, guest))
+    }
+}

@@ -1,0 +1,337 @@
+//! Proxlab's persistent state: a sled 0.34 database with one typed tree per entity of DESIGN §2.
+//!
+//! This crate owns the on-disk format: the entity records ([`records`]), their JSON codec, the schema
+//! version with forward migrations ([`schema`]) and the few multi-tree updates whose invariant spans trees.
+//! It must never depend on another Proxlab crate, never know about HTTP, Proxmox or scripts, and never
+//! overwrite a database it does not understand: a corrupt or newer-than-known database is refused with a
+//! clear [`StoreError`], and nothing already stored is touched.
+//!
+//! Keys that name a VM always carry the cluster (`cluster/vmid`), because VMIDs are unique only inside a
+//! cluster.
+
+pub mod accounts;
+pub mod records;
+pub mod schema;
+mod tree;
+
+use std::path::{Path, PathBuf};
+
+pub use accounts::{split_realm, validate_local_name, vm_name_from};
+pub use records::*;
+pub use tree::Tree;
+
+/// Errors of the store. Every variant names what is wrong; none is ever answered by overwriting data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database files exist but sled cannot read them.
+    #[error(
+        "the database at {path} is corrupt or unreadable ({detail}); it was left untouched — restore a backup or move it away"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    /// The database was written by a newer Proxlab.
+    #[error(
+        "the database at {path} has schema version {found}, newer than this Proxlab knows ({supported}); upgrade Proxlab or point it at another data dir"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// A stored record could not be decoded.
+    #[error("record {key} in tree {tree} cannot be decoded: {detail}")]
+    Decode {
+        tree: String,
+        key: String,
+        detail: String,
+    },
+    /// A record could not be encoded (never expected for our types).
+    #[error("record for tree {tree} cannot be encoded: {detail}")]
+    Encode { tree: String, detail: String },
+    /// An entity that must exist does not.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// An entity that must be new already exists.
+    #[error("{what} already exists")]
+    Conflict { what: String },
+    /// A multi-tree transaction was aborted by its own rule.
+    #[error("{0}")]
+    Rejected(String),
+    /// An I/O error from sled.
+    #[error("database I/O error: {0}")]
+    Io(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The opened database with one typed tree per entity.
+///
+/// Cheap to clone (sled handles are reference counted). All trees share one sled `Db`, so a
+/// [`sled::Transactional`] over several trees is atomic.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    /// Connected Proxmox clusters, by cluster id.
+    pub clusters: Tree<ClusterRecord>,
+    /// Nodes' SSH access and storage paths, key `cluster/node`.
+    pub nodes: Tree<NodeRecord>,
+    /// The last known inventory, key `cluster/vmid` (zero-padded vmid so keys sort numerically).
+    pub inventory: Tree<GuestRecord>,
+    /// Accounts, by user name (`alice` for local users, `alice@pve` for realm users).
+    pub users: Tree<UserRecord>,
+    /// Browser sessions, by SHA-256 hex of the session id.
+    pub sessions: Tree<SessionRecord>,
+    /// API tokens, by SHA-256 hex of the token secret.
+    pub api_tokens: Tree<ApiTokenRecord>,
+    /// Classes, by class id.
+    pub classes: Tree<ClassRecord>,
+    /// Registered templates, key `cluster/vmid`.
+    pub templates: Tree<TemplateRecord>,
+    /// VM assignments, by assignment id.
+    pub assignments: Tree<AssignmentRecord>,
+    /// Long operations (deploy, publish, delete) with their per-VM step journal, by job id.
+    pub jobs: Tree<JobRecord>,
+    /// Audit log, key = zero-padded microsecond timestamp + sequence, so it iterates in time order.
+    pub audit: Tree<AuditRecord>,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in directory `path`.
+    ///
+    /// Errors: [`StoreError::Corrupt`] when sled cannot read the files, [`StoreError::TooNew`] when the
+    /// schema version is newer than [`schema::CURRENT`]. An older schema is migrated forward in place, one
+    /// version at a time, each step in one transaction.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        let meta = db.open_tree("meta")?;
+        let open = |name: &str| -> Result<sled::Tree> { Ok(db.open_tree(name)?) };
+        let store = Store {
+            clusters: Tree::new("clusters", open("clusters")?),
+            nodes: Tree::new("nodes", open("nodes")?),
+            inventory: Tree::new("inventory", open("inventory")?),
+            users: Tree::new("users", open("users")?),
+            sessions: Tree::new("sessions", open("sessions")?),
+            api_tokens: Tree::new("api_tokens", open("api_tokens")?),
+            classes: Tree::new("classes", open("classes")?),
+            templates: Tree::new("templates", open("templates")?),
+            assignments: Tree::new("assignments", open("assignments")?),
+            jobs: Tree::new("jobs", open("jobs")?),
+            audit: Tree::new("audit", open("audit")?),
+            meta,
+            db,
+            path,
+        };
+        schema::migrate(&store)?;
+        Ok(store)
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version stored in the database.
+    pub fn schema_version(&self) -> Result<u32> {
+        schema::read_version(&self.meta)
+    }
+
+    /// Flushes every dirty page to disk (called on shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A new unique id (monotonic within this database), for jobs, assignments and audit entries.
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Appends an audit entry; key orders entries by time.
+    pub fn audit(&self, entry: AuditRecord) -> Result<()> {
+        let seq = self.next_id()?;
+        let key = format!("{:020}-{:010}", entry.at_micros, seq);
+        self.audit.insert(&key, &entry)
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_recent(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.audit.iter_rev() {
+            let (_, v) = item?;
+            out.push(v);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn meta(&self) -> &sled::Tree {
+        &self.meta
+    }
+
+    /// The underlying sled database, for multi-tree transactions over [`Tree::raw`] handles.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+/// Key of a VM-scoped record: `cluster/vmid` with the VMID zero-padded to 10 digits.
+pub fn vm_key(cluster: &str, vmid: u32) -> String {
+    format!("{cluster}/{vmid:010}")
+}
+
+/// Parses a [`vm_key`] back into `(cluster, vmid)`.
+pub fn parse_vm_key(key: &str) -> Option<(String, u32)> {
+    let (cluster, vmid) = key.rsplit_once('/')?;
+    Some((cluster.to_string(), vmid.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(cluster: &str, vmid: u32) -> GuestRecord {
+        GuestRecord {
+            cluster: cluster.into(),
+            vmid,
+            node: "pve1".into(),
+            name: format!("vm-{vmid}"),
+            status: "running".into(),
+            ..GuestRecord::default()
+        }
+    }
+
+    #[test]
+    fn reopen_keeps_records_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.inventory.insert(&vm_key("a", 101), &guest("a", 101)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), schema::CURRENT);
+        let g = s.inventory.get(&vm_key("a", 101)).unwrap().unwrap();
+        assert_eq!(g.vmid, 101);
+        assert_eq!(g.name, "vm-101");
+    }
+
+    #[test]
+    fn same_vmid_in_two_clusters_are_two_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.inventory.insert(&vm_key("a", 101), &guest("a", 101)).unwrap();
+        s.inventory.insert(&vm_key("b", 101), &guest("b", 101)).unwrap();
+        assert_eq!(s.inventory.len(), 2);
+        assert_eq!(s.inventory.scan_prefix("a/").count(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.inventory.insert(&vm_key("a", 1), &guest("a", 1)).unwrap();
+            schema::write_version(s.meta(), schema::CURRENT + 5).unwrap();
+            s.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).expect_err("must refuse");
+        assert!(
+            matches!(err, StoreError::TooNew { found, .. } if found == schema::CURRENT + 5),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this Proxlab knows"));
+        // Nothing was overwritten: the version and the record are still there.
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(schema::read_version(&meta).unwrap(), schema::CURRENT + 5);
+        assert_eq!(db.open_tree("inventory").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_database_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.inventory.insert(&vm_key("a", 1), &guest("a", 1)).unwrap();
+            s.flush().unwrap();
+        }
+        // Scribble over the sled config/snapshot files.
+        let conf = dir.path().join("conf");
+        std::fs::write(&conf, b"this is not a sled config file at all").unwrap();
+        let before = std::fs::read(&conf).unwrap();
+        let err = Store::open(dir.path()).expect_err("must refuse");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+        assert_eq!(
+            std::fs::read(&conf).unwrap(),
+            before,
+            "the corrupt file must be left as it was"
+        );
+    }
+
+    #[test]
+    fn undecodable_record_names_tree_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.db()
+            .open_tree("users")
+            .unwrap()
+            .insert("bob", &b"{not json"[..])
+            .unwrap();
+        let err = s.users.get("bob").expect_err("decode error");
+        assert!(
+            err.to_string().contains("users") && err.to_string().contains("bob"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn audit_is_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for i in 0..5u64 {
+            s.audit(AuditRecord {
+                at_micros: 1_000 + i,
+                action: format!("a{i}"),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let recent = s.audit_recent(3).unwrap();
+        let names: Vec<_> = recent.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(names, ["a4", "a3", "a2"]);
+    }
+
+    #[test]
+    fn vm_key_round_trips_and_sorts_numerically() {
+        assert_eq!(parse_vm_key(&vm_key("lab-1", 42)), Some(("lab-1".into(), 42)));
+        assert!(vm_key("c", 99) < vm_key("c", 100));
+    }
+}

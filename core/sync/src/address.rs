@@ -1,0 +1,355 @@
+//! Choosing a guest's primary address from what the guest agent, LXC `/interfaces` or the config report.
+//!
+//! Rules (DESIGN §7, field cases B01, B02, B06, B07, B08): loopback, link-local, unspecified, multicast
+//! and broadcast addresses are never chosen; interfaces of container/virtual bridges (`docker0`,
+//! `virbr0`, `br-…`, `veth…`, …) are skipped; the NIC whose MAC is the VM's lowest `netN` wins; IPv4
+//! before IPv6 unless configured; the previous choice is kept while it is still offered, so a
+//! multi-NIC guest does not flap between polls. `allow_ranges` lets exactly the listed ranges through
+//! even if they are loopback (test setups with `127.60.0.0/16`; empty in production).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Addresses reported for one interface of a guest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NicAddresses {
+    /// Interface name as the guest reports it (`ens18`, `eth0`, `Ethernet 2`, `lo`).
+    pub name: String,
+    /// Hardware address, lower case (`bc:24:11:00:00:20`), when reported.
+    pub mac: Option<String>,
+    /// Addresses without prefix length.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// How to choose.
+#[derive(Clone, Debug, Default)]
+pub struct AddressPolicy {
+    /// Ranges always accepted, even loopback (tests only).
+    pub allow_ranges: Vec<IpNet>,
+    /// Prefer IPv6 over IPv4.
+    pub prefer_ipv6: bool,
+}
+
+/// The chosen primary address and all usable ones (ordered by NIC rank, primary first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub primary: IpAddr,
+    pub all: Vec<IpAddr>,
+}
+
+const BRIDGE_PREFIXES: &[&str] = &[
+    "docker",
+    "br-",
+    "virbr",
+    "veth",
+    "cni",
+    "flannel",
+    "cali",
+    "vxlan",
+    "lxcbr",
+    "lxdbr",
+    "podman",
+    "kube-",
+    "tun",
+    "tap",
+    "zt",
+    "vethernet",
+    "isatap",
+    "teredo",
+];
+
+/// True when an interface name belongs to a container/virtual bridge or tunnel, not a real NIC.
+pub fn is_virtual_interface(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n == "lo" || n.starts_with("loopback") || BRIDGE_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// True when `ip` may be handed to a user as the guest's address.
+pub fn is_usable(ip: &IpAddr, policy: &AddressPolicy) -> bool {
+    if policy.allow_ranges.iter().any(|r| r.contains(ip)) {
+        return true;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0)
+        }
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (seg0 & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Parses an address that may carry a prefix (`192.0.2.95/22`) or a zone (`fe80::1%eth0`).
+pub fn parse_addr(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let s = s.split('/').next().unwrap_or(s);
+    let s = s.split('%').next().unwrap_or(s);
+    s.parse().ok()
+}
+
+/// Chooses the primary address.
+///
+/// `config_macs` are the VM's NICs from its config as `(netN index, mac lower case)`. `previous` is the
+/// address chosen at the last poll. Returns `None` when no usable address exists (e.g. only APIPA or
+/// link-local while DHCP is pending — not an error: discovery moves on to the next tier).
+pub fn choose(
+    nics: &[NicAddresses],
+    config_macs: &[(u32, String)],
+    previous: Option<IpAddr>,
+    policy: &AddressPolicy,
+) -> Option<Choice> {
+    // Rank: NICs matching a config MAC by netN index, then the others in the order reported.
+    let mut ranked: Vec<(u64, &NicAddresses)> = nics
+        .iter()
+        .enumerate()
+        .filter(|(_, nic)| {
+            // A virtual interface is still taken when its MAC is one of the VM's own NICs.
+            let own = nic
+                .mac
+                .as_deref()
+                .is_some_and(|m| config_macs.iter().any(|(_, cm)| cm.eq_ignore_ascii_case(m)));
+            own || !is_virtual_interface(&nic.name)
+        })
+        .map(|(pos, nic)| {
+            let idx = nic.mac.as_deref().and_then(|m| {
+                config_macs
+                    .iter()
+                    .find(|(_, cm)| cm.eq_ignore_ascii_case(m))
+                    .map(|(i, _)| *i)
+            });
+            let rank = match idx {
+                Some(i) => u64::from(i),
+                None => 1_000 + pos as u64,
+            };
+            (rank, nic)
+        })
+        .collect();
+    ranked.sort_by_key(|(rank, _)| *rank);
+
+    let mut all: Vec<IpAddr> = Vec::new();
+    for (_, nic) in &ranked {
+        for ip in &nic.addrs {
+            if is_usable(ip, policy) && !all.contains(ip) {
+                all.push(*ip);
+            }
+        }
+    }
+    if all.is_empty() {
+        return None;
+    }
+    // Primary: from the best-ranked NIC that has a usable address of the preferred family, else any.
+    let prefer = |ip: &IpAddr| ip.is_ipv6() == policy.prefer_ipv6;
+    let best_nic_addrs: Vec<IpAddr> = ranked
+        .iter()
+        .map(|(_, nic)| {
+            nic.addrs
+                .iter()
+                .copied()
+                .filter(|ip| is_usable(ip, policy))
+                .collect::<Vec<_>>()
+        })
+        .find(|v| !v.is_empty())
+        .unwrap_or_default();
+    let primary = match previous {
+        // Stable: keep the previous choice while the best NIC still offers it.
+        Some(prev) if best_nic_addrs.contains(&prev) && prefer(&prev) => prev,
+        _ => best_nic_addrs
+            .iter()
+            .copied()
+            .find(|ip| prefer(ip))
+            .or_else(|| all.iter().copied().find(|ip| prefer(ip)))
+            .or_else(|| best_nic_addrs.first().copied())
+            .unwrap_or(all[0]),
+    };
+    all.retain(|ip| *ip != primary);
+    all.insert(0, primary);
+    Some(Choice { primary, all })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(name: &str, mac: &str, addrs: &[&str]) -> NicAddresses {
+        NicAddresses {
+            name: name.into(),
+            mac: Some(mac.into()),
+            addrs: addrs.iter().map(|a| parse_addr(a).unwrap()).collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn b01_loopback_listed_first_is_skipped() {
+        let nics = [
+            nic("lo", "00:00:00:00:00:00", &["127.0.0.1", "::1"]),
+            nic(
+                "ens18",
+                "bc:24:11:00:00:20",
+                &["192.0.2.20", "fe80::be24:11ff:fe00:20"],
+            ),
+        ];
+        let c = choose(
+            &nics,
+            &[(0, "bc:24:11:00:00:20".into())],
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(c.primary, ip("192.0.2.20"));
+        assert_eq!(
+            c.all,
+            vec![ip("192.0.2.20")],
+            "no loopback or link-local in the list"
+        );
+    }
+
+    #[test]
+    fn b02_only_apipa_and_link_local_gives_no_address() {
+        let nics = [nic(
+            "Ethernet",
+            "bc:24:11:00:00:21",
+            &["169.254.17.5", "fe80::1:2:3:4"],
+        )];
+        assert_eq!(
+            choose(
+                &nics,
+                &[(0, "bc:24:11:00:00:21".into())],
+                None,
+                &AddressPolicy::default()
+            ),
+            None
+        );
+        for bad in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+            assert!(!is_usable(&ip(bad), &AddressPolicy::default()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn b06_multi_nic_prefers_lowest_net_index_and_never_flaps() {
+        let nics = [
+            nic("ens19", "bc:24:11:00:00:41", &["203.0.113.41"]),
+            nic("ens18", "bc:24:11:00:00:40", &["198.51.100.40"]),
+        ];
+        let macs = [
+            (0, "bc:24:11:00:00:40".to_string()),
+            (1, "bc:24:11:00:00:41".to_string()),
+        ];
+        let mut prev = None;
+        for _ in 0..5 {
+            let c = choose(&nics, &macs, prev, &AddressPolicy::default()).unwrap();
+            assert_eq!(c.primary, ip("198.51.100.40"));
+            assert_eq!(
+                c.all,
+                vec![ip("198.51.100.40"), ip("203.0.113.41")],
+                "secondary list ordered by netN"
+            );
+            prev = Some(c.primary);
+        }
+        // The agent's order flips: same answer.
+        let flipped = [nics[1].clone(), nics[0].clone()];
+        assert_eq!(
+            choose(&flipped, &macs, prev, &AddressPolicy::default())
+                .unwrap()
+                .primary,
+            ip("198.51.100.40")
+        );
+    }
+
+    #[test]
+    fn b07_lxc_cidr_strings_are_stripped() {
+        assert_eq!(parse_addr("192.0.2.95/22"), Some(ip("192.0.2.95")));
+        assert_eq!(
+            parse_addr("fe80::be24:11ff:fe00:700/64"),
+            Some(ip("fe80::be24:11ff:fe00:700"))
+        );
+        assert_eq!(parse_addr("fe80::1%eth0"), Some(ip("fe80::1")));
+    }
+
+    #[test]
+    fn docker_bridge_address_is_skipped() {
+        let nics = [
+            nic("docker0", "02:42:ac:11:00:01", &["172.17.0.1"]),
+            nic("br-5a1b", "02:42:aa:bb:cc:dd", &["172.18.0.1"]),
+            nic("eth0", "bc:24:11:00:00:50", &["198.51.100.50"]),
+        ];
+        let c = choose(
+            &nics,
+            &[(0, "bc:24:11:00:00:50".into())],
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(c.primary, ip("198.51.100.50"));
+        assert_eq!(c.all.len(), 1);
+    }
+
+    #[test]
+    fn windows_loopback_pseudo_interface_is_skipped() {
+        let nics = [
+            nic("Loopback Pseudo-Interface 1", "", &["127.0.0.1", "::1"]),
+            nic(
+                "Ethernet 2",
+                "bc:24:11:00:00:60",
+                &["fe80::55:1", "198.51.100.60"],
+            ),
+        ];
+        let c = choose(
+            &nics,
+            &[(0, "bc:24:11:00:00:60".into())],
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(c.primary, ip("198.51.100.60"));
+    }
+
+    #[test]
+    fn ipv6_only_guest_gets_its_global_address_and_preference_is_configurable() {
+        let nics = [nic("eth0", "bc:24:11:00:00:70", &["fe80::1", "2001:db8::70"])];
+        let c = choose(&nics, &[], None, &AddressPolicy::default()).unwrap();
+        assert_eq!(c.primary, ip("2001:db8::70"));
+        let dual = [nic(
+            "eth0",
+            "bc:24:11:00:00:70",
+            &["2001:db8::70", "198.51.100.70"],
+        )];
+        assert_eq!(
+            choose(&dual, &[], None, &AddressPolicy::default())
+                .unwrap()
+                .primary,
+            ip("198.51.100.70")
+        );
+        let v6 = AddressPolicy {
+            prefer_ipv6: true,
+            ..Default::default()
+        };
+        assert_eq!(choose(&dual, &[], None, &v6).unwrap().primary, ip("2001:db8::70"));
+    }
+
+    #[test]
+    fn allow_ranges_let_exactly_those_loopback_addresses_through() {
+        let policy = AddressPolicy {
+            allow_ranges: vec!["127.60.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let nics = [
+            nic("lo", "00:00:00:00:00:00", &["127.0.0.1"]),
+            nic("eth0", "bc:24:11:00:0f:a1", &["127.60.16.3"]),
+        ];
+        let c = choose(&nics, &[], None, &policy).unwrap();
+        assert_eq!(c.primary, ip("127.60.16.3"));
+        assert!(!is_usable(&ip("127.0.0.1"), &policy));
+        assert!(!is_usable(&ip("127.61.0.1"), &policy));
+    }
+}

@@ -1,0 +1,21 @@
+//! Inventory sync: keeps an in-memory, persisted picture of every guest of every configured Proxmox VE
+//! cluster, and tells subscribers what changed.
+//!
+//! Per cluster, one `GET /cluster/resources?type=vm` per tick (default every 5 s) gives every guest's
+//! state in one request; a slower `GET /cluster/status` checks quorum; running guests get their IP from
+//! the guest agent / LXC interfaces with bounded concurrency and per-VM backoff. A cluster that is down,
+//! without quorum or with an offline node keeps its last inventory, marked stale with the reason.
+//!
+//! This crate never serves HTTP and never runs scripts; readers take lock-free snapshots
+//! ([`Inventory::snapshot`]) and never wait on Proxmox.
+
+pub mod address;
+pub mod inventory;
+pub mod syncer;
+
+pub use address::{AddressPolicy, Choice, NicAddresses};
+pub use inventory::{CachedJson, ClusterState, Event, GuestKey, Inventory, Snapshot};
+pub use syncer::{
+    AgentDiscovery, ClusterHandle, IpDiscovery, SyncConfig, SyncError, Syncer, TickReport, display_state,
+    now_secs,
+};

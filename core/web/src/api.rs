@@ -1,0 +1,663 @@
+//! JSON API of DESIGN §7b (sync, inventory, power) and the operational routes (`/health`, `/metrics`,
+//! `/api/events`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{FutureExt, Stream, StreamExt};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use pve::{GuestKind, PowerAction};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::auth::{Action, Authn, Principal};
+use crate::error::{AppError, AppResult};
+use crate::state::{AppState, OpResult};
+
+/// `?cluster=ID` on VM paths.
+#[derive(Debug, Default, Deserialize)]
+pub struct ClusterQuery {
+    pub cluster: Option<String>,
+}
+
+/// `GET /health` (public): `{status: "ok"|"degraded", version, uptime_secs}` for anyone; signed-in users
+/// also get `clusters: [{id, name, status, stale_since}]`, admins the full detail (`reason`, `last_ok_at`,
+/// `guests`, `offline_nodes`, `quorate`, `warnings`). Always 200 while the server runs; `status` is
+/// `degraded` when any cluster is stale.
+pub async fn health(State(st): State<AppState>, authn: Authn) -> Json<Value> {
+    let snap = st.inventory.snapshot();
+    let degraded = snap.clusters.values().any(|c| c.status != "ok");
+    let mut out = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": st.started.elapsed().as_secs(),
+    });
+    if let Some(p) = &authn.principal {
+        let admin = p.is_admin();
+        let clusters: Vec<Value> = snap
+            .clusters
+            .values()
+            .map(|c| {
+                if admin {
+                    json!({
+                        "id": c.id, "name": c.name, "status": c.status, "reason": c.reason,
+                        "stale_since": c.stale_since, "last_ok_at": c.last_ok_at, "guests": c.guests,
+                        "offline_nodes": c.offline_nodes, "quorate": c.quorate, "warnings": c.warnings,
+                    })
+                } else {
+                    json!({"id": c.id, "name": c.name, "status": c.status, "stale_since": c.stale_since})
+                }
+            })
+            .collect();
+        out["clusters"] = json!(clusters);
+    }
+    Json(out)
+}
+
+/// `GET /api/sync/status`: every cluster's full [`sync::ClusterState`].
+pub async fn sync_status(State(st): State<AppState>) -> Json<Value> {
+    let snap = st.inventory.snapshot();
+    let clusters: Vec<&sync::ClusterState> = snap.clusters.values().collect();
+    Json(json!({ "clusters": clusters, "inventory_version": snap.version }))
+}
+
+/// `POST /api/sync/trigger`: wakes every cluster's sync loop now; 202.
+pub async fn sync_trigger(State(st): State<AppState>) -> impl IntoResponse {
+    st.syncer.trigger();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"triggered": st.syncer.cluster_ids()})),
+    )
+}
+
+/// `GET /api/sync/inventory/summary`: per cluster and in total: guests, running, with_ip, templates, stale.
+pub async fn inventory_summary(State(st): State<AppState>) -> Json<Value> {
+    let snap = st.inventory.snapshot();
+    let mut total = json!({"guests": 0, "running": 0, "with_ip": 0, "templates": 0, "stale_clusters": 0});
+    let mut per = Vec::new();
+    for c in snap.clusters.values() {
+        for (k, v) in [
+            ("guests", c.guests),
+            ("running", c.running),
+            ("with_ip", c.with_ip),
+            ("templates", c.templates),
+        ] {
+            total[k] = json!(total[k].as_u64().unwrap_or(0) + v as u64);
+        }
+        if c.is_stale() {
+            total["stale_clusters"] = json!(total["stale_clusters"].as_u64().unwrap_or(0) + 1);
+        }
+        per.push(json!({
+            "cluster": c.id, "name": c.name, "status": c.status, "guests": c.guests, "running": c.running,
+            "with_ip": c.with_ip, "templates": c.templates, "last_ok_at": c.last_ok_at,
+        }));
+    }
+    Json(json!({"total": total, "clusters": per}))
+}
+
+/// `GET /api/vms[?cluster=ID|all]`: the guests the caller may see, from memory, as a JSON array of
+/// inventory records. Admins get every guest (of one cluster with `?cluster=`): a list pre-serialized
+/// (and pre-gzipped) once per inventory change and shared by all requests, with an `ETag`. Students get
+/// their assigned VMs, teachers theirs plus their classes' VMs: built per request from the snapshot and
+/// the in-memory access index (hash lookups, no database read). An unknown `?cluster=` is 404.
+pub async fn list_vms(
+    State(st): State<AppState>,
+    p: Principal,
+    Query(q): Query<ClusterQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let snap = st.inventory.snapshot();
+    let scope = q.cluster.as_deref().filter(|c| *c != "all");
+    if p.is_admin() {
+        let Some(view) = snap.guests_view(scope) else {
+            return AppError::NotFound(format!("unknown cluster {:?}", scope.unwrap_or_default()))
+                .into_response();
+        };
+        return cached_json_response(&view, &headers);
+    }
+    if let Some(c) = scope
+        && !snap.clusters.contains_key(c)
+    {
+        return AppError::NotFound(format!("unknown cluster {c:?}")).into_response();
+    }
+    let guests = visible_guests(&st, &p, scope);
+    let list: Vec<&store::GuestRecord> = guests.iter().map(|g| g.as_ref()).collect();
+    match serde_json::to_vec(&list) {
+        Ok(bytes) => json_bytes(bytes.into()),
+        Err(e) => AppError::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// The guests `p` may see, from the current snapshot, in `(cluster, VMID)` order: every guest for admins;
+/// assigned VMs for students; assigned plus taught classes' VMs for teachers. `scope` limits the list to
+/// one cluster. For pages (the portal) and [`list_vms`].
+pub fn visible_guests(st: &AppState, p: &Principal, scope: Option<&str>) -> Vec<Arc<store::GuestRecord>> {
+    let snap = st.inventory.snapshot();
+    if p.is_admin() {
+        return snap
+            .guests
+            .values()
+            .filter(|g| scope.is_none_or(|s| s == g.cluster))
+            .cloned()
+            .collect();
+    }
+    let idx = st.auth.index();
+    let teacher_list;
+    let vms: &[crate::auth::VmRef] = if p.role == store::Role::Teacher {
+        teacher_list = idx.teacher_vms(&p.name);
+        &teacher_list
+    } else {
+        idx.by_user.get(&p.name).map(Vec::as_slice).unwrap_or(&[])
+    };
+    vms.iter()
+        .filter(|(c, _)| scope.is_none_or(|s| s == c))
+        .filter_map(|(c, id)| snap.guest(c, *id).cloned())
+        .collect()
+}
+
+/// Serves a [`sync::CachedJson`]: `304` when `If-None-Match` matches its tag, the pre-compressed gzip
+/// body when the client accepts gzip, else the plain JSON. No per-request serialization or compression.
+pub fn cached_json_response(view: &sync::CachedJson, headers: &axum::http::HeaderMap) -> Response {
+    let etag = HeaderValue::from_str(&view.etag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == view.etag || t.trim() == "*"));
+    if matches {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, etag);
+        return resp;
+    }
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+    let mut resp = json_bytes(if gzip {
+        view.gzip.clone()
+    } else {
+        view.json.clone()
+    });
+    let h = resp.headers_mut();
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    h.insert(header::ETAG, etag);
+    resp
+}
+
+/// A 200 JSON response from pre-serialized bytes.
+pub fn json_bytes(body: Arc<[u8]>) -> Response {
+    let mut resp = Response::new(Body::from(bytes_from(body)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn bytes_from(b: Arc<[u8]>) -> axum::body::Bytes {
+    // Bytes::from_owner keeps the Arc alive without copying.
+    axum::body::Bytes::from_owner(ArcBytes(b))
+}
+
+struct ArcBytes(Arc<[u8]>);
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// `GET /api/clusters`: configured clusters with their sync state, which one is the default and which
+/// one is the caller's active cluster (`active`).
+pub async fn list_clusters(State(st): State<AppState>, p: Principal) -> Json<Value> {
+    let snap = st.inventory.snapshot();
+    let active = st.cluster_for(&p, None);
+    let list: Vec<Value> = snap
+        .clusters
+        .values()
+        .map(|c| {
+            json!({"id": c.id, "name": c.name, "status": c.status, "default": c.id == st.config.default_cluster,
+                   "active": c.id == active})
+        })
+        .collect();
+    Json(json!({"clusters": list, "active_cluster": active}))
+}
+
+/// `GET /api/vm/{vmid}/status`: the inventory record of one guest.
+pub async fn vm_status(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(vmid): Path<u32>,
+    Query(q): Query<ClusterQuery>,
+) -> AppResult<Json<Value>> {
+    let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ViewVm)?;
+    let snap = st.inventory.snapshot();
+    let g = snap
+        .guest(&cluster, vmid)
+        .ok_or_else(|| not_found(&cluster, vmid))?;
+    Ok(Json(
+        serde_json::to_value(g.as_ref()).map_err(|e| AppError::Internal(e.to_string()))?,
+    ))
+}
+
+/// `GET /api/vm/{vmid}/ip`: `{vmid, cluster, ip, all, source, seen_at, age_secs, state}`; `ip` is null
+/// while it is still being found (state `pending`) or when the guest is not running.
+pub async fn vm_ip(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(vmid): Path<u32>,
+    Query(q): Query<ClusterQuery>,
+) -> AppResult<Json<Value>> {
+    let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ViewVm)?;
+    let snap = st.inventory.snapshot();
+    let g = snap
+        .guest(&cluster, vmid)
+        .ok_or_else(|| not_found(&cluster, vmid))?;
+    let now = sync::now_secs();
+    Ok(Json(match &g.ip {
+        Some(ip) => json!({
+            "cluster": cluster, "vmid": vmid, "ip": ip.address, "all": ip.all, "source": ip.source,
+            "seen_at": ip.seen_at, "age_secs": now.saturating_sub(ip.seen_at), "state": "found",
+        }),
+        None => json!({
+            "cluster": cluster, "vmid": vmid, "ip": null, "all": [], "source": null,
+            "state": if g.status == "running" { "pending" } else { "not_running" },
+        }),
+    }))
+}
+
+fn not_found(cluster: &str, vmid: u32) -> AppError {
+    AppError::NotFound(format!("no VM {vmid} in cluster {cluster}"))
+}
+
+/// `POST /api/vm/{vmid}/{action}` with action `start|stop|shutdown|reboot|resume|suspend|revert`.
+///
+/// Sends the power request to PVE, waits for its task (`exitstatus`), refreshes the guest in the
+/// inventory at once and answers `{ok, action, upid, exitstatus, guest}`; a task error answers with
+/// PVE's own message (e.g. `VM is locked (backup)`). Identical requests for the same VM while one is in
+/// flight join it: ten clicks make one task. `revert` rolls back to the assignment's baseline snapshot
+/// ([`revert_op`]). A VM the caller may not operate answers 404. Every call is audited.
+pub async fn vm_power(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((vmid, action)): Path<(u32, String)>,
+    Query(q): Query<ClusterQuery>,
+) -> Response {
+    let cluster = match st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::OperateVm) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let target = format!("{cluster}/{vmid}");
+    let class_vm = match &st.deploy {
+        Some(d) if action == "revert" => d.class_vm(&cluster, vmid).ok().flatten().map(|_| d.clone()),
+        _ => None,
+    };
+    let out = if let Some(deployer) = class_vm {
+        // A class VM: the deployer rolls back to `baseline`, or re-makes it on a newer published base.
+        let (st2, c, actor) = (st.clone(), cluster.clone(), p.name.clone());
+        single_flight(&st, &cluster, vmid, "revert", async move {
+            match deployer.revert(&c, vmid, &actor).await {
+                Ok(outcome) => {
+                    let guest = st2.syncer.refresh_guest(&c, vmid).await.ok();
+                    Ok(json!({"ok": true, "action": "revert", "outcome": outcome, "guest": guest}))
+                }
+                Err(e) => Err((e.http_status(), e.code().to_string(), e.to_string())),
+            }
+        })
+        .await
+    } else if action == "revert" {
+        let snapshot = st.auth.index().baseline_snapshot(&p.name, &cluster, vmid);
+        revert_op(&st, &cluster, vmid, snapshot).await
+    } else {
+        let Some(pa) = power_action(&action) else {
+            return AppError::NotFound(format!(
+                "unknown action {action:?}; use start, stop, shutdown, reboot, resume, suspend or revert"
+            ))
+            .into_response();
+        };
+        power_op(&st, &cluster, vmid, pa).await
+    };
+    let result = match &out {
+        Ok(_) => "ok".to_string(),
+        Err((_, _, m)) => m.clone(),
+    };
+    st.auth
+        .audit(&p.name, authn.addr, &format!("vm.{action}"), &target, &result);
+    match out {
+        Ok(v) => Json(v).into_response(),
+        Err((status, code, message)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response(),
+    }
+}
+
+fn power_action(action: &str) -> Option<PowerAction> {
+    Some(match action {
+        "start" => PowerAction::Start,
+        "stop" => PowerAction::Stop,
+        "shutdown" => PowerAction::Shutdown,
+        "reboot" => PowerAction::Reboot,
+        "resume" => PowerAction::Resume,
+        "suspend" => PowerAction::Suspend,
+        _ => return None,
+    })
+}
+
+/// Runs (or joins) one power operation; see [`vm_power`].
+pub async fn power_op(st: &AppState, cluster: &str, vmid: u32, action: PowerAction) -> OpResult {
+    let st2 = st.clone();
+    let c = cluster.to_string();
+    single_flight(st, cluster, vmid, action_name(action), async move {
+        run_power(st2, c, vmid, action).await
+    })
+    .await
+}
+
+/// Rolls VM `cluster`/`vmid` back to `snapshot` (the assignment's baseline), single-flight like
+/// [`power_op`]: `POST /nodes/{node}/{qemu|lxc}/{vmid}/snapshot/{snapshot}/rollback`, wait for the task,
+/// refresh the guest. `None` answers 409 "this VM has no baseline snapshot to revert to".
+pub async fn revert_op(st: &AppState, cluster: &str, vmid: u32, snapshot: Option<String>) -> OpResult {
+    let Some(snapshot) = snapshot else {
+        return Err((
+            409,
+            "no_baseline".into(),
+            "this VM has no baseline snapshot to revert to".into(),
+        ));
+    };
+    let st2 = st.clone();
+    let c = cluster.to_string();
+    single_flight(st, cluster, vmid, "revert", async move {
+        run_revert(st2, c, vmid, snapshot).await
+    })
+    .await
+}
+
+/// Joins the operation `name` already in flight for the VM, or starts `op`; a different operation in
+/// flight answers 409.
+async fn single_flight(
+    st: &AppState,
+    cluster: &str,
+    vmid: u32,
+    name: &str,
+    op: impl std::future::Future<Output = OpResult> + Send + 'static,
+) -> OpResult {
+    let name = name.to_string();
+    let fut = {
+        let mut map = st.in_flight.lock().await;
+        match map.get(&(cluster.to_string(), vmid)) {
+            Some((running, fut)) if *running == name => fut.clone(),
+            Some((running, _)) => {
+                return Err((
+                    409,
+                    "conflict".into(),
+                    format!("a {running} of this VM is still in progress"),
+                ));
+            }
+            None => {
+                let fut = op.boxed().shared();
+                map.insert((cluster.to_string(), vmid), (name, fut.clone()));
+                fut
+            }
+        }
+    };
+    let out = fut.await;
+    st.in_flight.lock().await.remove(&(cluster.to_string(), vmid));
+    out
+}
+
+fn action_name(a: PowerAction) -> &'static str {
+    match a {
+        PowerAction::Start => "start",
+        PowerAction::Stop => "stop",
+        PowerAction::Shutdown => "shutdown",
+        PowerAction::Reboot => "reboot",
+        PowerAction::Suspend => "suspend",
+        PowerAction::Resume => "resume",
+    }
+}
+
+async fn run_power(st: AppState, cluster: String, vmid: u32, action: PowerAction) -> OpResult {
+    let snap = st.inventory.snapshot();
+    let g = snap.guest(&cluster, vmid).cloned().ok_or_else(|| {
+        (
+            404,
+            "not_found".to_string(),
+            format!("no VM {vmid} in cluster {cluster}"),
+        )
+    })?;
+    if g.template {
+        return Err((
+            409,
+            "conflict".into(),
+            format!("{} is a template; templates cannot be started", g.name),
+        ));
+    }
+    let client = st
+        .syncer
+        .client(&cluster)
+        .cloned()
+        .ok_or_else(|| (404, "not_found".to_string(), format!("unknown cluster {cluster}")))?;
+    let kind = if g.kind == "lxc" {
+        GuestKind::Lxc
+    } else {
+        GuestKind::Qemu
+    };
+    // Nothing to do: answer at once, without a task.
+    let already = match action {
+        PowerAction::Start => g.status == "running" && g.state != "paused",
+        PowerAction::Stop | PowerAction::Shutdown => g.status == "stopped" && g.state != "hibernated",
+        _ => false,
+    };
+    if already {
+        return Ok(
+            json!({"ok": true, "action": action_name(action), "upid": null, "exitstatus": null,
+                         "message": format!("VM {vmid} is already {}", g.status), "guest": g}),
+        );
+    }
+    // A paused VM is resumed, not started (B14).
+    let action = if action == PowerAction::Start && g.state == "paused" {
+        PowerAction::Resume
+    } else {
+        action
+    };
+    let pve_err = |e: pve::PveError| {
+        let app: AppError = e.into();
+        (app.status().as_u16(), app.code().to_string(), app.to_string())
+    };
+    let upid = client.power(&g.node, kind, vmid, action).await.map_err(pve_err)?;
+    let outcome = client
+        .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
+        .await;
+    // Refresh the guest whatever the outcome, so the inventory shows the truth at once.
+    let refreshed = st.syncer.refresh_guest(&cluster, vmid).await;
+    let outcome = outcome.map_err(pve_err)?;
+    let exitstatus = match outcome {
+        pve::TaskOutcome::Ok => "OK".to_string(),
+        pve::TaskOutcome::Warnings(n) => format!("WARNINGS: {n}"),
+    };
+    let guest = match refreshed {
+        Ok(g) => serde_json::to_value(g.as_ref()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    Ok(
+        json!({"ok": true, "action": action_name(action), "upid": upid.to_string(), "exitstatus": exitstatus,
+              "guest": guest}),
+    )
+}
+
+async fn run_revert(st: AppState, cluster: String, vmid: u32, snapshot: String) -> OpResult {
+    let snap = st.inventory.snapshot();
+    let g = snap.guest(&cluster, vmid).cloned().ok_or_else(|| {
+        (
+            404,
+            "not_found".to_string(),
+            format!("no VM {vmid} in cluster {cluster}"),
+        )
+    })?;
+    let client = st
+        .syncer
+        .client(&cluster)
+        .cloned()
+        .ok_or_else(|| (404, "not_found".to_string(), format!("unknown cluster {cluster}")))?;
+    let kind = if g.kind == "lxc" {
+        GuestKind::Lxc
+    } else {
+        GuestKind::Qemu
+    };
+    let pve_err = |e: pve::PveError| {
+        let app: AppError = e.into();
+        (app.status().as_u16(), app.code().to_string(), app.to_string())
+    };
+    let upid = client
+        .snapshot_rollback(&g.node, kind, vmid, &snapshot)
+        .await
+        .map_err(pve_err)?;
+    let outcome = client
+        .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
+        .await;
+    let refreshed = st.syncer.refresh_guest(&cluster, vmid).await;
+    let outcome = outcome.map_err(pve_err)?;
+    let exitstatus = match outcome {
+        pve::TaskOutcome::Ok => "OK".to_string(),
+        pve::TaskOutcome::Warnings(n) => format!("WARNINGS: {n}"),
+    };
+    let guest = match refreshed {
+        Ok(g) => serde_json::to_value(g.as_ref()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    Ok(
+        json!({"ok": true, "action": "revert", "snapshot": snapshot, "upid": upid.to_string(),
+              "exitstatus": exitstatus, "guest": guest}),
+    )
+}
+
+/// `GET /api/events`: Server-Sent Events of inventory changes (`event: guest|guest_removed|cluster`,
+/// `data:` the JSON of [`sync::Event`]), with keep-alive comments every 15 s. Never compressed.
+/// Admins get every event; other users only events of VMs they may see (checked per event against the
+/// current access index, so a new assignment shows without reconnecting) and cluster events.
+pub async fn events(State(st): State<AppState>, p: Principal) -> Response {
+    let rx = st.inventory.subscribe();
+    if p.is_admin() {
+        return sse_response(event_stream(rx, |_| true));
+    }
+    let auth = st.auth.clone();
+    let keep = move |ev: &sync::Event| {
+        let (cluster, vmid) = match ev {
+            sync::Event::Guest { guest } => (guest.cluster.as_str(), guest.vmid),
+            sync::Event::GuestRemoved { cluster, vmid } => (cluster.as_str(), *vmid),
+            sync::Event::Cluster { .. } => return true,
+        };
+        crate::auth::decide(
+            &p,
+            Action::ViewVm,
+            &crate::auth::Target::Vm { cluster, vmid },
+            &auth.index(),
+        ) == crate::auth::Decision::Allow
+    };
+    sse_response(event_stream(rx, keep))
+}
+
+/// Turns inventory events into SSE events, keeping those `keep` accepts; a lagging client gets a
+/// `resync` event telling it to reload its view.
+pub fn event_stream(
+    rx: tokio::sync::broadcast::Receiver<sync::Event>,
+    keep: impl Fn(&sync::Event) -> bool + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    BroadcastStream::new(rx).filter_map(move |item| {
+        let out = match item {
+            Ok(ev) if keep(&ev) => {
+                let name = match &ev {
+                    sync::Event::Guest { .. } => "guest",
+                    sync::Event::GuestRemoved { .. } => "guest_removed",
+                    sync::Event::Cluster { .. } => "cluster",
+                };
+                SseEvent::default().event(name).json_data(&ev).ok().map(Ok)
+            }
+            Ok(_) => None,
+            Err(_) => Some(Ok(SseEvent::default().event("resync").data("{}"))),
+        };
+        futures::future::ready(out)
+    })
+}
+
+/// An SSE response with the headers proxies need (C07): `Cache-Control: no-cache`, `X-Accel-Buffering: no`.
+pub fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// `GET /metrics`: Prometheus text format: per-cluster guest gauges, sync state and request counters.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut reg = Registry::with_prefix("proxlab");
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct ClusterLabel {
+        cluster: String,
+    }
+    let snap = st.inventory.snapshot();
+    type GaugeSpec = (&'static str, &'static str, fn(&sync::ClusterState) -> i64);
+    let gauges: [GaugeSpec; 6] = [
+        ("guests", "Guests in the inventory", |c| c.guests as i64),
+        ("guests_running", "Running guests", |c| c.running as i64),
+        ("guests_with_ip", "Running guests with a known IP", |c| {
+            c.with_ip as i64
+        }),
+        ("cluster_stale", "1 when the cluster's inventory is stale", |c| {
+            i64::from(c.is_stale())
+        }),
+        (
+            "sync_last_duration_milliseconds",
+            "Duration of the last sync tick",
+            |c| c.last_duration_ms as i64,
+        ),
+        (
+            "sync_pve_requests",
+            "PVE requests made by the sync since start",
+            |c| c.requests_total as i64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let fam = Family::<ClusterLabel, Gauge>::default();
+        for c in snap.clusters.values() {
+            fam.get_or_create(&ClusterLabel {
+                cluster: c.id.clone(),
+            })
+            .set(f(c));
+        }
+        reg.register(name, help, fam);
+    }
+    reg.register(
+        "http_requests",
+        "HTTP requests answered",
+        st.http_requests.clone(),
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        return AppError::Internal("metrics encoding failed".into()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,188 @@
+//! Password hashing with argon2id (RFC 9106), off the async workers (field case C11).
+//!
+//! Parameters follow the OWASP Password Storage Cheat Sheet: m = 19,456 KiB (19 MiB), t = 2, p = 1.
+//! They are stored in every PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`), so a hash made
+//! with older parameters is recognised and re-hashed at the user's next successful login.
+//!
+//! Every hash and verify runs in `spawn_blocking` while holding a permit of a semaphore with about
+//! `num_cpus / 2` permits; the permit is moved into the blocking closure, so a request future that is
+//! dropped (client gone) cannot release it while the CPU is still hashing. A caller that cannot get a
+//! permit within the configured wait (default 2 s) gets [`HashError::Busy`] (503 + `Retry-After`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use pve::Secret;
+use rand::RngCore;
+use tokio::sync::Semaphore;
+
+/// Memory cost in KiB (OWASP: 19 MiB).
+pub const M_COST_KIB: u32 = 19_456;
+/// Iterations (OWASP: 2).
+pub const T_COST: u32 = 2;
+/// Parallelism (OWASP: 1).
+pub const P_COST: u32 = 1;
+
+/// A hash of a random password with the current parameters, verified against for unknown users so that
+/// "no such user" and "wrong password" take the same time (no user enumeration).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$cHJveGxhYmR1bW15c2FsdA$2T2N8QvQxYXh5v0m8Zr9lV8Gm0b2l6x1uB0t4Qm1Q2E";
+
+/// Why hashing could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// No permit within the wait: too many logins at once. Answer 503 with `Retry-After`.
+    #[error("too many sign-ins at once; try again in a moment")]
+    Busy,
+    /// The stored hash is not a PHC string argon2 understands, or hashing failed.
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// Result of a verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The password matches.
+    pub ok: bool,
+    /// The stored hash uses other parameters than the current ones: store a fresh hash.
+    pub needs_rehash: bool,
+}
+
+fn argon2() -> Result<Argon2<'static>, HashError> {
+    let params =
+        Params::new(M_COST_KIB, T_COST, P_COST, None).map_err(|e| HashError::Failed(e.to_string()))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes `password` now, on this thread (blocking, ~20–100 ms): for the CLI and for `spawn_blocking`.
+/// Returns the PHC string.
+pub fn hash_blocking(password: &Secret) -> Result<String, HashError> {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Failed(e.to_string()))?;
+    Ok(argon2()?
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map_err(|e| HashError::Failed(e.to_string()))?
+        .to_string())
+}
+
+/// Verifies `password` against `phc` (or against a dummy hash when `phc` is `None`, then `ok` is
+/// false), on this thread (blocking).
+pub fn verify_blocking(phc: Option<&str>, password: &Secret) -> Verified {
+    let (phc, real) = match phc {
+        Some(h) => (h, true),
+        None => (DUMMY_HASH, false),
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        // An unreadable stored hash never matches; still spend the time of a verify.
+        let _ = verify_blocking(None, password);
+        return Verified {
+            ok: false,
+            needs_rehash: false,
+        };
+    };
+    let ok = match argon2() {
+        // Argon2::verify_password takes the parameters from the PHC string itself.
+        Ok(a) => a.verify_password(password.expose().as_bytes(), &parsed).is_ok(),
+        Err(_) => false,
+    };
+    let current = parsed.algorithm.as_str() == "argon2id"
+        && Params::try_from(&parsed)
+            .map(|p| p.m_cost() == M_COST_KIB && p.t_cost() == T_COST && p.p_cost() == P_COST)
+            .unwrap_or(false);
+    Verified {
+        ok: ok && real,
+        needs_rehash: ok && real && !current,
+    }
+}
+
+/// The bounded, off-runtime hasher shared by the login routes.
+#[derive(Clone, Debug)]
+pub struct Hasher {
+    permits: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Hasher {
+    /// A hasher with `permits` concurrent hashes (at least 1) and `wait` for a permit.
+    pub fn new(permits: usize, wait: Duration) -> Hasher {
+        Hasher {
+            permits: Arc::new(Semaphore::new(permits.max(1))),
+            wait,
+        }
+    }
+
+    /// `num_cpus / 2` (at least 1) permits and a 2 s wait.
+    pub fn default_for_host() -> Hasher {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Hasher::new((cpus / 2).max(1), Duration::from_secs(2))
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| HashError::Busy)?
+            .map_err(|_| HashError::Busy)?;
+        tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the waiting request is dropped.
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| HashError::Failed(e.to_string()))
+    }
+
+    /// Hashes a new password (see [`hash_blocking`]) off the runtime.
+    pub async fn hash(&self, password: Secret) -> Result<String, HashError> {
+        self.run(move || hash_blocking(&password)).await?
+    }
+
+    /// Verifies a password (see [`verify_blocking`]) off the runtime; `phc = None` runs the dummy verify.
+    pub async fn verify(&self, phc: Option<String>, password: Secret) -> Result<Verified, HashError> {
+        self.run(move || verify_blocking(phc.as_deref(), &password)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_uses_owasp_parameters_and_verifies() {
+        let h = hash_blocking(&Secret::new("correct horse")).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert_eq!(
+            verify_blocking(Some(&h), &Secret::new("correct horse")),
+            Verified {
+                ok: true,
+                needs_rehash: false
+            }
+        );
+        assert!(!verify_blocking(Some(&h), &Secret::new("wrong")).ok);
+    }
+
+    #[test]
+    fn dummy_hash_has_the_current_parameters_and_never_matches() {
+        let parsed = PasswordHash::new(DUMMY_HASH).unwrap();
+        let p = Params::try_from(&parsed).unwrap();
+        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (M_COST_KIB, T_COST, P_COST));
+        assert!(!verify_blocking(None, &Secret::new("")).ok);
+    }
+
+    #[test]
+    fn old_parameters_ask_for_a_rehash() {
+        let params = Params::new(4096, 1, 1, None).unwrap();
+        let old = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let h = old.hash_password(b"pw", &salt).unwrap().to_string();
+        assert_eq!(
+            verify_blocking(Some(&h), &Secret::new("pw")),
+            Verified {
+                ok: true,
+                needs_rehash: true
+            }
+        );
+    }
+}

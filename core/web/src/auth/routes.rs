@@ -1,0 +1,536 @@
+//! Handlers of the auth routes: sign-in/out, the caller's account, cluster switch, connect tokens,
+//! direct user↔VM assignments and VM-to-class mappings (DESIGN §7b).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use pve::Secret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::{AssignmentRecord, AssignmentRole, Role, UserRecord};
+
+use super::{Authn, MAX_PASSWORD_BYTES, Principal, Via, safe_next, sha256_hex};
+use crate::api::ClusterQuery;
+use crate::auth::authz::{Action, Decision, Target, decide};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// Sign-in input, as a form (`application/x-www-form-urlencoded`) or JSON.
+#[derive(Debug, Default, Deserialize)]
+struct LoginInput {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: Secret,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Reads a JSON or urlencoded body into `T` (form fields are strings).
+fn parse_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> AppResult<T> {
+    if is_json(headers) {
+        return serde_json::from_slice(body)
+            .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")));
+    }
+    let map: serde_json::Map<String, Value> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    serde_json::from_value(Value::Object(map)).map_err(|e| AppError::BadRequest(format!("invalid form: {e}")))
+}
+
+fn busy() -> Response {
+    let mut r =
+        AppError::Unavailable("too many sign-ins at once; try again in a moment".into()).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    r
+}
+
+/// `POST /login`: form or JSON `{username, password, next}`.
+///
+/// Success: a new session (fresh id; any session the request carried is deleted — no fixation), the
+/// cookie set, and `303 See Other` to `next` (local paths only, else `/`) for forms, or
+/// `200 {user, role, csrf_token, next}` for JSON. Failure answers the same for an unknown user, a wrong
+/// password and a disabled account: `401 invalid_credentials` (JSON) or `303 /login?error=invalid`
+/// (form). 400 for a password over 1,024 bytes (before hashing), 413 over the 4 KiB body limit, 429 with
+/// `Retry-After` while the client address is throttled, 503 with `Retry-After` when hashing is saturated.
+///
+/// Local names are matched lower-case; names with `@` are Proxmox realm users checked against the realm
+/// cluster's `POST /access/ticket`.
+pub async fn login(State(st): State<AppState>, authn: Authn, headers: HeaderMap, body: Bytes) -> Response {
+    let json_mode = is_json(&headers);
+    let input: LoginInput = match parse_body(&headers, &body) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    if input.password.expose().len() > MAX_PASSWORD_BYTES {
+        return AppError::BadRequest(format!("passwords are at most {MAX_PASSWORD_BYTES} bytes"))
+            .into_response();
+    }
+    let name = input.username.trim();
+    if name.is_empty() || name.len() > store::accounts::MAX_USER_NAME {
+        return AppError::BadRequest("user name missing or too long".into()).into_response();
+    }
+    let next = safe_next(input.next.as_deref());
+    let auth = st.auth.clone();
+    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
+        let mut r =
+            AppError::TooManyRequests("too many failed sign-ins from this address; wait a moment".into())
+                .into_response();
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let realm = name.contains('@');
+    let account = if realm {
+        name.to_string()
+    } else {
+        name.to_ascii_lowercase()
+    };
+    let delay = auth.throttle.account_delay(&account);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let user = if realm {
+        realm_login(&st, &account, input.password).await
+    } else {
+        match local_login(&st, &account, input.password).await {
+            Ok(u) => u,
+            Err(HashErrorKind::Busy) => return busy(),
+            Err(HashErrorKind::Failed(e)) => return AppError::Internal(e).into_response(),
+        }
+    };
+    let Some(user) = user else {
+        auth.throttle.record_failure(&account, authn.addr);
+        auth.audit(&account, authn.addr, "login", "", "fail");
+        return if json_mode {
+            let body =
+                json!({"error": {"code": "invalid_credentials", "message": "wrong user name or password"}});
+            (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+        } else {
+            let enc: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+            Redirect::to(&format!("/login?error=invalid&next={enc}")).into_response()
+        };
+    };
+    auth.throttle.record_success(&account);
+    let old = auth.session_id_from(&headers).map(|raw| sha256_hex(&raw));
+    let (raw, session) = match auth.start_session(&user, authn.addr, old.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    auth.audit(&user.name, authn.addr, "login", "", "ok");
+    let cookie = auth.session_cookie(&raw);
+    let mut resp = if json_mode {
+        Json(json!({
+            "user": user.name, "role": auth.effective_role(&user), "csrf_token": session.csrf_token, "next": next,
+        }))
+        .into_response()
+    } else {
+        Redirect::to(&next).into_response()
+    };
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    resp
+}
+
+enum HashErrorKind {
+    Busy,
+    Failed(String),
+}
+
+/// Checks a local password; `Ok(None)` for any failure (unknown, disabled, wrong), after the same work.
+async fn local_login(
+    st: &AppState,
+    name: &str,
+    password: Secret,
+) -> Result<Option<UserRecord>, HashErrorKind> {
+    let auth = &st.auth;
+    let user = auth
+        .store
+        .user(name)
+        .ok()
+        .flatten()
+        .filter(|u| u.realm == "local");
+    let phc = user.as_ref().and_then(|u| u.password_hash.clone());
+    let verified = auth
+        .hasher
+        .verify(phc, password.clone())
+        .await
+        .map_err(|e| match e {
+            super::HashError::Busy => HashErrorKind::Busy,
+            super::HashError::Failed(m) => HashErrorKind::Failed(m),
+        })?;
+    let Some(user) = user.filter(|u| verified.ok && !u.disabled) else {
+        return Ok(None);
+    };
+    if verified.needs_rehash {
+        match auth.hasher.hash(password).await {
+            Ok(h) => {
+                if let Err(e) = auth.store.set_password_hash(&user.name, h, false) {
+                    tracing::warn!(error = %e, user = %user.name, "re-hash not stored");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, user = %user.name, "re-hash failed"),
+        }
+    }
+    Ok(Some(user))
+}
+
+/// Checks a realm user's password against the realm cluster; creates/refreshes the user on success.
+async fn realm_login(st: &AppState, name: &str, password: Secret) -> Option<UserRecord> {
+    let auth = &st.auth;
+    let cluster = auth
+        .config
+        .realm_cluster
+        .clone()
+        .unwrap_or_else(|| st.config.default_cluster.clone());
+    let Some(client) = st.syncer.client(&cluster).cloned() else {
+        tracing::warn!(%cluster, "realm sign-in: no such cluster to check the password with");
+        return None;
+    };
+    let pve_name = match client.check_credentials(name, &password).await {
+        Ok(n) => n,
+        Err(pve::PveError::InvalidCredentials { .. }) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, %cluster, "realm sign-in: the cluster could not check the password");
+            return None;
+        }
+    };
+    let existing = auth.store.user(&pve_name).ok().flatten();
+    if existing.as_ref().is_some_and(|u| u.disabled) {
+        return None;
+    }
+    let mut groups = Vec::new();
+    if !auth.config.realm_admin_groups.is_empty() {
+        let path = format!(
+            "/access/users/{}",
+            url::form_urlencoded::byte_serialize(pve_name.as_bytes()).collect::<String>()
+        );
+        match client.get_value(&path, &[]).await {
+            Ok(v) => {
+                groups = match v.get("groups") {
+                    Some(Value::Array(a)) => a.iter().filter_map(|g| g.as_str().map(String::from)).collect(),
+                    Some(Value::String(s)) => s
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user = %pve_name, "cannot read the user's PVE groups; not an admin by group")
+            }
+        }
+    }
+    let listed = auth.config.realm_admins.iter().any(|a| a == &pve_name)
+        || groups.iter().any(|g| auth.config.realm_admin_groups.contains(g));
+    let role = if listed {
+        Role::Admin
+    } else {
+        auth.config.realm_default_role
+    };
+    let now = auth.clock.now_secs();
+    match auth
+        .store
+        .upsert_realm_user(&pve_name, role, auth.config.realm_default_role, groups, now)
+    {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store the realm user");
+            None
+        }
+    }
+}
+
+/// `POST /logout`: deletes the session and clears the cookie; forms get `303 /login`, JSON `{ok: true}`.
+pub async fn logout(State(st): State<AppState>, p: Principal, authn: Authn, headers: HeaderMap) -> Response {
+    if let Via::Session { key, .. } = &p.via
+        && let Err(e) = st.auth.store.remove_session(key)
+    {
+        return AppError::from(e).into_response();
+    }
+    st.auth.audit(&p.name, authn.addr, "logout", "", "ok");
+    let mut resp = if is_json(&headers) || headers.get(super::CSRF_HEADER).is_some() {
+        Json(json!({"ok": true})).into_response()
+    } else {
+        Redirect::to("/login").into_response()
+    };
+    resp.headers_mut()
+        .append(header::SET_COOKIE, st.auth.clear_cookie());
+    resp
+}
+
+/// `GET /api/me`: `{user, display_name, role, realm, via: "session"|"token", csrf_token (sessions only),
+/// active_cluster}`.
+pub async fn me(State(st): State<AppState>, p: Principal) -> Json<Value> {
+    let active = st.cluster_for(&p, None);
+    Json(json!({
+        "user": p.name, "display_name": p.display_name, "role": p.role, "realm": p.realm,
+        "via": match p.via { Via::Session { .. } => "session", Via::Token { .. } => "token" },
+        "csrf_token": p.csrf_token(), "active_cluster": active,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SwitchInput {
+    cluster: String,
+}
+
+/// `POST /api/clusters/switch` `{cluster}`: sets the caller's active cluster (bare-VMID paths resolve in
+/// it). 404 for an unknown cluster.
+pub async fn switch_cluster(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let input: SwitchInput = parse_body(&headers, &body)?;
+    if !st.inventory.snapshot().clusters.contains_key(&input.cluster) {
+        return Err(AppError::NotFound(format!("no cluster {}", input.cluster)));
+    }
+    st.auth
+        .store
+        .update_user(&p.name, |u| u.active_cluster = Some(input.cluster.clone()))?;
+    st.auth
+        .audit(&p.name, authn.addr, "cluster.switch", &input.cluster, "ok");
+    Ok(Json(json!({"active_cluster": input.cluster})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConnectInput {
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+/// `POST /api/vm/{vmid}/connect-token` `{purpose: "ssh"|"console"}`: a one-time token (valid 30 s) that
+/// a WebSocket upgrade to this VM must present (C09); 404 for a VM the caller may not use.
+pub async fn connect_token(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(vmid): Path<u32>,
+    Query(q): Query<ClusterQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let input: ConnectInput = if body.is_empty() {
+        ConnectInput::default()
+    } else {
+        parse_body(&headers, &body)?
+    };
+    let purpose = input.purpose.unwrap_or_else(|| "ssh".into());
+    if !matches!(purpose.as_str(), "ssh" | "console") {
+        return Err(AppError::BadRequest("purpose is ssh or console".into()));
+    }
+    let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ConnectVm)?;
+    let token = st.auth.issue_connect_token(&p.name, &cluster, vmid, &purpose);
+    Ok(Json(json!({
+        "token": token.expose(), "expires_in": super::CONNECT_TOKEN_TTL.as_secs(), "cluster": cluster, "vmid": vmid,
+        "purpose": purpose,
+    })))
+}
+
+/// `GET /api/user-vm-assignments[?user=NAME]`: admins see all; others see the assignments of VMs they may
+/// see (their own, and for teachers those of their classes).
+pub async fn list_assignments(
+    State(st): State<AppState>,
+    p: Principal,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> AppResult<Json<Value>> {
+    let idx = st.auth.index();
+    let all = st.auth.store.assignments_all()?;
+    let list: Vec<&AssignmentRecord> = all
+        .iter()
+        .filter(|a| q.get("user").is_none_or(|u| &a.user == u))
+        .filter(|a| {
+            decide(
+                &p,
+                Action::ViewVm,
+                &Target::Vm {
+                    cluster: &a.cluster,
+                    vmid: a.vmid,
+                },
+                &idx,
+            ) == Decision::Allow
+        })
+        .collect();
+    Ok(Json(json!({"assignments": list})))
+}
+
+#[derive(Debug, Deserialize)]
+struct AssignmentInput {
+    #[serde(default)]
+    user: String,
+    vmid: u32,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    class_id: Option<String>,
+    #[serde(default)]
+    role: Option<AssignmentRole>,
+    #[serde(default)]
+    baseline_snapshot: Option<String>,
+}
+
+fn make_assignment(
+    st: &AppState,
+    p: &Principal,
+    input: AssignmentInput,
+    default_role: AssignmentRole,
+) -> AppResult<AssignmentRecord> {
+    let cluster = st.cluster_for(p, input.cluster.as_deref());
+    if st.inventory.snapshot().guest(&cluster, input.vmid).is_none() {
+        return Err(AppError::NotFound(format!(
+            "no VM {} in cluster {cluster}",
+            input.vmid
+        )));
+    }
+    if let Some(c) = &input.class_id
+        && st.auth.store.classes.get(c)?.is_none()
+    {
+        return Err(AppError::NotFound(format!("no class {c}")));
+    }
+    if let Some(s) = &input.baseline_snapshot
+        && !valid_snapshot_name(s)
+    {
+        return Err(AppError::BadRequest(format!(
+            "snapshot name {s:?}: a letter, then letters, digits, '-' or '_' (2 to 40 characters)"
+        )));
+    }
+    let rec = AssignmentRecord {
+        id: String::new(),
+        cluster,
+        vmid: input.vmid,
+        user: input.user,
+        class_id: input.class_id,
+        role: input.role.unwrap_or(default_role),
+        baseline_snapshot: input.baseline_snapshot.filter(|s| !s.is_empty()),
+        created_at: st.auth.clock.now_secs(),
+    };
+    let made = st.auth.store.create_assignment(rec)?;
+    st.auth.rebuild_index();
+    Ok(made)
+}
+
+/// PVE's snapshot-name rule (`pve-configid`): a letter, then letters, digits, `-`, `_`; 2–40 characters.
+fn valid_snapshot_name(s: &str) -> bool {
+    (2..=40).contains(&s.len())
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `POST /api/user-vm-assignments` `{user, vmid, cluster?, class_id?, role?, baseline_snapshot?}` (admin):
+/// gives a VM to a user; 201 with the record; 404 for an unknown user, VM or class; 409 if it exists.
+pub async fn create_assignment(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let input: AssignmentInput = match parse_body(&headers, &body) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let what = format!(
+        "{}/{} -> {}",
+        input.cluster.clone().unwrap_or_default(),
+        input.vmid,
+        input.user
+    );
+    if input.user.is_empty() {
+        return AppError::BadRequest("user is required".into()).into_response();
+    }
+    match make_assignment(&st, &p, input, AssignmentRole::Direct) {
+        Ok(a) => {
+            st.auth.audit(
+                &p.name,
+                authn.addr,
+                "assignment.create",
+                &format!("{}/{} -> {}", a.cluster, a.vmid, a.user),
+                "ok",
+            );
+            (StatusCode::CREATED, Json(json!(a))).into_response()
+        }
+        Err(e) => {
+            st.auth
+                .audit(&p.name, authn.addr, "assignment.create", &what, &e.to_string());
+            e.into_response()
+        }
+    }
+}
+
+/// `DELETE /api/user-vm-assignments/{id}` (admin): removes an assignment; `{deleted: id}`; 404 if unknown.
+pub async fn delete_assignment(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
+    let res = st.auth.store.remove_assignment(&id);
+    st.auth.rebuild_index();
+    let result = res
+        .as_ref()
+        .map(|_| "ok".to_string())
+        .unwrap_or_else(|e| e.to_string());
+    st.auth
+        .audit(&p.name, authn.addr, "assignment.delete", &id, &result);
+    let a = res?;
+    Ok(Json(
+        json!({"deleted": a.id, "cluster": a.cluster, "vmid": a.vmid, "user": a.user}),
+    ))
+}
+
+/// `GET /api/vm-class-mappings` (admin): assignments that put a VM into a class.
+pub async fn list_mappings(State(st): State<AppState>) -> AppResult<Json<Value>> {
+    let all = st.auth.store.assignments_all()?;
+    let list: Vec<&AssignmentRecord> = all.iter().filter(|a| a.class_id.is_some()).collect();
+    Ok(Json(json!({"mappings": list})))
+}
+
+/// `POST /api/vm-class-mappings` `{vmid, class_id, cluster?, user?, role?, baseline_snapshot?}` (admin):
+/// puts an existing VM into a class (role `student` unless given); 201; 404 for an unknown VM or class.
+pub async fn create_mapping(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let input: AssignmentInput = match parse_body(&headers, &body) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    if input.class_id.as_deref().is_none_or(str::is_empty) {
+        return AppError::BadRequest("class_id is required".into()).into_response();
+    }
+    let what = format!(
+        "{}/{} -> class {}",
+        input.cluster.clone().unwrap_or_default(),
+        input.vmid,
+        input.class_id.clone().unwrap_or_default()
+    );
+    match make_assignment(&st, &p, input, AssignmentRole::Student) {
+        Ok(a) => {
+            st.auth.audit(&p.name, authn.addr, "mapping.create", &what, "ok");
+            (StatusCode::CREATED, Json(json!(a))).into_response()
+        }
+        Err(e) => {
+            st.auth
+                .audit(&p.name, authn.addr, "mapping.create", &what, &e.to_string());
+            e.into_response()
+        }
+    }
+}

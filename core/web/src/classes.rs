@@ -1,0 +1,859 @@
+//! Classes, templates, invites and deployment jobs over HTTP (DESIGN §7b), on top of
+//! [`deploy::Deployer`]. Every handler asks [`crate::auth::decide`] first (a class the caller may not see
+//! is 404), then the deployer; without a deployer configured the routes answer 503.
+//!
+//! Errors are `{"error": {"code", "message"}}` with the deployer's codes (`class_full`,
+//! `invite_invalid`, `preflight`, `confirmation_required`, `not_owner`, ...) and statuses.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Redirect, Response};
+use deploy::{ClassSpec, ClassUpdate, DeployError, Deployer, InviteTtl, JobEvent, JobEventKind, PublishMode};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::{ClassRecord, ClassSpecs, JobRecord, JobState, Role};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::{Action, Authn, Decision, Principal, Target, decide};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// An error of these routes: the web layer's own, or the deployer's (with its code and status).
+#[derive(Debug)]
+pub enum ClassesError {
+    /// An HTTP-layer error (bad body, not found, forbidden).
+    App(AppError),
+    /// A deployer error.
+    Deploy(DeployError),
+}
+
+impl From<AppError> for ClassesError {
+    fn from(e: AppError) -> Self {
+        ClassesError::App(e)
+    }
+}
+
+impl From<DeployError> for ClassesError {
+    fn from(e: DeployError) -> Self {
+        ClassesError::Deploy(e)
+    }
+}
+
+impl IntoResponse for ClassesError {
+    fn into_response(self) -> Response {
+        match self {
+            ClassesError::App(e) => e.into_response(),
+            ClassesError::Deploy(e) => {
+                let status =
+                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+                    tracing::error!(error = %e, "deploy error");
+                    "internal error".to_string()
+                } else {
+                    e.to_string()
+                };
+                let mut body = json!({"error": {"code": e.code(), "message": message}});
+                if let DeployError::ClassFull { position, .. } = &e {
+                    body["error"]["waiting_position"] = json!(position);
+                }
+                (status, Json(body)).into_response()
+            }
+        }
+    }
+}
+
+type Res = Result<Response, ClassesError>;
+
+fn deployer(st: &AppState) -> Result<&Deployer, ClassesError> {
+    st.deploy.as_ref().ok_or_else(|| {
+        AppError::Unavailable("classes and deployments are not configured on this server".into()).into()
+    })
+}
+
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ClassesError> {
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")).into())
+}
+
+/// Allows `action` on class `id` for `p`, else 404 / 403 (via [`decide`]).
+fn allow(st: &AppState, p: &Principal, action: Action, id: &str) -> Result<(), ClassesError> {
+    match decide(p, action, &Target::Class(id), &st.auth.index()) {
+        Decision::Allow => Ok(()),
+        Decision::NotFound => Err(AppError::NotFound(format!("no class {id}")).into()),
+        Decision::Forbidden => {
+            Err(AppError::Forbidden("only the class's teachers may do this".into()).into())
+        }
+    }
+}
+
+fn teacher_or_admin(p: &Principal) -> Result<(), ClassesError> {
+    if matches!(p.role, Role::Teacher | Role::Admin) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("teachers and admins only".into()).into())
+    }
+}
+
+/// A class as JSON: never the invite hash; the large deploy context and plan only in `detail`.
+fn class_json(c: &ClassRecord, detail: bool) -> Value {
+    let mut v = json!(c);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("invite_hash");
+        o.remove("deploy_ctx");
+        if !detail {
+            o.remove("plan");
+            o.remove("bases");
+            o.remove("waiting");
+        }
+    }
+    v
+}
+
+/// A job as JSON without its resume parameters (they hold the whole deploy context).
+fn job_json(j: &JobRecord) -> Value {
+    let mut v = json!(j);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("params");
+    }
+    let total = j.steps.len();
+    let done = j
+        .steps
+        .iter()
+        .filter(|s| matches!(s.state, JobState::Done | JobState::Failed | JobState::Cancelled))
+        .count();
+    v["progress"] = json!({"done": done, "total": total,
+        "failed": j.steps.iter().filter(|s| s.state == JobState::Failed).count()});
+    v
+}
+
+fn accepted(v: Value) -> Response {
+    (StatusCode::ACCEPTED, Json(v)).into_response()
+}
+
+// ---------------------------------------------------------------- classes
+
+/// `GET /api/classes`: admins see every class; others the classes they own, co-own or are in.
+pub async fn list_classes(State(st): State<AppState>, p: Principal) -> Res {
+    let d = deployer(&st)?;
+    let list = if p.is_admin() {
+        d.classes()?
+    } else {
+        d.classes_of(&p.name)?
+    };
+    Ok(
+        Json(json!({"classes": list.iter().map(|c| class_json(c, false)).collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+/// Body of `POST /api/classes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClassBody {
+    /// Display name.
+    pub name: String,
+    /// Cluster id (default: the caller's active cluster).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Template VMID, or `template` by name.
+    #[serde(default)]
+    pub template_vmid: Option<u32>,
+    /// Template name (registered, or found in the cluster).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// `qcow2-overlay` (default) or `linked-clone`.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Student VMs.
+    #[serde(default)]
+    pub pool_size: u32,
+    /// Spec overrides `{cores, sockets, memory_mib}`.
+    #[serde(default)]
+    pub specs: ClassSpecs,
+    /// Node for the VMs.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Spread VMs over the nodes.
+    #[serde(default)]
+    pub spread: bool,
+    /// Storage for the disks.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// Students may register from the invite link.
+    #[serde(default)]
+    pub self_registration: bool,
+    /// Shown on the class page.
+    #[serde(default)]
+    pub description: String,
+    /// PVE resource pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// `POST /api/classes` (teachers, admins): creates a class and starts deploying it → 202
+/// `{class, job}`; follow the job with `GET /api/jobs/{id}/events`.
+pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn, bytes: Bytes) -> Res {
+    teacher_or_admin(&p)?;
+    let d = deployer(&st)?;
+    let b: CreateClassBody = body(&bytes)?;
+    let cluster = st.cluster_for(&p, b.cluster.as_deref());
+    let template_vmid = match (b.template_vmid, &b.template) {
+        (Some(v), _) => v,
+        (None, Some(name)) => match d
+            .templates_by_name(name)?
+            .into_iter()
+            .find(|t| t.cluster == cluster)
+        {
+            Some(t) => t.vmid,
+            None => {
+                d.register_template(&cluster, deploy::TemplateRef::Name(name.clone()))
+                    .await?
+                    .vmid
+            }
+        },
+        (None, None) => return Err(AppError::BadRequest("give template_vmid or template".into()).into()),
+    };
+    let spec = ClassSpec {
+        name: b.name,
+        cluster,
+        template_vmid,
+        workflow: b.workflow,
+        pool_size: b.pool_size,
+        specs: b.specs,
+        node: b.node,
+        spread: b.spread,
+        storage: b.storage,
+        self_registration: b.self_registration,
+        description: b.description,
+        pve_pool: b.pool,
+    };
+    let result = d.create_class(&p.name, spec).await;
+    let target = result.as_ref().map(|(c, _)| c.id.clone()).unwrap_or_default();
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "class.create",
+        &target,
+        &audit_result(&result),
+    );
+    let (class, job) = result?;
+    st.auth.rebuild_index();
+    Ok(accepted(
+        json!({"class": class_json(&class, false), "job": job_json(&job)}),
+    ))
+}
+
+fn audit_result<T>(r: &Result<T, DeployError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `GET /api/classes/{id}`: the class, its VMs with live state and IP, and (for its teachers) the
+/// waiting list, invites and recent jobs. Students see only their own VM.
+pub async fn get_class(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    allow(&st, &p, Action::ViewClass, &id)?;
+    let d = deployer(&st)?;
+    let class = d.class(&id)?;
+    let manager = decide(&p, Action::ManageClass, &Target::Class(&id), &st.auth.index()) == Decision::Allow;
+    let vms = d.class_vm_views(&id)?;
+    if !manager {
+        let own: Vec<_> = vms.into_iter().filter(|v| v.user == p.name).collect();
+        let mut c = class_json(&class, false);
+        if let Some(o) = c.as_object_mut() {
+            o.retain(|k, _| ["id", "name", "description", "owner", "state", "cluster"].contains(&k.as_str()));
+        }
+        return Ok(Json(json!({"class": c, "vms": own})).into_response());
+    }
+    let jobs: Vec<Value> = d.jobs_of_class(&id)?.iter().take(10).map(job_json).collect();
+    Ok(Json(json!({
+        "class": class_json(&class, true),
+        "vms": vms,
+        "waiting": class.waiting,
+        "invites": d.invites(&id)?,
+        "jobs": jobs,
+    }))
+    .into_response())
+}
+
+/// Body of `PUT /api/classes/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClassBody {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// New spec overrides (for VMs made from now on).
+    #[serde(default)]
+    pub specs: Option<ClassSpecs>,
+    /// Self-registration.
+    #[serde(default)]
+    pub self_registration: Option<bool>,
+    /// New pool size (more: VMs are added; fewer: free VMs are removed).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+}
+
+/// `PUT /api/classes/{id}` (the class's teachers): changes settings; a new pool size starts a job.
+pub async fn update_class(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: UpdateClassBody = body(&bytes)?;
+    let r = d
+        .modify_class(
+            &id,
+            &p.name,
+            ClassUpdate {
+                name: b.name,
+                description: b.description,
+                specs: b.specs,
+                self_registration: b.self_registration,
+                pool_size: b.pool_size,
+            },
+        )
+        .await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.update", &id, &audit_result(&r));
+    let (class, job) = r?;
+    Ok(Json(json!({"class": class_json(&class, false), "job": job.as_ref().map(job_json)})).into_response())
+}
+
+/// Query of `DELETE /api/classes/{id}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfirmQuery {
+    /// Must equal the class id.
+    #[serde(default)]
+    pub confirm: Option<String>,
+}
+
+/// `DELETE /api/classes/{id}?confirm={id}` (the owner, or an admin): removes the class's VMs (only those
+/// Proxlab made; never the template) and the class → 202 `{job}`; 428 without the confirmation.
+pub async fn delete_class(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    Query(q): Query<ConfirmQuery>,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let r = d
+        .delete_class(
+            &id,
+            &p.name,
+            p.is_admin(),
+            q.confirm.as_deref().unwrap_or_default(),
+        )
+        .await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.delete", &id, &audit_result(&r));
+    Ok(accepted(json!({"job": job_json(&r?)})))
+}
+
+// ---------------------------------------------------------------- invites and joining
+
+/// Body of `POST /api/classes/{id}/invite`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteBody {
+    /// Lifetime in seconds (default 7 days).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// Never expires (until revoked).
+    #[serde(default)]
+    pub never: bool,
+}
+
+/// `POST /api/classes/{id}/invite` (the class's teachers): a new invite link → 201
+/// `{id, url, token, expires_at}`. The token is shown only here.
+pub async fn create_invite(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: InviteBody = body(&bytes)?;
+    let ttl = match (b.never, b.expires_in_secs) {
+        (true, _) => InviteTtl::Never,
+        (false, Some(s)) => InviteTtl::For(Duration::from_secs(s)),
+        (false, None) => InviteTtl::Default,
+    };
+    let r = d.create_invite(&id, &p.name, ttl);
+    st.auth
+        .audit(&p.name, authn.addr, "class.invite", &id, &audit_result(&r));
+    let inv = r?;
+    let url = match &st.auth.config.public_origin {
+        Some(origin) => format!("{}{}", origin.trim_end_matches('/'), inv.path),
+        None => inv.path.clone(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": inv.record.id, "url": url, "token": inv.token.expose(), "expires_at": inv.record.expires_at})),
+    )
+        .into_response())
+}
+
+/// `GET /api/classes/{id}/invites` (the class's teachers): the invite records (no tokens).
+pub async fn list_invites(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    Ok(Json(json!({"invites": deployer(&st)?.invites(&id)?})).into_response())
+}
+
+/// `DELETE /api/classes/{id}/invites/{invite}` (the class's teachers): revokes an invite.
+pub async fn revoke_invite(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((id, invite)): Path<(String, String)>,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let r = deployer(&st)?.revoke_invite(&id, &invite);
+    st.auth
+        .audit(&p.name, authn.addr, "class.invite.revoke", &id, &audit_result(&r));
+    Ok(Json(json!({"invite": r?})).into_response())
+}
+
+/// `GET /join/{token}` (signed in; anonymous callers are sent to sign in first): joins the class and
+/// redirects to the portal: `/portal?joined=<class>`, `/portal?join=full&class=<class>&position=N`
+/// (on the waiting list), or `/portal?join=invalid` (unknown, revoked or expired link).
+pub async fn join(State(st): State<AppState>, p: Principal, authn: Authn, Path(token): Path<String>) -> Res {
+    let d = deployer(&st)?;
+    let r = d.join(&token, &p.name);
+    let class = d.invite_class(&token).map(|c| c.id).unwrap_or_default();
+    st.auth
+        .audit(&p.name, authn.addr, "class.join", &class, &audit_result(&r));
+    let to = match r {
+        Ok(_) => {
+            st.auth.rebuild_index();
+            format!("/portal?joined={class}")
+        }
+        Err(DeployError::ClassFull { class, position, .. }) => {
+            format!("/portal?join=full&class={class}&position={position}")
+        }
+        Err(DeployError::InviteInvalid) => "/portal?join=invalid".to_string(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// Body of `POST /api/class/{id}/assign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    /// The user to give a VM.
+    pub user: String,
+}
+
+/// `POST /api/class/{id}/assign` `{user}` (the class's teachers): gives `user` the first free VM →
+/// `{outcome: assigned|already_member, vm, assignment}`; 409 `class_full` (user put on the waiting list).
+pub async fn assign(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: AssignBody = body(&bytes)?;
+    let r = d.assign(&id, &b.user);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "class.assign",
+        &format!("{id}:{}", b.user),
+        &audit_result(&r),
+    );
+    let out = r?;
+    st.auth.rebuild_index();
+    Ok(Json(json!(out)).into_response())
+}
+
+/// `DELETE /api/class/{id}/assign/{user}` (the class's teachers): takes the VM away from `user` (the VM
+/// stays, free).
+pub async fn unassign(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((id, user)): Path<(String, String)>,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let r = deployer(&st)?.unassign(&id, &user);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "class.unassign",
+        &format!("{id}:{user}"),
+        &audit_result(&r),
+    );
+    let vm = r?;
+    st.auth.rebuild_index();
+    Ok(Json(json!({"vm": vm})).into_response())
+}
+
+// ---------------------------------------------------------------- co-owners, teacher VM, more VMs
+
+/// `GET /api/classes/{id}/co-owners`: `{owner, co_owners}`.
+pub async fn list_co_owners(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    allow(&st, &p, Action::ViewClass, &id)?;
+    let c = deployer(&st)?.class(&id)?;
+    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+}
+
+/// `POST /api/classes/{id}/co-owners` `{user}` (the class's teachers).
+pub async fn add_co_owner(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: AssignBody = body(&bytes)?;
+    let r = d.add_co_owner(&id, &b.user);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "class.co_owner.add",
+        &format!("{id}:{}", b.user),
+        &audit_result(&r),
+    );
+    let c = r?;
+    st.auth.rebuild_index();
+    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+}
+
+/// `DELETE /api/classes/{id}/co-owners/{user}` (the class's teachers).
+pub async fn remove_co_owner(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((id, user)): Path<(String, String)>,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let r = deployer(&st)?.remove_co_owner(&id, &user);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "class.co_owner.remove",
+        &format!("{id}:{user}"),
+        &audit_result(&r),
+    );
+    let c = r?;
+    st.auth.rebuild_index();
+    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+}
+
+/// `POST /api/classes/{id}/teacher/{action}` (the class's teachers): `start`, `stop`, `shutdown`,
+/// `reboot` on the teacher VM (waits for the task).
+pub async fn teacher_power(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((id, action)): Path<(String, String)>,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let action = match action.as_str() {
+        "start" => deploy::PowerAction::Start,
+        "stop" => deploy::PowerAction::Stop,
+        "shutdown" => deploy::PowerAction::Shutdown,
+        "reboot" => deploy::PowerAction::Reboot,
+        other => return Err(AppError::NotFound(format!("no action {other}")).into()),
+    };
+    let r = deployer(&st)?.teacher_power(&id, action).await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.teacher_vm", &id, &audit_result(&r));
+    Ok(Json(json!({"vm": r?, "action": action.as_str()})).into_response())
+}
+
+/// Body of `POST /api/classes/{id}/vms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddVmsBody {
+    /// How many student VMs to add.
+    pub count: u32,
+}
+
+/// `POST /api/classes/{id}/vms` `{count}` (the class's teachers): more student VMs → 202 `{job}`.
+pub async fn add_vms(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: AddVmsBody = body(&bytes)?;
+    if b.count == 0 {
+        return Err(AppError::BadRequest("count must be at least 1".into()).into());
+    }
+    let r = d.add_vms(&id, &p.name, b.count).await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.add_vms", &id, &audit_result(&r));
+    Ok(accepted(json!({"job": job_json(&r?)})))
+}
+
+/// `POST /api/classes/{id}/retry` (the class's teachers): retries the class's failed VMs → 202 `{job}`,
+/// or 200 `{job: null}` when none failed.
+pub async fn retry(State(st): State<AppState>, p: Principal, authn: Authn, Path(id): Path<String>) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let r = deployer(&st)?.retry_failed(&id, &p.name).await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.retry", &id, &audit_result(&r));
+    Ok(match r? {
+        Some(j) => accepted(json!({"job": job_json(&j)})),
+        None => Json(json!({"job": null})).into_response(),
+    })
+}
+
+/// Body of `POST /api/classes/{id}/publish-template`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// `next-revert` (default) or `now`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Required with `now`: the students' changes are lost.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// `POST /api/classes/{id}/publish-template` (the class's teachers): the (stopped) teacher VM becomes a
+/// new class base → 202 `{job}`. `mode: "now"` re-makes every student VM at once and needs
+/// `confirm: true` (428 otherwise: students' changes are lost).
+pub async fn publish(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let b: PublishBody = body(&bytes)?;
+    let mode = match b.mode.as_deref() {
+        None | Some("next-revert") => PublishMode::OnNextRevert,
+        Some("now") => PublishMode::Now,
+        Some(other) => {
+            return Err(AppError::BadRequest(format!("mode {other:?}: next-revert or now")).into());
+        }
+    };
+    let r = d.publish(&id, &p.name, mode, b.confirm).await;
+    st.auth
+        .audit(&p.name, authn.addr, "class.publish", &id, &audit_result(&r));
+    Ok(accepted(json!({"job": job_json(&r?)})))
+}
+
+// ---------------------------------------------------------------- templates
+
+/// `GET /api/templates` (teachers, admins): registered templates with cached specs.
+pub async fn list_templates(State(st): State<AppState>, p: Principal) -> Res {
+    teacher_or_admin(&p)?;
+    Ok(Json(json!({"templates": deployer(&st)?.templates()?})).into_response())
+}
+
+/// `GET /api/templates/by-name/{name}` (teachers, admins): templates with that name (any cluster);
+/// 404 when none.
+pub async fn template_by_name(State(st): State<AppState>, p: Principal, Path(name): Path<String>) -> Res {
+    teacher_or_admin(&p)?;
+    let found = deployer(&st)?.templates_by_name(&name)?;
+    if found.is_empty() {
+        return Err(AppError::NotFound(format!("no template named {name}")).into());
+    }
+    Ok(Json(json!({"templates": found})).into_response())
+}
+
+/// `GET /api/templates/stats` (teachers, admins): counts per cluster, classes per template, sync errors.
+pub async fn template_stats(State(st): State<AppState>, p: Principal) -> Res {
+    teacher_or_admin(&p)?;
+    Ok(Json(json!(deployer(&st)?.template_stats()?)).into_response())
+}
+
+/// `POST /api/templates/sync` (admins): refreshes every registered template's specs.
+pub async fn sync_templates(State(st): State<AppState>, p: Principal, authn: Authn) -> Res {
+    let r = deployer(&st)?.sync_templates(None).await;
+    st.auth
+        .audit(&p.name, authn.addr, "templates.sync", "", &audit_result(&r));
+    Ok(Json(json!({"templates": r?})).into_response())
+}
+
+/// Body of `POST /api/templates`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Cluster id (default: the caller's active cluster).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// VMID of the template.
+    #[serde(default)]
+    pub vmid: Option<u32>,
+    /// Or its name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /api/templates` `{cluster?, vmid | name}` (admins): registers a template → 201 with its specs.
+pub async fn register_template(State(st): State<AppState>, p: Principal, authn: Authn, bytes: Bytes) -> Res {
+    let d = deployer(&st)?;
+    let b: RegisterBody = body(&bytes)?;
+    let cluster = st.cluster_for(&p, b.cluster.as_deref());
+    let r = match (b.vmid, b.name) {
+        (Some(v), _) => deploy::TemplateRef::Vmid(v),
+        (None, Some(n)) => deploy::TemplateRef::Name(n),
+        (None, None) => return Err(AppError::BadRequest("give vmid or name".into()).into()),
+    };
+    let out = d.register_template(&cluster, r).await;
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "template.register",
+        &cluster,
+        &audit_result(&out),
+    );
+    Ok((StatusCode::CREATED, Json(json!(out?))).into_response())
+}
+
+// ---------------------------------------------------------------- jobs
+
+/// The job if `p` may see it: admins, the job's starter, the teachers of its class.
+fn visible_job(st: &AppState, p: &Principal, id: &str) -> Result<JobRecord, ClassesError> {
+    let d = deployer(st)?;
+    let hidden = || ClassesError::App(AppError::NotFound(format!("no job {id}")));
+    let job = d.job(id).map_err(|_| hidden())?;
+    let ok = p.is_admin()
+        || job.owner == p.name
+        || job.class_id.as_deref().is_some_and(|c| {
+            decide(p, Action::ManageClass, &Target::Class(c), &st.auth.index()) == Decision::Allow
+        });
+    if ok { Ok(job) } else { Err(hidden()) }
+}
+
+/// `GET /api/jobs/{id}`: the job with its per-VM steps (state, attempts, detail such as `queued` or
+/// `retrying in 1.2 s: …`, error) and progress.
+pub async fn get_job(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    let job = visible_job(&st, &p, &id)?;
+    Ok(Json(job_json(&job)).into_response())
+}
+
+fn sse_of(ev: &JobEvent) -> Option<SseEvent> {
+    let name = match ev.kind {
+        JobEventKind::Job { .. } => "job",
+        JobEventKind::Step { .. } => "step",
+        JobEventKind::Progress { .. } => "progress",
+        JobEventKind::Script { .. } => "script",
+    };
+    SseEvent::default().event(name).json_data(ev).ok()
+}
+
+fn job_stream(
+    d: &Deployer,
+    first: SseEvent,
+    keep: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
+    ends: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
+    already_over: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    let rx = d.events();
+    let rules = std::sync::Arc::new((keep, ends));
+    futures::stream::unfold((rx, Some(first), already_over), move |(mut rx, first, over)| {
+        let rules = rules.clone();
+        async move {
+            if let Some(ev) = first {
+                return Some((Ok(ev), (rx, None, over)));
+            }
+            if over {
+                return None;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if (rules.0)(&ev) => {
+                        let end = (rules.1)(&ev);
+                        if let Some(s) = sse_of(&ev) {
+                            return Some((Ok(s), (rx, None, end)));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        return Some((
+                            Ok(SseEvent::default().event("resync").data("{}")),
+                            (rx, None, false),
+                        ));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+}
+
+/// `GET /api/jobs/{id}/events` (SSE): first `snapshot` (the job as `GET /api/jobs/{id}`), then its
+/// `job`, `step`, `progress` and `script` events as they happen; the stream ends after the job ends.
+/// A lagging client gets `resync` (fetch the job again). No compression, `Cache-Control: no-cache`,
+/// `X-Accel-Buffering: no`, keep-alive comments every 15 s (C07).
+pub async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    let job = visible_job(&st, &p, &id)?;
+    let d = deployer(&st)?;
+    let first = SseEvent::default()
+        .event("snapshot")
+        .json_data(job_json(&job))
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let over = matches!(job.state, JobState::Done | JobState::Failed | JobState::Cancelled);
+    let (a, b) = (id.clone(), id);
+    let stream = job_stream(
+        d,
+        first,
+        move |ev| ev.job_id == a,
+        move |ev| {
+            ev.job_id == b
+                && matches!(
+                    ev.kind,
+                    JobEventKind::Job {
+                        state: JobState::Done | JobState::Failed | JobState::Cancelled,
+                        ..
+                    }
+                )
+        },
+        over,
+    );
+    Ok(crate::api::sse_response(stream))
+}
+
+/// `GET /api/classes/{id}/events` (SSE, the class's teachers): every job event of the class (deploys,
+/// publishes, moves, deletes), starting with a `snapshot` of the class's VMs.
+pub async fn class_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
+    allow(&st, &p, Action::ManageClass, &id)?;
+    let d = deployer(&st)?;
+    let first = SseEvent::default()
+        .event("snapshot")
+        .json_data(json!({"vms": d.class_vm_views(&id)?}))
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let stream = job_stream(
+        d,
+        first,
+        move |ev| ev.class_id.as_deref() == Some(id.as_str()),
+        |_| false,
+        false,
+    );
+    Ok(crate::api::sse_response(stream))
+}

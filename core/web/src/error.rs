@@ -1,0 +1,109 @@
+//! The one error type of the HTTP layer. It renders as `{"error": {"code": "...", "message": "..."}}`
+//! with a fitting status; internal details are logged, never sent to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the request is malformed; the message names what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: not signed in.
+    #[error("sign in first")]
+    Unauthorized,
+    /// 403: signed in but not allowed (never used where the existence of the thing must stay hidden).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such thing (or not visible to this user).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: conflicts with the current state (e.g. the VM is locked).
+    #[error("{0}")]
+    Conflict(String),
+    /// 429: slow down.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 502: Proxmox answered with an error; the message is PVE's own wording.
+    #[error("{0}")]
+    Upstream(String),
+    /// 503: the cluster cannot be reached or the service is busy.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an I/O failure; details are only logged.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unauthorized => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::Conflict(_) => "conflict",
+            AppError::TooManyRequests(_) => "too_many_requests",
+            AppError::Upstream(_) => "pve_error",
+            AppError::Unavailable(_) => "unavailable",
+            AppError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<pve::PveError> for AppError {
+    fn from(e: pve::PveError) -> Self {
+        use pve::PveError as P;
+        match &e {
+            P::Locked { .. } | P::LockTimeout(_) => AppError::Conflict(e.to_string()),
+            P::NotFound(_) => AppError::NotFound(e.to_string()),
+            P::Timeout | P::Connect(_) | P::NodeUnreachable { .. } | P::NoQuorum(_) => {
+                AppError::Unavailable(e.to_string())
+            }
+            _ => AppError::Upstream(e.to_string()),
+        }
+    }
+}
+
+impl From<store::StoreError> for AppError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::NotFound { what } => AppError::NotFound(format!("{what} not found")),
+            store::StoreError::Conflict { what } => AppError::Conflict(format!("{what} already exists")),
+            store::StoreError::Rejected(m) => AppError::Conflict(m),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Result alias of handlers.
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,301 @@
+//! Class, invite, template and job routes against a real deployer: the fake cluster, a loopback sshd
+//! playing the nodes (real qemu-img on the fake's labnfs folder), sessions of the matrix users.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cloner::{HostKeyPolicy, NodeAccess, SshExecutor};
+use deploy::{ClusterDeploy, DeployConfig, DeployLimits, Deployer, NodeOps, NodeTarget, StaticHost};
+use serde_json::{Value, json};
+use support::{Fixture, fixture, json_of};
+use testkit::NodeSshd;
+use web::auth::AuthConfig;
+
+struct Web {
+    fx: Fixture,
+    app: axum::Router,
+    _sshd: NodeSshd,
+}
+
+async fn web() -> Web {
+    let fx = fixture(AuthConfig::default()).await;
+    let sshd = tokio::task::spawn_blocking(|| NodeSshd::start().unwrap())
+        .await
+        .unwrap();
+    let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
+    let targets = ["pve1", "pve2", "pve3"]
+        .iter()
+        .map(|n| {
+            let mut access = NodeAccess::new(
+                &sshd.host,
+                &sshd.user,
+                &sshd.private_key,
+                HostKeyPolicy::Fingerprint(sshd.host_key_sha256.clone()),
+            );
+            access.port = sshd.port;
+            NodeTarget {
+                cluster: "lab".into(),
+                node: n.to_string(),
+                exec: Arc::new(SshExecutor::new(access).unwrap()),
+                storage_roots: vec![labnfs.clone()],
+            }
+        })
+        .collect();
+    let host = StaticHost::new(
+        tokio::runtime::Handle::current(),
+        BTreeMap::from([("lab".to_string(), support::client(fx.fake))]),
+        NodeOps::new(targets).unwrap(),
+    );
+    let loader = script::ScriptRuntime::new(
+        Arc::new(script::NullHost::new(tokio::runtime::Handle::current())),
+        script::Limits::default(),
+    );
+    let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
+    let cfg = DeployConfig {
+        clusters: BTreeMap::from([(
+            "lab".to_string(),
+            ClusterDeploy {
+                vmid_range: Some((3600, 3699)),
+                ..ClusterDeploy::default()
+            },
+        )]),
+        limits: DeployLimits {
+            backoff_base: Duration::from_millis(50),
+            ..DeployLimits::default()
+        },
+        ..DeployConfig::default()
+    };
+    let d = Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
+    d.recover().await.unwrap();
+    let app = web::app(fx.state.clone().with_deployer(d));
+    Web { fx, app, _sshd: sshd }
+}
+
+impl Web {
+    async fn call(
+        &self,
+        who: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String, Value) {
+        use tower::ServiceExt;
+        let (cookie, csrf) = self.fx.session(who);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("cookie", cookie)
+            .header("x-csrf-token", csrf)
+            .header("content-type", "application/json")
+            .body(
+                body.map(|b| Body::from(b.to_string()))
+                    .unwrap_or_else(Body::empty),
+            )
+            .unwrap();
+        let mut req = req;
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let resp = tokio::time::timeout(Duration::from_secs(120), self.app.clone().oneshot(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = tokio::time::timeout(
+            Duration::from_secs(120),
+            axum::body::to_bytes(resp.into_body(), 64 << 20),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        if ctype.starts_with("text/event-stream") {
+            return (status, String::from_utf8_lossy(&bytes).into_owned(), Value::Null);
+        }
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            json_of(&bytes)
+        };
+        (status, location, v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_only_the_owner_deletes_it() {
+    let w = web().await;
+    // Students may not create classes; teachers may.
+    let body = json!({"name": "Web class", "template_vmid": 9000, "pool_size": 2, "node": "pve3"});
+    assert_eq!(
+        w.call("stud", "POST", "/api/classes", Some(body.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (st, _, v) = w.call("teach", "POST", "/api/classes", Some(body)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let id = v["class"]["id"].as_str().unwrap().to_string();
+    let job = v["job"]["id"].as_str().unwrap().to_string();
+    assert!(v["class"].get("invite_hash").is_none());
+
+    // The job's SSE stream: a snapshot, then steps and progress, and it ends when the job ends.
+    let (st, text, _) = w
+        .call("teach", "GET", &format!("/api/jobs/{job}/events"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(text.starts_with("event: snapshot"), "{text}");
+    assert!(text.contains("event: job"), "{text}");
+    let (_, _, j) = w.call("teach", "GET", &format!("/api/jobs/{job}"), None).await;
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(j["progress"]["total"], 4);
+    assert!(j.get("params").is_none());
+    // Others do not see the job.
+    assert_eq!(
+        w.call("teach2", "GET", &format!("/api/jobs/{job}"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // An invite link; a student joins with it and then sees the class with only their own VM.
+    let (st, _, inv) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/classes/{id}/invite"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{inv}");
+    let token = inv["token"].as_str().unwrap();
+    assert!(token.len() >= 43, "256-bit token");
+    let (st, loc, _) = w.call("stud", "GET", &format!("/join/{token}"), None).await;
+    assert_eq!(
+        (st, loc.as_str()),
+        (StatusCode::SEE_OTHER, format!("/portal?joined={id}").as_str())
+    );
+    let (st, _, c) = w.call("stud", "GET", &format!("/api/classes/{id}"), None).await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    assert_eq!(c["vms"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c["vms"][0]["user"], "stud");
+    assert!(c["class"].get("plan").is_none());
+    assert_eq!(
+        w.call("stud2", "GET", &format!("/api/classes/{id}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, _, c) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
+    assert_eq!(
+        c["vms"].as_array().unwrap().len(),
+        4,
+        "base, teacher, two students"
+    );
+    assert_eq!(c["invites"].as_array().unwrap().len(), 1);
+    let (st, loc, _) = w.call("stud2", "GET", "/join/not-a-real-token", None).await;
+    assert_eq!(
+        (st, loc.as_str()),
+        (StatusCode::SEE_OTHER, "/portal?join=invalid")
+    );
+
+    // The teacher assigns the last VM; the class is then full.
+    let (st, _, a) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/class/{id}/assign"),
+            Some(json!({"user": "stud2"})),
+        )
+        .await;
+    assert_eq!(
+        (st, a["outcome"].as_str()),
+        (StatusCode::OK, Some("assigned")),
+        "{a}"
+    );
+    let (st, _, full) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/class/{id}/assign"),
+            Some(json!({"user": "teach2"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!(full["error"]["code"], "class_full");
+    assert_eq!(full["error"]["waiting_position"], 1);
+
+    // Templates for teachers; publishing "now" needs the confirmation.
+    let (st, _, t) = w.call("teach", "GET", "/api/templates", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        t["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["vmid"] == 9000)
+    );
+    let (st, _, e) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/classes/{id}/publish-template"),
+            Some(json!({"mode": "now"})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::PRECONDITION_REQUIRED, Some("confirmation_required"))
+    );
+
+    // Co-owners manage; only the owner deletes, with the confirmation.
+    let (st, _, co) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/classes/{id}/co-owners"),
+            Some(json!({"user": "co"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{co}");
+    let (st, _, e) = w
+        .call("co", "DELETE", &format!("/api/classes/{id}?confirm={id}"), None)
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_owner"))
+    );
+    let (st, _, e) = w
+        .call("teach", "DELETE", &format!("/api/classes/{id}"), None)
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::PRECONDITION_REQUIRED, Some("confirmation_required"))
+    );
+    let (st, _, d) = w
+        .call(
+            "teach",
+            "DELETE",
+            &format!("/api/classes/{id}?confirm={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{d}");
+    let del = d["job"]["id"].as_str().unwrap();
+    let (_, text, _) = w
+        .call("teach", "GET", &format!("/api/jobs/{del}/events"), None)
+        .await;
+    assert!(text.contains("\"state\":\"done\""), "{text}");
+    let (st, _, _) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
