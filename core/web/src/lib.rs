@@ -8,6 +8,7 @@
 pub mod admin_pages;
 pub mod api;
 pub mod auth;
+pub mod class_pages;
 pub mod classes;
 pub mod connect;
 pub mod error;

@@ -547,8 +547,10 @@ pub struct LoginQuery {
 }
 
 /// `GET /login[?next=PATH][&error=invalid]`: `login.html` with `next` (the safe local path, or an
-/// empty string), `error` (`invalid` or none), `error_message` (the sentence to show, or none) and
-/// `realm_hint` (how Proxmox users spell their name). The form posts `username`, `password` and
+/// empty string), `error` (`invalid`, `name_taken`, `bad_input`, `registration_closed` or none),
+/// `error_message` (the sentence to show, or none), `register_invite` (the invite token when `next` is an
+/// invite link whose class allows self-registration, else none: the page then offers "create an
+/// account", posting to `POST /register`) and `realm_hint` (how Proxmox users spell their name). The form posts `username`, `password` and
 /// `next` to `POST /login`, which answers the same for an unknown user and a wrong password.
 ///
 /// A caller who is already signed in (session or bearer token) is sent home instead: `303` to
@@ -561,20 +563,37 @@ pub async fn login_page(State(st): State<AppState>, authn: Authn, Query(q): Quer
         Some(n) if !n.is_empty() && safe_next(Some(n)) == n => n.to_string(),
         _ => String::new(),
     };
-    let error = match q.error.as_deref() {
+    let error: Option<&'static str> = match q.error.as_deref() {
         Some("invalid") => Some("invalid"),
+        Some("name_taken") => Some("name_taken"),
+        Some("bad_input") => Some("bad_input"),
+        Some("registration_closed") => Some("registration_closed"),
         Some(_) => Some("failed"),
         None => None,
     };
     let error_message = error.map(|e| match e {
         "invalid" => "Wrong user name or password.",
+        "name_taken" => "That user name is taken; choose another.",
+        "bad_input" => "User names may not contain @; passwords need at least 8 characters.",
+        "registration_closed" => "This invite link does not allow creating an account; ask your teacher.",
         _ => "Signing in did not work. Please try again.",
     });
+    // An invite link whose class lets students create their own account (`/join/<token>`).
+    let register_invite = next
+        .strip_prefix("/join/")
+        .filter(|t| {
+            st.deploy
+                .as_ref()
+                .and_then(|d| d.invite_class(t).ok())
+                .is_some_and(|c| c.self_registration)
+        })
+        .map(str::to_string);
     render_page(&st, None, "login", "login.html", "Sign in".into(), move || {
         context! {
             next => next,
             error => error,
             error_message => error_message,
+            register_invite => register_invite,
             realm_hint => "Proxmox accounts sign in with their realm, e.g. alice@pve, root@pam or alice@school-ldap.",
         }
     })

@@ -81,6 +81,9 @@ pub static EMBEDDED_DEFAULT: &[(&str, &[u8])] = embedded_theme![
     "templates/admin/audit.html",
     "static/portal.js",
     "static/admin.js",
+    "templates/classes.html",
+    "templates/class.html",
+    "static/classes.js",
 ];
 
 /// Settings of the theme layer.

@@ -41,6 +41,7 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("GET",    "/metrics",                       Text, [401, 403, 403, 403, 403, 403, 200, 403, 401]),
         ("GET",    "/api/events",                    Sse,  [401, 200, 200, 200, 200, 200, 200, 200, 401]),
         ("POST",   "/login",                         Json, [401, 401, 401, 401, 401, 401, 401, 401, 401]),
+        ("POST",   "/register",                      Json, [403, 403, 403, 403, 403, 403, 403, 403, 403]),
         ("POST",   "/logout",                        Json, [401, 200, 200, 200, 200, 200, 200, 200, 401]),
         ("GET",    "/api/me",                        Json, [401, 200, 200, 200, 200, 200, 200, 200, 401]),
         ("GET",    "/api/sync/status",               Json, [401, 403, 403, 403, 403, 403, 200, 403, 401]),
@@ -117,6 +118,10 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("POST",   "/api/templates/sync",            Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
         ("GET",    "/api/jobs/{id}",                 Json, [401, 503, 503, 503, 503, 503, 503, 503, 401]),
         ("GET",    "/api/jobs/{id}/events",          Sse,  [401, 503, 503, 503, 503, 503, 503, 503, 401]),
+        // The teacher's class pages: students are refused the list; `{id}` is unknown (404 but for the
+        // admin, who passes the checks and gets 503 without a deployer). tests/pages_classes.rs renders them.
+        ("GET",    "/classes",                       Html, [303, 403, 403, 503, 503, 503, 503, 403, 303]),
+        ("GET",    "/classes/{id}",                  Html, [303, 404, 404, 404, 404, 404, 503, 404, 303]),
     ]
 };
 
@@ -205,6 +210,9 @@ fn concrete(fx: &Fixture, template: &str) -> String {
 fn body_for(method: &str, path: &str) -> serde_json::Value {
     match (method, path) {
         ("POST", "/login") => json!({"username": "stud", "password": "wrong password"}),
+        ("POST", "/register") => {
+            json!({"username": "newcomer", "password": "long-enough-1", "invite": "no-such-invite"})
+        }
         ("POST", "/api/clusters/switch") => json!({"cluster": "lab"}),
         ("POST", "/api/user-vm-assignments") => json!({"user": "stud", "vmid": OWN_VM, "class_id": "c1"}),
         ("POST", "/api/vm-class-mappings") => json!({"vmid": OWN_VM, "class_id": "c1"}),

@@ -24,6 +24,12 @@ struct Web {
 }
 
 async fn web() -> Web {
+    web_in(3600, 3649).await
+}
+
+/// A fixture whose deployer uses VMIDs `lo..=hi` (tests in this binary run in parallel on one fake
+/// cluster, so each gets its own range).
+async fn web_in(lo: u32, hi: u32) -> Web {
     let fx = fixture(AuthConfig::default()).await;
     let sshd = tokio::task::spawn_blocking(|| NodeSshd::start().unwrap())
         .await
@@ -61,7 +67,7 @@ async fn web() -> Web {
         clusters: BTreeMap::from([(
             "lab".to_string(),
             ClusterDeploy {
-                vmid_range: Some((3600, 3699)),
+                vmid_range: Some((lo, hi)),
                 ..ClusterDeploy::default()
             },
         )]),
@@ -298,4 +304,130 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
     assert!(text.contains("\"state\":\"done\""), "{text}");
     let (st, _, _) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// An anonymous request through the real router; returns (status, location, set-cookie, body).
+async fn anonymous(
+    w: &Web,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    cookie: Option<&str>,
+) -> (StatusCode, String, String, Value) {
+    use tower::ServiceExt;
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let mut req = b
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        "127.0.0.1:40001".parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    let resp = w.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (loc, set_cookie) = (header("location"), header("set-cookie"));
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        json_of(&bytes)
+    };
+    (status, loc, set_cookie, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_registers_from_an_invite_only_when_the_class_allows_it_and_gets_a_vm() {
+    let w = web_in(3650, 3699).await;
+    let mut ids = Vec::new();
+    for (name, open) in [("Open class", true), ("Closed class", false)] {
+        let body = json!({"name": name, "template_vmid": 9000, "pool_size": 1, "node": "pve3", "self_registration": open});
+        let (st, _, v) = w.call("teach", "POST", "/api/classes", Some(body)).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        let id = v["class"]["id"].as_str().unwrap().to_string();
+        let job = v["job"]["id"].as_str().unwrap().to_string();
+        w.call("teach", "GET", &format!("/api/jobs/{job}/events"), None)
+            .await;
+        let (st, _, inv) = w
+            .call(
+                "teach",
+                "POST",
+                &format!("/api/classes/{id}/invite"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{inv}");
+        ids.push((id, inv["token"].as_str().unwrap().to_string()));
+    }
+    let (open_id, open_token) = &ids[0];
+    let (_, closed_token) = &ids[1];
+
+    // The closed class's link creates no account.
+    let (st, _, _, v) = anonymous(
+        &w,
+        "POST",
+        "/register",
+        Some(json!({"username": "walkin", "password": "walkin-pass-1", "invite": closed_token})),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "registration_closed");
+    assert!(w.fx.store.user("walkin").unwrap().is_none());
+
+    // Bad input is refused before anything is stored.
+    let (st, _, _, _) = anonymous(
+        &w,
+        "POST",
+        "/register",
+        Some(json!({"username": "walk@in", "password": "walkin-pass-1", "invite": open_token})),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // The open class's link: an account (a student), signed in, sent on to join.
+    let (st, _, cookie, v) = anonymous(
+        &w,
+        "POST",
+        "/register",
+        Some(json!({"username": "WalkIn", "password": "walkin-pass-1", "display_name": "Wälk In", "invite": open_token})),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["user"], "walkin");
+    assert_eq!(v["next"], format!("/join/{open_token}"));
+    let user = w.fx.store.user("walkin").unwrap().unwrap();
+    assert_eq!(user.role, store::Role::Student);
+    assert_eq!(user.display_name, "Wälk In");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let (st, loc, _, _) = anonymous(&w, "GET", &format!("/join/{open_token}"), None, Some(&cookie)).await;
+    assert_eq!(
+        (st, loc),
+        (StatusCode::SEE_OTHER, format!("/portal?joined={open_id}"))
+    );
+    // The name is now taken.
+    let (st, _, _, _) = anonymous(
+        &w,
+        "POST",
+        "/register",
+        Some(json!({"username": "walkin", "password": "walkin-pass-2", "invite": open_token})),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT);
 }

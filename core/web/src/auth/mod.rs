@@ -627,7 +627,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         }
         // Sign-in itself needs no session token (a planted or stale cookie must not block it); the
         // Origin check above covers login CSRF.
-        let sign_in = req.uri().path() == "/login";
+        let sign_in = matches!(req.uri().path(), "/login" | "/register");
         if let Some(Principal {
             via: Via::Session { csrf, .. },
             ..

@@ -534,3 +534,144 @@ pub async fn create_mapping(
         }
     }
 }
+
+#[derive(Deserialize)]
+struct RegisterInput {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: Secret,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    invite: String,
+}
+
+/// Shortest password accepted at self-registration.
+pub const MIN_REGISTER_PASSWORD: usize = 8;
+
+/// `POST /register` (public; form or JSON: `username`, `password`, `display_name`, `invite`): a student
+/// creates a local account from an invite link whose class allows self-registration, is signed in, and
+/// goes on to `/join/{invite}` (303 for forms; `200 {user, next, csrf_token}` for JSON).
+///
+/// Errors: 403 `registration_closed` when the invite is invalid, expired or its class does not allow
+/// self-registration (no account is made); 400 for a bad name (`@`, too long) or a password shorter
+/// than 8 or longer than 1,024 bytes; 409 when the name is taken; 429 while the address is throttled;
+/// 503 when hashing is saturated. The new account is a student; the request is audited.
+pub async fn register(State(st): State<AppState>, authn: Authn, headers: HeaderMap, body: Bytes) -> Response {
+    let json_mode = is_json(&headers);
+    let input: RegisterInput = match parse_body(&headers, &body) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let invite = input.invite.clone();
+    let resp = register_inner(&st, &authn, &headers, input, json_mode).await;
+    // Forms go back to the sign-in page with the reason; JSON callers get the error itself.
+    let status = resp.status();
+    if json_mode || status.is_redirection() || status.is_success() {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::CONFLICT => "name_taken",
+        StatusCode::BAD_REQUEST => "bad_input",
+        StatusCode::FORBIDDEN => "registration_closed",
+        _ => return resp,
+    };
+    let next: String = url::form_urlencoded::byte_serialize(format!("/join/{invite}").as_bytes()).collect();
+    Redirect::to(&format!("/login?error={code}&next={next}")).into_response()
+}
+
+async fn register_inner(
+    st: &AppState,
+    authn: &Authn,
+    headers: &HeaderMap,
+    input: RegisterInput,
+    json_mode: bool,
+) -> Response {
+    let auth = st.auth.clone();
+    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
+        let mut r = AppError::TooManyRequests("too many attempts from this address; wait a moment".into())
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let allowed = st
+        .deploy
+        .as_ref()
+        .and_then(|d| d.invite_class(&input.invite).ok())
+        .is_some_and(|c| c.self_registration);
+    if !allowed {
+        auth.throttle.record_failure("register", authn.addr);
+        let body = json!({"error": {"code": "registration_closed",
+            "message": "this invite link does not allow creating an account; ask your teacher for an account"}});
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
+    let pw_len = input.password.expose().len();
+    if !(MIN_REGISTER_PASSWORD..=MAX_PASSWORD_BYTES).contains(&pw_len) {
+        return AppError::BadRequest(format!(
+            "passwords need {MIN_REGISTER_PASSWORD} to {MAX_PASSWORD_BYTES} bytes"
+        ))
+        .into_response();
+    }
+    let name = input.username.trim().to_ascii_lowercase();
+    if name.is_empty() || name.len() > store::accounts::MAX_USER_NAME {
+        return AppError::BadRequest("user name missing or too long".into()).into_response();
+    }
+    if let Err(msg) = store::validate_local_name(&name) {
+        return AppError::BadRequest(msg).into_response();
+    }
+    let hash = match auth.hasher.hash(input.password).await {
+        Ok(h) => h,
+        Err(super::password::HashError::Busy) => return busy(),
+        Err(e) => return AppError::Internal(e.to_string()).into_response(),
+    };
+    let display = input.display_name.trim();
+    let user = match auth.store.create_local_user(UserRecord {
+        name: name.clone(),
+        display_name: if display.is_empty() {
+            name.clone()
+        } else {
+            display.chars().take(128).collect()
+        },
+        role: store::Role::Student,
+        password_hash: Some(hash),
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        ..UserRecord::default()
+    }) {
+        Ok(u) => u,
+        Err(store::StoreError::Conflict { .. }) => {
+            return AppError::Conflict(format!("the user name {name:?} is taken; choose another"))
+                .into_response();
+        }
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    auth.audit(
+        &user.name,
+        authn.addr,
+        "user.register",
+        &input.invite.chars().take(8).collect::<String>(),
+        "ok",
+    );
+    let old = auth.session_id_from(headers).map(|raw| sha256_hex(&raw));
+    let (raw, session) = match auth.start_session(&user, authn.addr, old.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let next = format!(
+        "/join/{}",
+        url::form_urlencoded::byte_serialize(input.invite.as_bytes()).collect::<String>()
+    );
+    let mut resp = if json_mode {
+        Json(json!({"user": user.name, "next": next, "csrf_token": session.csrf_token})).into_response()
+    } else {
+        Redirect::to(&next).into_response()
+    };
+    resp.headers_mut()
+        .append(header::SET_COOKIE, auth.session_cookie(&raw));
+    resp
+}

@@ -8,7 +8,7 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::state::AppState;
-use crate::{admin_pages, api, classes, connect, pages};
+use crate::{admin_pages, api, class_pages, classes, connect, pages};
 
 use super::routes as auth_routes;
 
@@ -118,6 +118,8 @@ fn table() -> Vec<Route> {
     use RouteKind::*;
     let mut login = r(Post, "/login", Json, Public, auth_routes::login);
     login.spec.body_limit = Some(super::AUTH_BODY_LIMIT);
+    let mut register = r(Post, "/register", Json, Public, auth_routes::register);
+    register.spec.body_limit = Some(super::AUTH_BODY_LIMIT);
     vec![
         // Operations.
         r(Get, "/health", Json, Public, api::health),
@@ -125,6 +127,7 @@ fn table() -> Vec<Route> {
         r(Get, "/api/events", Sse, Authenticated, api::events),
         // Sign-in and the caller's own account.
         login,
+        register,
         r(Post, "/logout", Json, Authenticated, auth_routes::logout),
         r(Get, "/api/me", Json, Authenticated, auth_routes::me),
         // Sync and inventory (DESIGN §7b).
@@ -348,6 +351,9 @@ fn table() -> Vec<Route> {
             Authenticated,
             classes::job_events,
         ),
+        // The teacher's class pages (issue 5 item 4; per-class access decided in the handler).
+        r(Get, "/classes", Html, Authenticated, class_pages::classes_page),
+        r(Get, "/classes/{id}", Html, Authenticated, class_pages::class_page),
         // Pages (themes) and reload status.
         // Sign-in page and the student portal (issue 4).
         r(Get, "/login", Html, Public, pages::login_page),
