@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloner::{HostKeyPolicy, NodeAccess, SshExecutor};
-use deploy::{ClusterDeploy, DeployConfig, DeployLimits, Deployer, NodeOps, NodeTarget, StaticHost};
 use serde_json::{Value, json};
 use support::{Fixture, fixture, json_of};
 use testkit::NodeSshd;
@@ -34,51 +32,15 @@ async fn web_in(lo: u32, hi: u32) -> Web {
     let sshd = tokio::task::spawn_blocking(|| NodeSshd::start().unwrap())
         .await
         .unwrap();
-    let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
-    let targets = ["pve1", "pve2", "pve3"]
-        .iter()
-        .map(|n| {
-            let mut access = NodeAccess::new(
-                &sshd.host,
-                &sshd.user,
-                &sshd.private_key,
-                HostKeyPolicy::Fingerprint(sshd.host_key_sha256.clone()),
-            );
-            access.port = sshd.port;
-            NodeTarget {
-                cluster: "lab".into(),
-                node: n.to_string(),
-                exec: Arc::new(SshExecutor::new(access).unwrap()),
-                storage_roots: vec![labnfs.clone()],
-            }
-        })
-        .collect();
-    let host = StaticHost::new(
-        tokio::runtime::Handle::current(),
-        BTreeMap::from([("lab".to_string(), support::client(fx.fake))]),
-        NodeOps::new(targets).unwrap(),
+    let mut access = NodeAccess::new(
+        &sshd.host,
+        &sshd.user,
+        &sshd.private_key,
+        HostKeyPolicy::Fingerprint(sshd.host_key_sha256.clone()),
     );
-    let loader = script::ScriptRuntime::new(
-        Arc::new(script::NullHost::new(tokio::runtime::Handle::current())),
-        script::Limits::default(),
-    );
-    let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
-    let cfg = DeployConfig {
-        clusters: BTreeMap::from([(
-            "lab".to_string(),
-            ClusterDeploy {
-                vmid_range: Some((lo, hi)),
-                ..ClusterDeploy::default()
-            },
-        )]),
-        limits: DeployLimits {
-            backoff_base: Duration::from_millis(50),
-            ..DeployLimits::default()
-        },
-        ..DeployConfig::default()
-    };
-    let d = Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
-    d.recover().await.unwrap();
+    access.port = sshd.port;
+    let exec: Arc<dyn cloner::Executor> = Arc::new(SshExecutor::new(access).unwrap());
+    let d = support::deployer(&fx, exec, lo, hi).await;
     let app = web::app(fx.state.clone().with_deployer(d));
     Web { fx, app, _sshd: sshd }
 }

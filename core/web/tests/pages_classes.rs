@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloner::LocalExecutor;
-use deploy::{ClusterDeploy, DeployConfig, DeployLimits, Deployer, NodeOps, NodeTarget, StaticHost};
+use deploy::Deployer;
 use serde_json::{Value, json};
 use support::{Fixture, fixture};
 use tower::ServiceExt;
@@ -26,42 +25,8 @@ struct Web {
 
 async fn web() -> Web {
     let fx = fixture(AuthConfig::default()).await;
-    let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
-    let targets = ["pve1", "pve2", "pve3"]
-        .iter()
-        .map(|n| NodeTarget {
-            cluster: "lab".into(),
-            node: n.to_string(),
-            exec: Arc::new(LocalExecutor::new(Duration::from_secs(60))),
-            storage_roots: vec![labnfs.clone()],
-        })
-        .collect();
-    let host = StaticHost::new(
-        tokio::runtime::Handle::current(),
-        BTreeMap::from([("lab".to_string(), support::client(fx.fake))]),
-        NodeOps::new(targets).unwrap(),
-    );
-    let loader = script::ScriptRuntime::new(
-        Arc::new(script::NullHost::new(tokio::runtime::Handle::current())),
-        script::Limits::default(),
-    );
-    let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
-    let cfg = DeployConfig {
-        clusters: BTreeMap::from([(
-            "lab".to_string(),
-            ClusterDeploy {
-                vmid_range: Some((3700, 3799)),
-                ..ClusterDeploy::default()
-            },
-        )]),
-        limits: DeployLimits {
-            backoff_base: Duration::from_millis(50),
-            ..DeployLimits::default()
-        },
-        ..DeployConfig::default()
-    };
-    let d = Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
-    d.recover().await.unwrap();
+    let exec: Arc<dyn cloner::Executor> = Arc::new(LocalExecutor::new(Duration::from_secs(60)));
+    let d = support::deployer(&fx, exec, 3700, 3799).await;
     let app = web::app(fx.state.clone().with_deployer(d.clone()));
     Web { fx, app, deployer: d }
 }

@@ -198,3 +198,49 @@ pub fn json_of(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
+
+/// A real deployer over the fixture's fake cluster: nodes `pve1`..`pve3` of cluster `lab` run their
+/// commands through `exec` (SSH to a loopback sshd, or the local executor), storage `labnfs` is the
+/// fake's real folder, VMIDs come from `lo..=hi` (tests sharing the fake cluster use disjoint ranges),
+/// and lock-timeout backoff is short. Interrupted jobs are recovered before it is returned.
+pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi: u32) -> deploy::Deployer {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
+    let targets = ["pve1", "pve2", "pve3"]
+        .iter()
+        .map(|n| deploy::NodeTarget {
+            cluster: "lab".into(),
+            node: n.to_string(),
+            exec: exec.clone(),
+            storage_roots: vec![labnfs.clone()],
+        })
+        .collect();
+    let host = deploy::StaticHost::new(
+        tokio::runtime::Handle::current(),
+        BTreeMap::from([("lab".to_string(), client(fx.fake))]),
+        deploy::NodeOps::new(targets).unwrap(),
+    );
+    let loader = script::ScriptRuntime::new(
+        Arc::new(script::NullHost::new(tokio::runtime::Handle::current())),
+        script::Limits::default(),
+    );
+    let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
+    let cfg = deploy::DeployConfig {
+        clusters: BTreeMap::from([(
+            "lab".to_string(),
+            deploy::ClusterDeploy {
+                vmid_range: Some((lo, hi)),
+                ..deploy::ClusterDeploy::default()
+            },
+        )]),
+        limits: deploy::DeployLimits {
+            backoff_base: Duration::from_millis(50),
+            ..deploy::DeployLimits::default()
+        },
+        ..deploy::DeployConfig::default()
+    };
+    let d = deploy::Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
+    d.recover().await.unwrap();
+    d
+}
