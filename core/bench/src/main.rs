@@ -4,8 +4,12 @@
 //! - `read`: `GET /api/vms` with 5,000 guests vs the same server's `/health` at 64 connections (wrk), and
 //!   the admin view of one 2,000-guest cluster (~1 MB JSON) at 32 connections.
 //! - `sync`: PVE requests per tick and tick time for N guests and K clusters, counted by the fake cluster.
+//! - `memory`: resident and peak memory with 5,000 guests and 1,000 signed-in sessions.
+//! - `reload`: 100 template rewrites under load (failed requests, edit → visible latency).
+//! - `deploy`: class deployments of 25 and 100 students vs N × a bare `qemu-img create`.
 //!
-//! Usage: `proxlab-bench [read|sync|all] [--duration SECS]`. Needs `wrk` (Debian package) for `read`.
+//! Usage: `proxlab-bench [read|memory|reload|sync|deploy|all] [--duration SECS]`. Needs `wrk` (Debian
+//! package) for `read` and `reload`.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -523,6 +527,83 @@ async fn bench_reload(secs: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `VmRSS` and `VmHWM` (peak) of this process, MiB, from `/proc/self/status`.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Memory: the server (in this process) with 5,000 guests and 1,000 signed-in sessions, each making
+/// requests; prints resident and peak memory (target: peak < 150 MiB). The fake clusters are other
+/// processes; the HTTP client of the load is in this process, so the figure is an upper bound.
+async fn bench_memory() -> anyhow::Result<()> {
+    println!("== memory (5,000 guests, 1,000 sessions)");
+    let (rss0, _) = rss_mib();
+    let fakes = tokio::task::spawn_blocking(|| {
+        FakeCluster::start_many(vec![ClusterSpec::generated(3000), ClusterSpec::generated(2000)])
+    })
+    .await??;
+    let store = store::Store::open_temporary()?;
+    let syncer = syncer_with_store(
+        &[("big".into(), &fakes[0]), ("lab".into(), &fakes[1])],
+        Some(store.clone()),
+    )
+    .await?;
+    for r in syncer.sync_once().await {
+        r?;
+    }
+    let (base, _creds, _server) = serve(syncer.clone(), store.clone(), "big").await?;
+    let (rss_synced, _) = rss_mib();
+    let auth = web::auth::AuthState::new(store.clone(), web::auth::AuthConfig::default());
+    let student = store.user("bench-student")?.context("student")?;
+    let cookie_name = auth.cookie_name();
+    let mut cookies = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        let addr = std::net::IpAddr::from([127, 0, (i / 250) as u8, (i % 250 + 1) as u8]);
+        let (raw, _) = auth.start_session(&student, addr, None)?;
+        cookies.push(format!("{cookie_name}={raw}"));
+    }
+    let http = testkit::http_client();
+    let t = Instant::now();
+    let mut ok = 0usize;
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for chunk in cookies.chunks(64) {
+            for c in chunk {
+                let (http, url, c) = (http.clone(), format!("{base}/api/vms"), c.clone());
+                tasks.push(tokio::spawn(async move {
+                    http.get(url)
+                        .header("cookie", c)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }));
+            }
+            for task in tasks.drain(..) {
+                ok += usize::from(task.await.unwrap_or(false));
+            }
+        }
+        let _ = round;
+    }
+    let (rss_end, hwm) = rss_mib();
+    println!(
+        "resident: {rss0:.1} MiB at start, {rss_synced:.1} MiB with 5,000 guests synced and served, {rss_end:.1} MiB \
+         after 1,000 sessions x 3 requests ({ok}/3000 ok in {:.1} s); peak {hwm:.1} MiB (target < 150 MiB)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let what = args.first().map(String::as_str).unwrap_or("all").to_string();
@@ -548,6 +629,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         if what == "read" || what == "all" {
             bench_read(secs).await?;
+        }
+        if what == "memory" || what == "all" {
+            bench_memory().await?;
         }
         if what == "reload" || what == "all" {
             bench_reload(secs).await?;
