@@ -645,7 +645,11 @@ impl Deployer {
                     continue;
                 }
                 if let Some(e) = by_vmid.get(&u64::from(vmid)) {
-                    entries.push(e.clone());
+                    // A failed attempt may have left a disk or a half-made VM (e.g. its node went
+                    // away before the cleanup could run): the retry cleans up first.
+                    let mut e = e.clone();
+                    e["retry"] = serde_json::Value::Bool(true);
+                    entries.push(e);
                 }
             }
         }

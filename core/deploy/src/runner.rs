@@ -421,7 +421,9 @@ impl Deployer {
         let limits = self.inner.cfg.limits.clone();
         let step = journal.step(idx).unwrap_or_default();
         let resumed = journal.params()["resumed"] == json!(true);
-        let mut need_cleanup = remake || resumed || step.attempts > 0 || step.state == JobState::Running;
+        let retry = entry["retry"] == json!(true);
+        let mut need_cleanup =
+            remake || resumed || retry || step.attempts > 0 || step.state == JobState::Running;
         loop {
             journal.update_step(idx, |s| {
                 s.state = JobState::Pending;

@@ -223,6 +223,7 @@ pub async fn setup_demo_class(
                     "cluster": "lab",
                     "template_vmid": 9000,
                     "pool_size": 5,
+                    "self_registration": true,
                     "description": "A demo class: one teacher VM, a class base and five student VMs.",
                 })),
             )

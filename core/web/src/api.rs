@@ -299,6 +299,19 @@ pub async fn vm_power(
         Err(e) => return e.into_response(),
     };
     let target = format!("{cluster}/{vmid}");
+    // A class base holds the disk every overlay of the class reads: it is never started, stopped or
+    // reverted, whatever PVE's `template` flag says (a base made at create time may lack it).
+    if let Some(d) = &st.deploy
+        && let Ok(Some(vm)) = d.class_vm(&cluster, vmid)
+        && vm.role == deploy::VmRole::Base
+    {
+        return AppError::Conflict(format!(
+            "VM {vmid} is the base image of class {}; it is never started, because every student VM of the \
+             class reads its disk",
+            vm.class_id
+        ))
+        .into_response();
+    }
     let class_vm = match &st.deploy {
         Some(d) if action == "revert" => d.class_vm(&cluster, vmid).ok().flatten().map(|_| d.clone()),
         _ => None,

@@ -170,6 +170,25 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
         4,
         "base, teacher, two students"
     );
+    // The class base is never started, by its teacher or an admin: every overlay reads its disk.
+    let base = c["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["role"] == "base")
+        .unwrap()["vmid"]
+        .as_u64()
+        .unwrap();
+    for who in ["teach", "root"] {
+        let (st, _, v) = w
+            .call(who, "POST", &format!("/api/vm/{base}/start?cluster=lab"), None)
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{who}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("base image"),
+            "{v}"
+        );
+    }
     assert_eq!(c["invites"].as_array().unwrap().len(), 1);
     let (st, loc, _) = w.call("stud2", "GET", "/join/not-a-real-token", None).await;
     assert_eq!(
