@@ -223,9 +223,9 @@ async fn serve(
     Ok((format!("http://{addr}"), creds, task))
 }
 
-async fn bench_read(secs: u64) -> anyhow::Result<()> {
-    println!("== read path (wrk, {secs} s per run, same server, same run)");
-    // 5,000 guests: two clusters (3,000 + 2,000), synced from fake clusters like production.
+/// 5,000 guests as production would hold them: two fake clusters (`big` 3,000 + `lab` 2,000) synced
+/// into an inventory backed by a temporary store.
+async fn five_thousand_guests() -> anyhow::Result<(Vec<FakeCluster>, store::Store, Arc<Syncer>)> {
     let fakes = tokio::task::spawn_blocking(|| {
         FakeCluster::start_many(vec![ClusterSpec::generated(3000), ClusterSpec::generated(2000)])
     })
@@ -239,6 +239,12 @@ async fn bench_read(secs: u64) -> anyhow::Result<()> {
     for r in syncer.sync_once().await {
         r?;
     }
+    Ok((fakes, store, syncer))
+}
+
+async fn bench_read(secs: u64) -> anyhow::Result<()> {
+    println!("== read path (wrk, {secs} s per run, same server, same run)");
+    let (fakes, store, syncer) = five_thousand_guests().await?;
     let total = syncer.inventory().snapshot().guests.len();
     let (base, creds, server) = serve(syncer.clone(), store.clone(), "big").await?;
     let admin = creds.admin.clone();
@@ -548,19 +554,8 @@ fn rss_mib() -> (f64, f64) {
 async fn bench_memory() -> anyhow::Result<()> {
     println!("== memory (5,000 guests, 1,000 sessions)");
     let (rss0, _) = rss_mib();
-    let fakes = tokio::task::spawn_blocking(|| {
-        FakeCluster::start_many(vec![ClusterSpec::generated(3000), ClusterSpec::generated(2000)])
-    })
-    .await??;
-    let store = store::Store::open_temporary()?;
-    let syncer = syncer_with_store(
-        &[("big".into(), &fakes[0]), ("lab".into(), &fakes[1])],
-        Some(store.clone()),
-    )
-    .await?;
-    for r in syncer.sync_once().await {
-        r?;
-    }
+    // The fake clusters stay up while `_fakes` lives.
+    let (_fakes, store, syncer) = five_thousand_guests().await?;
     let (base, _creds, _server) = serve(syncer.clone(), store.clone(), "big").await?;
     let (rss_synced, _) = rss_mib();
     let auth = web::auth::AuthState::new(store.clone(), web::auth::AuthConfig::default());

@@ -14,11 +14,13 @@
 //! message, when one is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{Value, json};
 use testkit::{ClusterSpec, FakeCluster, NodeSshd};
 
@@ -32,10 +34,6 @@ const VM_IP: &str = "127.60.16.3";
 /// The guest's login (a local account made by [`NodeSshd::start_with_password`]).
 const GUEST_USER: &str = "termstud";
 const GUEST_PASSWORD: &str = "term-pass-61";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_proxlab")
-}
 
 /// Fails with the fix when the browser, node or playwright-core is missing (never skips).
 fn check_prerequisites(root: &Path) {
@@ -80,105 +78,6 @@ fn guest(vmid: u32, name: &str) -> Value {
             "net0": format!("virtio=BC:24:11:40:{:02X}:{:02X},bridge=vmbr0", vmid / 256 % 256, vmid % 256),
         },
     })
-}
-
-fn run_cli(cfg: &Path, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "proxlab {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(cfg: &Path) -> Server {
-    let log = cfg.with_extension("log");
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(
-        line.contains("http://"),
-        "server did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
-    Server {
-        child,
-        base: format!("http://{addr}"),
-        log,
-    }
-}
-
-/// Runs `cmd` with stdout/stderr in files; kills it (by its own handle) after `limit`.
-fn run_with_limit(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, String, String) {
-    let out = dir.join("node.out");
-    let err = dir.join("node.err");
-    let mut child = cmd
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("cannot start node");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-    let mut stderr = std::fs::read_to_string(&err).unwrap_or_default();
-    if status.is_none() {
-        stderr.push_str(&format!("\n(killed after {limit:?})"));
-    }
-    (status.is_some_and(|s| s.success()), stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,17 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{Value, json};
 use testkit::{ClusterSpec, FakeCluster};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_proxlab")
-}
 
 fn write_config(dir: &Path, listen: &str, clusters: &[(&str, &FakeCluster)], extra: &str) -> PathBuf {
     let mut text = format!(
@@ -31,31 +29,6 @@ fn write_config(dir: &Path, listen: &str, clusters: &[(&str, &FakeCluster)], ext
     let path = dir.join("proxlab.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Creates the admin account and an API token for it with the CLI (the server must not run yet):
-/// every API route but `/health` needs a signed-in caller.
-fn admin_token(cfg: &Path) -> String {
-    let mut child = Command::new(bin())
-        .args(["user", "add", "admin", "--role", "admin", "--config"])
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"admin-password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let out = Command::new(bin())
-        .args(["token", "create", "--user", "admin", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -120,58 +93,6 @@ fn sync_once_reports_every_guest_of_three_clusters_and_names_the_failing_one() {
             guests
         );
     }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(cfg: &Path) -> Server {
-    let log = cfg.with_extension("log");
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(
-        line.contains("http://"),
-        "server did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
-    Server {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {

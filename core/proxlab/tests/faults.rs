@@ -18,45 +18,19 @@
 //! (today a failed VM's qcow2 overlay stays on the storage and the retry refuses to overwrite it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{Value, json};
 use testkit::{ClusterSpec, FakeCluster};
 
 /// VMIDs Proxlab may give class VMs (`vmid_range`); the lab cluster has none in it.
 const RANGE: (u64, u64) = (4000, 4999);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_proxlab")
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One fault scenario's world: the fake cluster, the serving binary and an admin token.
 struct Lab {
@@ -73,11 +47,6 @@ enum Nodes {
     Local,
     /// pve1 and pve3 local, pve2 over SSH to `127.0.0.1:<port>` where nothing listens.
     Pve2SshRefused(u16),
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 fn node_sections(labnfs: &Path, nodes: &Nodes, dir: &Path) -> String {
@@ -349,55 +318,6 @@ impl Lab {
         )
         .await;
         class_vms
-    }
-}
-
-/// Creates the admin account (password on stdin) and an API token for it with the CLI.
-fn admin_token(cfg: &Path) -> String {
-    let mut child = Command::new(bin())
-        .args(["user", "add", "admin", "--role", "admin", "--config"])
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"admin-password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let out = Command::new(bin())
-        .args(["token", "create", "--user", "admin", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn serve(cfg: &Path) -> Server {
-    let log = cfg.with_extension("log");
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(
-        line.contains("http://"),
-        "server did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
-    Server {
-        child,
-        base: format!("http://{addr}"),
-        log,
     }
 }
 

@@ -1,0 +1,143 @@
+//! Shared helpers of the `proxlab` end-to-end tests: the real binary, a served instance that is
+//! stopped by its PID when dropped, admin accounts and tokens made through the CLI.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_proxlab")
+}
+
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The server's stderr log.
+    pub log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(cfg: &Path) -> Server {
+    let log = cfg.with_extension("log");
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(
+        line.contains("http://"),
+        "server did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+    Server {
+        child,
+        base: format!("http://{addr}"),
+        log,
+    }
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Creates the admin account and an API token for it with the CLI (the server must not run yet):
+/// every API route but `/health` needs a signed-in caller.
+pub fn admin_token(cfg: &Path) -> String {
+    let mut child = Command::new(bin())
+        .args(["user", "add", "admin", "--role", "admin", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"admin-password\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = Command::new(bin())
+        .args(["token", "create", "--user", "admin", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn run_cli(cfg: &Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(bin())
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "proxlab {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `cmd` with stdout/stderr in files; kills it (by its own handle) after `limit`.
+pub fn run_with_limit(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, String, String) {
+    let out = dir.join("node.out");
+    let err = dir.join("node.err");
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("cannot start node");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+    let mut stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    if status.is_none() {
+        stderr.push_str(&format!("\n(killed after {limit:?})"));
+    }
+    (status.is_some_and(|s| s.success()), stdout, stderr)
+}
