@@ -172,6 +172,8 @@ impl Deployer {
             ..JobStep::default()
         }]);
         self.update_class(id, |c| c.last_job = Some(job_id.clone()))?;
+        // The job with its VMID and step is on disk before it is answered: a crash from here resumes it.
+        self.flush().await?;
         let rec = journal.snapshot();
         self.spawn_job(journal, self.scripts());
         Ok(rec)
@@ -236,6 +238,14 @@ impl Deployer {
             });
         }
         if params["mode"] == json!("now") {
+            // A move job started before a restart is resumed by recovery on its own: wait for it rather
+            // than start a second job over the same VMs (two jobs re-making one VM collide).
+            for j in self.jobs_of_class(&class_id)? {
+                if j.kind == KIND_MOVE && !crate::is_terminal(j.state) {
+                    self.wait_job(&j.id, self.inner.cfg.limits.task_timeout * 4)
+                        .await?;
+                }
+            }
             let class = self.class(&class_id)?;
             let mut entries = Vec::new();
             for v in self.class_vms(&class_id)? {

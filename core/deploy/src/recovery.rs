@@ -49,24 +49,28 @@ impl Deployer {
                 self.clock(),
             );
             tracing::info!(job = %job.id, kind = %job.kind, "resuming a job interrupted by a restart");
+            if matches!(job.kind.as_str(), KIND_DEPLOY | KIND_PUBLISH) && job.params["ctx"]["vmids"].is_null()
+            {
+                // Interrupted while reserving: nothing was created; end it (a publish leaves the class
+                // on its current base).
+                if let Err(e) = self.cleanup_job_vmids(&journal, &job.params, true).await {
+                    report.errors.push(format!("job {}: {e}", job.id));
+                    continue;
+                }
+                if let Some(c) = &job.class_id
+                    && job.kind == KIND_DEPLOY
+                {
+                    self.set_class_state(c, "failed")?;
+                }
+                journal.set_state(
+                    JobState::Failed,
+                    Some("interrupted by a restart before it started".into()),
+                );
+                report.failed.push(job.id.clone());
+                continue;
+            }
             match job.kind.as_str() {
                 KIND_DEPLOY | KIND_ADD | KIND_MOVE => {
-                    if job.kind == KIND_DEPLOY && job.params["ctx"]["vmids"].is_null() {
-                        // Interrupted while reserving: nothing was created; end it.
-                        if let Err(e) = self.cleanup_job_vmids(&journal, &job.params, true).await {
-                            report.errors.push(format!("job {}: {e}", job.id));
-                            continue;
-                        }
-                        if let Some(c) = &job.class_id {
-                            self.set_class_state(c, "failed")?;
-                        }
-                        journal.set_state(
-                            JobState::Failed,
-                            Some("interrupted by a restart before it started".into()),
-                        );
-                        report.failed.push(job.id.clone());
-                        continue;
-                    }
                     // Steps that had not ended re-run; a step whose VM record is missing re-runs too.
                     for (i, s) in job.steps.iter().enumerate() {
                         let Some(vmid) = s.vmid else { continue };

@@ -616,7 +616,8 @@ impl Deployer {
         Ok(vm)
     }
 
-    /// Ends a create job: `done` (with a summary of failed VMs) and the class state `ready`, `partial`
+    /// Ends a create job: `done` (with a summary of failed VMs; `failed` when every VM failed) and the
+    /// class state `ready`, `partial`
     /// or `failed`.
     fn finish_create_job(&self, journal: &Arc<Journal>) -> Result<()> {
         let rec = journal.snapshot();
@@ -634,7 +635,13 @@ impl Deployer {
         }
         let summary =
             (failed > 0).then(|| format!("{failed} of {} VMs failed; they can be retried", vm_steps.len()));
-        journal.set_state(JobState::Done, summary);
+        // A job none of whose VMs was made is `failed` (readers of `state` alone must see it).
+        let state = if failed > 0 && failed == vm_steps.len() {
+            JobState::Failed
+        } else {
+            JobState::Done
+        };
+        journal.set_state(state, summary);
         Ok(())
     }
 

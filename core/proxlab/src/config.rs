@@ -610,6 +610,19 @@ impl Config {
         if self.sync.interval_secs <= 0.0 {
             bail!("sync.interval_secs must be > 0");
         }
+        // Durations are made with `Duration::from_secs_f64`, which panics on NaN, infinity and overflow.
+        for (name, secs) in [
+            ("sync.interval_secs", Some(self.sync.interval_secs)),
+            ("sync.quorum_interval_secs", Some(self.sync.quorum_interval_secs)),
+            ("scripts.poll_secs", self.scripts.poll_secs),
+            ("themes.poll_secs", self.themes.poll_secs),
+        ] {
+            if let Some(s) = secs
+                && !(s.is_finite() && s < 1e9)
+            {
+                bail!("{name} must be a finite number of seconds below 1e9, not {s}");
+            }
+        }
         if let Some(v6) = self
             .ip
             .arp_subnets
@@ -764,5 +777,152 @@ ca_file = "ca.crt"
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("sesion_idle_secs"), "{err:#}");
+    }
+}
+
+/// Property tests of the config parser (issue 7, "bad input"): any text and any `PROXLAB_*`
+/// environment give a config or an error naming what is wrong, never a panic; unknown keys are
+/// refused by name in every section; odd strings round-trip; numbers that would panic later (NaN,
+/// infinite or huge durations) are refused here.
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CLUSTER: &str = "[[cluster]]\nid = \"lab\"\nurl = \"https://127.0.0.11:8006\"\n\
+                           token_id = \"root@pam!portal\"\ntoken_secret = \"s\"\n";
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A TOML string literal for any text.
+    fn quoted(s: &str) -> String {
+        toml::Value::String(s.to_string()).to_string()
+    }
+
+    fn known_keys() -> Vec<String> {
+        let text = format!("{CLUSTER}[sync]\n[ip]\n[scripts]\n[themes]\n[plugins]\n[auth]\n[connect]\n");
+        let v: toml::Table = toml::from_str(&text).unwrap_or_default();
+        let mut keys: Vec<String> = v.keys().cloned().collect();
+        keys.extend(["listen", "data_dir", "public_url"].map(String::from));
+        keys
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Any text (TOML-looking or not) gives a config or an error, never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused(
+            text in prop_oneof![
+                ".{0,200}",
+                "(\\[\\[?[a-z]{1,8}\\]\\]?\n)?([a-z_]{1,12} = (\"[^\"\\\\]{0,12}\"|-?[0-9.e]{1,8}|nan|inf|true|\\[\\]|\\{\\})\n){0,6}",
+            ],
+        ) {
+            let _ = Config::parse(&text, &[], Path::new("/x"));
+            let _ = Config::parse(&format!("{CLUSTER}{text}"), &[], Path::new("/x"));
+        }
+
+        /// An unknown key in any section is refused, and the error names it.
+        #[test]
+        fn unknown_keys_are_refused_by_name(
+            key in "[a-z][a-z_]{2,14}x",
+            section in prop::sample::select(vec!["", "[sync]\n", "[auth]\n", "[connect]\n", "[ip]\n", "[scripts]\n", "[themes]\n", "[plugins]\n"]),
+        ) {
+            prop_assume!(!known_keys().contains(&key));
+            let text = format!("{CLUSTER}{key} = 1\n");
+            let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
+            prop_assert!(format!("{err:#}").contains(&key), "{err:#}");
+            let text = format!("listen = \"127.0.0.1:8080\"\n{section}{key} = 1\n");
+            let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
+            prop_assert!(format!("{err:#}").contains(&key), "{err:#}");
+        }
+
+        /// Any display name (unicode, quotes, backslashes, control characters) round-trips; cluster
+        /// ids are accepted exactly when they are `[A-Za-z0-9_-]+`, else refused quoting the id.
+        #[test]
+        fn odd_strings_round_trip_and_ids_are_checked(name in ".{0,60}", id in ".{0,12}") {
+            let text = CLUSTER.replace("id = \"lab\"", &format!("id = \"lab\"\nname = {}", quoted(&name)));
+            let cfg = Config::parse(&text, &[], Path::new("/x")).unwrap();
+            prop_assert_eq!(cfg.clusters[0].name.as_deref(), Some(name.as_str()));
+            let text = CLUSTER.replace("id = \"lab\"", &format!("id = {}", quoted(&id)));
+            let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            match Config::parse(&text, &[], Path::new("/x")) {
+                Ok(cfg) => {
+                    prop_assert!(valid, "{id:?} accepted");
+                    prop_assert_eq!(&cfg.clusters[0].id, &id);
+                }
+                Err(e) => {
+                    prop_assert!(!valid, "{id:?} refused: {e:#}");
+                    prop_assert!(format!("{e:#}").contains(&format!("{id:?}")), "{e:#}");
+                }
+            }
+        }
+
+        /// Any pinned fingerprint text gives a config or an error naming the cluster's fingerprint.
+        #[test]
+        fn fingerprints_never_panic(fp in prop_oneof![".{0,80}", "[A-F0-9:]{0,30}[\u{e9}\u{4e2d}][A-F0-9:]{0,60}"]) {
+            let text = format!("{CLUSTER}fingerprint = {}\n", quoted(&fp));
+            if let Err(e) = Config::parse(&text, &[], Path::new("/x")) {
+                prop_assert!(format!("{e:#}").contains("fingerprint"), "{e:#}");
+            }
+        }
+
+        /// Durations: any float for the sync interval, the quorum interval and the poll intervals is
+        /// either usable by `Duration::from_secs_f64` (as wiring uses it) or refused naming the key.
+        #[test]
+        fn durations_are_usable_or_refused(
+            key in prop::sample::select(vec![
+                ("sync", "interval_secs"),
+                ("sync", "quorum_interval_secs"),
+                ("scripts", "poll_secs"),
+                ("themes", "poll_secs"),
+            ]),
+            value in prop_oneof![
+                Just("nan".to_string()),
+                Just("inf".to_string()),
+                Just("-inf".to_string()),
+                Just("1e300".to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                (0u32..100_000).prop_map(|n| format!("{n}.5")),
+            ],
+        ) {
+            let text = format!("{CLUSTER}[{}]\n{} = {value}\n", key.0, key.1);
+            match Config::parse(&text, &[], Path::new("/x")) {
+                Ok(cfg) => {
+                    let secs = [
+                        cfg.sync.interval_secs,
+                        cfg.sync.quorum_interval_secs.max(cfg.sync.interval_secs),
+                        cfg.scripts.poll_secs.unwrap_or(2.0).max(0.1),
+                        cfg.themes.poll_secs.unwrap_or(2.0).max(0.1),
+                    ];
+                    for s in secs {
+                        prop_assert!(std::time::Duration::try_from_secs_f64(s).is_ok(), "{key:?} = {value} gave {s}");
+                    }
+                }
+                Err(e) => prop_assert!(format!("{e:#}").contains(key.1), "{e:#}"),
+            }
+        }
+
+        /// `PROXLAB_*` overrides with any key and value give a config or an error naming the variable
+        /// or key; a string override of a display name arrives unchanged.
+        #[test]
+        fn environment_overrides_never_panic(
+            suffix in prop_oneof!["[A-Z_0-9]{0,20}", "CLUSTER__[0-9]{1,3}__[A-Z_]{1,10}", "SYNC__[A-Z_]{0,16}", ".{0,12}"],
+            value in ".{0,24}",
+            name in "[a-zA-Z][a-zA-Z0-9 ]{0,15}[a-zA-Z]",
+        ) {
+            let env = vec![(format!("PROXLAB_{suffix}"), value)];
+            let _ = Config::parse(CLUSTER, &env, Path::new("/x"));
+            prop_assume!(!["true", "false", "inf", "nan"].contains(&name.as_str()));
+            let env = vec![("PROXLAB_CLUSTER__0__NAME".to_string(), name.clone())];
+            let cfg = Config::parse(CLUSTER, &env, Path::new("/x")).unwrap();
+            prop_assert_eq!(cfg.clusters[0].name.as_deref(), Some(name.as_str()));
+        }
     }
 }

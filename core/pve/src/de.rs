@@ -16,16 +16,21 @@ fn num_of(v: &Value) -> Option<f64> {
     }
 }
 
+/// True for a float that converts to `u64` without clamping (`1e30` and `inf` do not fit).
+fn fits_u64(f: f64) -> bool {
+    (0.0..18_446_744_073_709_551_616.0).contains(&f)
+}
+
 fn u64_of(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+            .or_else(|| n.as_f64().filter(|f| fits_u64(*f)).map(|f| f as u64)),
         Value::String(s) => {
             let s = s.trim();
             s.parse::<u64>()
                 .ok()
-                .or_else(|| s.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .or_else(|| s.parse::<f64>().ok().filter(|f| fits_u64(*f)).map(|f| f as u64))
         }
         Value::Bool(b) => Some(u64::from(*b)),
         _ => None,

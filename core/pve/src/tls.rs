@@ -74,7 +74,9 @@ impl FromStr for Fingerprint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut t = s.trim();
         for prefix in ["sha256 fingerprint=", "sha256:", "sha-256:", "sha256="] {
-            if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            if t.get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            {
                 t = t[prefix.len()..].trim();
                 break;
             }

@@ -155,7 +155,7 @@ impl CallState {
 
     /// Records one write action (`pve POST /nodes/pve1/qemu/100/clone newid=201`).
     pub(crate) fn record(&self, action: String) {
-        tracing::info!(script = %self.path, dry_run = self.dry_run, "{action}");
+        tracing::debug!(script = %self.path, dry_run = self.dry_run, "{action}");
         if let Ok(mut a) = self.actions.lock() {
             a.push(action);
         }

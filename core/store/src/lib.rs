@@ -28,6 +28,11 @@ pub enum StoreError {
         "the database at {path} is corrupt or unreadable ({detail}); it was left untouched — restore a backup or move it away"
     )]
     Corrupt { path: PathBuf, detail: String },
+    /// Another process holds the database's lock (another Proxlab on the same data dir).
+    #[error(
+        "the database at {path} is in use by another process ({detail}); is another proxlab running with this data_dir? Nothing was changed"
+    )]
+    Locked { path: PathBuf, detail: String },
     /// The database was written by a newer Proxlab.
     #[error(
         "the database at {path} has schema version {found}, newer than this Proxlab knows ({supported}); upgrade Proxlab or point it at another data dir"
@@ -111,23 +116,52 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// sled's page cache size (64 MiB).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// sled's answer when another process holds the database's file lock.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 impl Store {
     /// Opens (or creates) the database in directory `path`.
     ///
-    /// Errors: [`StoreError::Corrupt`] when sled cannot read the files, [`StoreError::TooNew`] when the
+    /// Errors: [`StoreError::Locked`] when another process holds the database (after waiting up to 2 s for
+    /// a process that is exiting), [`StoreError::Corrupt`] when sled cannot read the files, [`StoreError::TooNew`] when the
     /// schema version is newer than [`schema::CURRENT`]. An older schema is migrated forward in place, one
     /// version at a time, each step in one transaction.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+            // The page cache: sled's default (1 GiB) would let a busy server grow far past its working set.
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(500));
+        // The lock of a process that just died (kill -9) is released by the kernel as it exits; a restart
+        // racing that exit waits briefly rather than failing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Locked {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        };
         let meta = db.open_tree("meta")?;
         let open = |name: &str| -> Result<sled::Tree> { Ok(db.open_tree(name)?) };
         let store = Store {
@@ -294,6 +328,21 @@ mod tests {
             before,
             "the corrupt file must be left as it was"
         );
+    }
+
+    #[test]
+    fn a_database_in_use_is_named_as_locked_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        first.inventory.insert(&vm_key("a", 1), &guest("a", 1)).unwrap();
+        first.flush().unwrap();
+        let err = Store::open(dir.path()).expect_err("the lock is held");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another proxlab"), "{err}");
+        assert!(!err.to_string().contains("corrupt"), "{err}");
+        drop(first);
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.inventory.len(), 1, "nothing was lost");
     }
 
     #[test]

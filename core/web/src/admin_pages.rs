@@ -242,6 +242,13 @@ pub async fn create_user(State(st): State<AppState>, p: Principal, authn: Authn,
             created_at: st.auth.clock.now_secs(),
             ..Default::default()
         })?;
+        // Durable before the 201: a crash right after the answer must not lose the account.
+        st.auth
+            .store
+            .db()
+            .flush_async()
+            .await
+            .map_err(store::StoreError::from)?;
         Ok(row_of(&st, &rec, &p.name, 0))
     }
     .await;

@@ -490,6 +490,8 @@ async fn run_power(st: AppState, cluster: String, vmid: u32, action: PowerAction
         let app: AppError = e.into();
         (app.status().as_u16(), app.code().to_string(), app.to_string())
     };
+    // Bounded towards PVE: a class pressing Start at once queues here, not on the cluster.
+    let _permit = st.power_permit(&cluster).await;
     let upid = client.power(&g.node, kind, vmid, action).await.map_err(pve_err)?;
     let outcome = client
         .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
@@ -534,6 +536,7 @@ async fn run_revert(st: AppState, cluster: String, vmid: u32, snapshot: String) 
         let app: AppError = e.into();
         (app.status().as_u16(), app.code().to_string(), app.to_string())
     };
+    let _permit = st.power_permit(&cluster).await;
     let upid = client
         .snapshot_rollback(&g.node, kind, vmid, &snapshot)
         .await

@@ -81,6 +81,14 @@ pub struct TemplateOption {
     pub vmid: u32,
     /// Template name.
     pub name: String,
+    /// Node the template is on.
+    pub node: String,
+    /// Storages of its disks, comma-separated.
+    pub storage: String,
+    /// Unix seconds of the last read of its config.
+    pub synced_at: u64,
+    /// Why the last read failed (the template is gone or changed), or none.
+    pub sync_error: Option<String>,
 }
 
 /// One VM of `class.html` (`vms[]`).
@@ -222,10 +230,18 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
         .templates()
         .unwrap_or_default()
         .into_iter()
-        .map(|t| TemplateOption {
-            cluster: t.cluster,
-            vmid: t.vmid,
-            name: t.name,
+        .map(|t| {
+            let mut storages: Vec<&str> = t.disks.iter().map(|d| d.storage.as_str()).collect();
+            storages.dedup();
+            TemplateOption {
+                storage: storages.join(", "),
+                cluster: t.cluster,
+                vmid: t.vmid,
+                name: t.name,
+                node: t.node,
+                synced_at: t.synced_at,
+                sync_error: t.sync_error,
+            }
         })
         .collect();
     let clusters: Vec<String> = st.inventory.snapshot().clusters.keys().cloned().collect();

@@ -840,13 +840,22 @@ pub async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path
 }
 
 /// `GET /api/classes/{id}/events` (SSE, the class's teachers): every job event of the class (deploys,
-/// publishes, moves, deletes), starting with a `snapshot` of the class's VMs.
+/// publishes, moves, deletes), starting with a `snapshot` `{vms, running_jobs}` (the class's VMs and the ids of
+/// its jobs running now).
 pub async fn class_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
+    // The jobs running now: a page rendered while a job ran learns here that it has ended (its events
+    // went out before this stream opened).
+    let running: Vec<String> = d
+        .jobs_of_class(&id)?
+        .iter()
+        .filter(|j| matches!(j.state, store::JobState::Running | store::JobState::Pending))
+        .map(|j| j.id.clone())
+        .collect();
     let first = SseEvent::default()
         .event("snapshot")
-        .json_data(json!({"vms": d.class_vm_views(&id)?}))
+        .json_data(json!({"vms": d.class_vm_views(&id)?, "running_jobs": running}))
         .map_err(|e| AppError::Internal(e.to_string()))?;
     let stream = job_stream(
         d,

@@ -605,6 +605,60 @@ pub async fn login_page(State(st): State<AppState>, authn: Authn, Query(q): Quer
 pub struct PortalQuery {
     /// `1`: admins see every guest of every cluster.
     pub all: Option<String>,
+    /// Class id after a successful join through an invite link (`/join/{token}`).
+    pub joined: Option<String>,
+    /// Outcome of a join that did not give a VM: `full` (on the waiting list) or `invalid`.
+    pub join: Option<String>,
+    /// Class id of a `join=full` outcome.
+    pub class: Option<String>,
+    /// Place on the waiting list of a `join=full` outcome (1 = next).
+    pub position: Option<u32>,
+}
+
+/// A message shown at the top of the portal after a redirect (`notice` of `portal.html`):
+/// `kind` is `ok`, `warn` or `bad` (the banner's class).
+#[derive(Clone, Debug, Serialize)]
+pub struct Notice {
+    /// `ok`, `warn` or `bad`.
+    pub kind: &'static str,
+    /// The message, in plain words.
+    pub text: String,
+}
+
+/// The notice of a `/join/{token}` redirect (`?joined=`, `?join=full&class=&position=`, `?join=invalid`),
+/// naming the class by its display name when it exists.
+fn join_notice(st: &AppState, q: &PortalQuery) -> Option<Notice> {
+    let class_name = |id: &str| match st.auth.store.classes.get(id) {
+        Ok(Some(c)) if !c.name.is_empty() => c.name,
+        _ => id.to_string(),
+    };
+    if let Some(id) = q.joined.as_deref().filter(|s| !s.is_empty()) {
+        return Some(Notice {
+            kind: "ok",
+            text: format!("You joined {}. Your VM is below.", class_name(id)),
+        });
+    }
+    match q.join.as_deref()? {
+        "full" => {
+            let class = q.class.as_deref().map(class_name).unwrap_or_else(|| "the class".into());
+            let place = q
+                .position
+                .map(|n| format!(" You are number {n} on the waiting list."))
+                .unwrap_or_default();
+            Some(Notice {
+                kind: "warn",
+                text: format!(
+                    "{class} has no free VM right now.{place} You get a VM as soon as your teacher adds one."
+                ),
+            })
+        }
+        "invalid" => Some(Notice {
+            kind: "bad",
+            text: "This invite link is not valid: it is unknown, expired or revoked. Ask your teacher for a new one."
+                .into(),
+        }),
+        _ => None,
+    }
 }
 
 /// Which buttons of a portal VM card are enabled (`vms[].can` of `portal.html`). The same rules run
@@ -693,8 +747,9 @@ pub struct PortalVm {
     pub query: String,
 }
 
-/// `GET /portal[?all=1]`: `portal.html` with `vms` ([`PortalVm`]s in cluster, VMID order), `count`,
-/// `clusters` (the [`ClusterView`]s of the clusters those VMs are in), `multi_cluster` (VMs from
+/// `GET /portal[?all=1]` (after an invite link also `?joined=ID`, `?join=full&class=ID&position=N` or
+/// `?join=invalid`): `portal.html` with `notice` (a [`Notice`], or none), `vms` ([`PortalVm`]s in
+/// cluster, VMID order), `count`, `clusters` (the [`ClusterView`]s of the clusters those VMs are in), `multi_cluster` (VMs from
 /// more than one cluster: show the cluster per card), `show_all` and `can_show_all` (admins).
 ///
 /// The list is the caller's VMs from the inventory — students: assigned VMs; teachers: assigned plus
@@ -726,15 +781,19 @@ pub async fn portal(State(st): State<AppState>, p: Principal, Query(q): Query<Po
                 .chain(list.iter())
                 .find_map(|a| a.class_id.clone())
         });
-        let class_name = class_id.as_ref().map(|id| {
-            class_names
-                .entry(id.clone())
-                .or_insert_with(|| match st.auth.store.classes.get(id) {
-                    Ok(Some(c)) if !c.name.is_empty() => c.name,
-                    _ => id.clone(),
-                })
-                .clone()
-        });
+        // A class of Proxlab, else the guest's PVE pool (sites often group a class's VMs in a pool).
+        let class_name = class_id
+            .as_ref()
+            .map(|id| {
+                class_names
+                    .entry(id.clone())
+                    .or_insert_with(|| match st.auth.store.classes.get(id) {
+                        Ok(Some(c)) if !c.name.is_empty() => c.name,
+                        _ => id.clone(),
+                    })
+                    .clone()
+            })
+            .or_else(|| g.pool.clone().filter(|p| !p.is_empty()));
         let cluster = snap.clusters.get(&g.cluster);
         let cluster_stale = cluster.is_some_and(|c| c.is_stale());
         let stale_reason = g.stale.clone().or_else(|| {
@@ -790,8 +849,10 @@ pub async fn portal(State(st): State<AppState>, p: Principal, Query(q): Query<Po
         .collect();
     let can_show_all = p.is_admin();
     let title = if show_all { "All guests" } else { "My VMs" };
+    let notice = join_notice(&st, &q);
     render_page(&st, Some(&p), "portal", "portal.html", title.into(), move || {
         context! {
+            notice => Value::from_serialize(&notice),
             count => vms.len(),
             vms => Value::from_serialize(&vms),
             clusters => Value::from_serialize(&clusters),

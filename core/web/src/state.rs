@@ -19,6 +19,9 @@ pub struct WebConfig {
     pub task_timeout_secs: u64,
     /// Request timeout for non-streaming routes, seconds.
     pub request_timeout_secs: u64,
+    /// Power operations and reverts in flight towards one cluster at once (request + task wait + refresh);
+    /// more wait their turn. Default 16.
+    pub power_concurrency: usize,
 }
 
 impl Default for WebConfig {
@@ -27,6 +30,7 @@ impl Default for WebConfig {
             default_cluster: String::new(),
             task_timeout_secs: 300,
             request_timeout_secs: 60,
+            power_concurrency: 16,
         }
     }
 }
@@ -53,6 +57,9 @@ pub struct AppState {
     pub started: Instant,
     /// Power operations in flight by `(cluster, vmid)`: concurrent identical requests join one task.
     pub(crate) in_flight: Arc<Mutex<InFlight>>,
+    /// One semaphore of `config.power_concurrency` permits per cluster id: bounds power operations
+    /// towards each cluster.
+    pub(crate) power_permits: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     pub(crate) http_requests: Family<HttpLabels, Counter>,
     /// Page theme (see [`crate::pages`]); `None`: the embedded default theme, built on first use.
     /// Set with [`AppState::with_themes`].
@@ -94,12 +101,27 @@ impl AppState {
             config: Arc::new(config),
             started: Instant::now(),
             in_flight: Arc::default(),
+            power_permits: Arc::default(),
             http_requests: Family::default(),
             themes: None,
             reload_sources: Arc::default(),
             connect: Arc::default(),
             deploy: None,
         }
+    }
+
+    /// Waits for a permit to run one power operation against `cluster` (see
+    /// [`WebConfig::power_concurrency`]); hold it until the operation's task is done.
+    pub(crate) async fn power_permit(&self, cluster: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut map = self.power_permits.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(cluster.to_string())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(self.config.power_concurrency.max(1)))
+                })
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
     }
 
     /// Sets the deployment service behind the class, template, invite and job routes.

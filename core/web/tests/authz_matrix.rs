@@ -266,6 +266,18 @@ async fn every_route_answers_every_caller_as_the_matrix_says() {
                     want[col]
                 ));
             }
+            // A page refused to a signed-in caller is a page (the themed error page), not JSON.
+            if status == StatusCode::FORBIDDEN && *kind == RouteKind::Html && *method == "GET" {
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !ct.starts_with("text/html") {
+                    failures.push(format!(
+                        "{method} {path} as {who}: 403 as {ct}, want the error page"
+                    ));
+                }
+            }
             if status == StatusCode::SEE_OTHER && *kind == RouteKind::Html {
                 let loc = headers
                     .get("location")

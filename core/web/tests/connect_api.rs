@@ -118,6 +118,11 @@ async fn connect_offers_what_fits_the_vm_with_its_verified_address() {
     assert_eq!(kinds(&v), ["ssh", "console"]);
     let ssh = method(&v, "ssh");
     assert_eq!(ssh["recommended"], true);
+    assert_eq!(
+        method(&v, "console")["recommended"],
+        false,
+        "one way is recommended, not two"
+    );
     assert_eq!(ssh["port"], 2222);
     assert_eq!(ssh["url"], format!("/ssh/{LINUX_VM}"));
     assert_eq!(ssh["copy"], "ssh -p 2222 127.60.16.8");
@@ -134,6 +139,7 @@ async fn connect_offers_what_fits_the_vm_with_its_verified_address() {
     assert_eq!(v["address"]["state"], "pending");
     let ssh = method(&v, "ssh");
     assert_eq!(ssh["available"], false);
+    assert_eq!(ssh["recommended"], false);
     assert_eq!(ssh["reason"], "waiting for the VM's address");
     let console = method(&v, "console");
     assert_eq!(

@@ -6,6 +6,8 @@
 //   /classes:       <form id="new-class" data-api="/api/classes"> with fields name, cluster,
 //                   template_vmid, workflow, pool_size, node, storage, description, self_registration
 //                   and [data-f=result]; on success the browser goes to /classes/{id}.
+//                   <form id="register-template" data-api="/api/templates"> (admins) with cluster, vmid
+//                   and [data-f=result]; on success the page reloads with the template listed.
 //   /classes/{id}:  <section id="class-page" data-class="ID" data-api="/api/classes/ID" data-job="JOB or empty">
 //                   table#class-vms rows <tr data-key="{cluster}/{vmid}"> with [data-f=name|state|ip|user|node]
 //                   [data-teacher-state][data-key]   the teacher VM's state badge
@@ -15,7 +17,7 @@
 //                   dialog#publish-dialog (radio name=mode), dialog#delete-dialog with input#delete-confirm,
 //                   output#class-result
 // Live updates: /api/events (guest events: state, IP) and /api/classes/{id}/events (job progress:
-// snapshot, job, step, progress, resync). When a job of the class ends the page reloads to show it.
+// snapshot {vms, running_jobs}, job, step, progress, resync). When a job of the class ends the page reloads to show it.
 (function () {
   "use strict";
 
@@ -80,6 +82,27 @@
     });
   }
 
+  // ---- /classes: registering a template (admins) ---------------------------------------------------
+
+  var tform = document.getElementById("register-template");
+  if (tform) {
+    tform.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var out = tform.querySelector('[data-f="result"]');
+      var body = { vmid: parseInt(tform.elements.vmid.value, 10) };
+      if (tform.elements.cluster && tform.elements.cluster.value) { body.cluster = tform.elements.cluster.value; }
+      var button = tform.querySelector('button[type="submit"]');
+      if (button) { button.disabled = true; }
+      show(out, "Reading the template…", true);
+      call("POST", tform.getAttribute("data-api"), body).then(function () {
+        window.location.reload();
+      }).catch(function (e) {
+        show(out, e.message, false);
+        if (button) { button.disabled = false; }
+      });
+    });
+  }
+
   // ---- /classes/{id} -------------------------------------------------------------------------------
 
   var page = document.getElementById("class-page");
@@ -121,9 +144,10 @@
     window.setTimeout(function () { window.location.reload(); }, 800);
   }
 
+  // A job event is flat: {job_id, job_kind, class_id, seq, at, type: job|step|progress, ...its fields}.
   function onJobEvent(ev) {
-    var k = ev && ev.kind;
-    if (!k) { return; }
+    var k = ev;
+    if (!k || !k.type) { return; }
     if (k.type === "progress" && progress) {
       if (jobPanel) { jobPanel.hidden = false; }
       progress.hidden = false;
@@ -156,6 +180,9 @@
     js.addEventListener("snapshot", function (e) {
       try {
         var d = JSON.parse(e.data);
+        // The page was rendered while a job ran; if it has ended before this stream opened, show the end.
+        var shown = page.getAttribute("data-job");
+        if (shown && (d.running_jobs || []).indexOf(shown) < 0) { reloadSoon(); }
         (d.vms || []).forEach(function (v) {
           if (!rows[v.cluster + "/" + v.vmid]) { return; } // new VMs show when their job ends (reload)
           patchGuest({ cluster: v.cluster, vmid: v.vmid, name: v.name, node: v.node, state: v.state, ip: v.ip ? { address: v.ip } : null });

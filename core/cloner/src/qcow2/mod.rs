@@ -318,7 +318,7 @@ impl Qcow2 {
     ) -> Result<(), ClonerError> {
         let create = cmd::create_overlay(base, format, overlay)?;
         let dir = overlay.parent().unwrap_or(overlay);
-        tracing::info!(base = %base.display(), format = %format, overlay = %overlay.display(), "creating overlay");
+        tracing::debug!(base = %base.display(), format = %format, overlay = %overlay.display(), "creating overlay");
         self.run_guarded(overlay, dir, create, None).await.map(|_| ())
     }
 
@@ -367,7 +367,7 @@ impl Qcow2 {
         let tmp_s = path::to_str(&tmp)?.to_string();
         self.run_ok(&["rm".into(), "-f".into(), tmp_s.clone()], None)
             .await?;
-        tracing::info!(src = %src.display(), dst = %dst.display(), "flattening");
+        tracing::debug!(src = %src.display(), dst = %dst.display(), "flattening");
         let convert = cmd::convert(src, format, &tmp)?;
         if let Err(e) = self.run_ok(&convert, Some(self.long_timeout)).await {
             let _ = self.exec.run(&["rm".into(), "-f".into(), tmp_s]).await;
@@ -396,7 +396,7 @@ impl Qcow2 {
         self.require_qcow2(overlay).await?;
         let format = self.info_checked(new_base).await?.image_format()?;
         let argv = cmd::rebase(overlay, new_base, format, RebaseMode::Safe)?;
-        tracing::info!(overlay = %overlay.display(), new_base = %new_base.display(), "safe rebase");
+        tracing::debug!(overlay = %overlay.display(), new_base = %new_base.display(), "safe rebase");
         self.run_ok(&argv, Some(self.long_timeout)).await.map(|_| ())
     }
 
@@ -432,7 +432,7 @@ impl Qcow2 {
             return Err(differs(format!("SHA-256 {a} and {b}")));
         }
         let argv = cmd::rebase(overlay, new_base, format, RebaseMode::UnsafeIdentical)?;
-        tracing::info!(overlay = %overlay.display(), new_base = %new_base.display(), "unsafe rebase onto an identical base");
+        tracing::debug!(overlay = %overlay.display(), new_base = %new_base.display(), "unsafe rebase onto an identical base");
         self.run_ok(&argv, None).await.map(|_| ())
     }
 
@@ -492,7 +492,7 @@ impl Qcow2 {
     /// `rm` ([`ClonerError::CommandFailed`]). Errors: path checks.
     pub async fn remove(&self, path: &Path) -> Result<(), ClonerError> {
         let p = self.checked(&[path], false).await?;
-        tracing::info!(path = %p[0].display(), "removing image");
+        tracing::debug!(path = %p[0].display(), "removing image");
         self.run_ok(
             &["rm".into(), "-f".into(), path::to_str(&p[0])?.to_string()],
             None,

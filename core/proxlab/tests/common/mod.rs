@@ -37,6 +37,16 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// A crash: SIGKILL through the child handle (`Child::kill`), reaped; the TERM of `Drop` is skipped
+    /// (the PID is free again once reaped, so it must not be signalled any more).
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
 pub fn serve(cfg: &Path) -> Server {
     let log = cfg.with_extension("log");
     let mut child = Command::new(bin())
@@ -140,4 +150,39 @@ pub fn run_with_limit(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, S
         stderr.push_str(&format!("\n(killed after {limit:?})"));
     }
     (status.is_some_and(|s| s.success()), stdout, stderr)
+}
+
+/// Fails with the fix when what the browser tests need is missing (never skips): `/usr/bin/chromium`,
+/// `node`, `node_modules/playwright-core` and the vendored xterm.js (`assets/vendor/xterm`), all
+/// installed by `dev/setup`.
+pub fn check_browser_prerequisites(root: &Path, extra: &[(&str, &str)]) {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("/usr/bin/chromium (apt-get install chromium)".to_string());
+    }
+    if Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing.push("node (apt-get install nodejs npm)".to_string());
+    }
+    let files = [
+        (
+            "node_modules/playwright-core/package.json",
+            "npm ci in the repository root",
+        ),
+        ("assets/vendor/xterm", "dev/build-assets"),
+    ];
+    for (rel, fix) in files.iter().chain(extra) {
+        if !root.join(rel).exists() {
+            missing.push(format!("{}/{rel} ({fix})", root.display()));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser test cannot run; missing: {}. Run dev/setup, which installs all of them.",
+        missing.join(", ")
+    );
 }

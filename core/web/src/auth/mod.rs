@@ -643,6 +643,8 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     }
     let authed = principal.is_some();
     req.extensions_mut().insert(Authn { principal, addr });
+    req.extensions_mut()
+        .insert(PageThemes(crate::pages::themes_of(&st)));
     finish(next.run(req).await, authed)
 }
 
@@ -718,7 +720,13 @@ fn finish(mut resp: Response, authenticated: bool) -> Response {
     resp
 }
 
-/// The per-route access check of [`table`]: lets the request through or answers 401 / redirect / 403.
+/// The themes pages render with, put in every request's extensions by [`authenticate`] so the
+/// route guard can answer a page route's refusal with the themed error page.
+#[derive(Clone)]
+pub(crate) struct PageThemes(pub Option<std::sync::Arc<crate::theme::Themes>>);
+
+/// The per-route access check of [`table`]: lets the request through or answers 401 / redirect / 403
+/// (the themed error page for page routes, a JSON error for the API).
 pub(crate) async fn guard(State(spec): State<RouteSpec>, req: Request, next: Next) -> Response {
     let principal = req.extensions().get::<Authn>().and_then(|a| a.principal.as_ref());
     match (spec.access, principal) {
@@ -726,7 +734,20 @@ pub(crate) async fn guard(State(spec): State<RouteSpec>, req: Request, next: Nex
         (_, None) => anonymous(spec.kind, &req),
         (Access::Authenticated, Some(_)) => next.run(req).await,
         (Access::Admin, Some(p)) if p.is_admin() => next.run(req).await,
-        (Access::Admin, Some(_)) => AppError::Forbidden("administrators only".into()).into_response(),
+        (Access::Admin, Some(_)) => {
+            let themes = req.extensions().get::<PageThemes>().and_then(|t| t.0.clone());
+            match (spec.kind, themes) {
+                (RouteKind::Html, Some(themes)) => {
+                    crate::pages::error_page(
+                        &themes,
+                        axum::http::StatusCode::FORBIDDEN,
+                        "This page is for administrators only.",
+                    )
+                    .await
+                }
+                _ => AppError::Forbidden("administrators only".into()).into_response(),
+            }
+        }
     }
 }
 

@@ -4,10 +4,13 @@
 //! They are stored in every PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`), so a hash made
 //! with older parameters is recognised and re-hashed at the user's next successful login.
 //!
-//! Every hash and verify runs in `spawn_blocking` while holding a permit of a semaphore with about
-//! `num_cpus / 2` permits; the permit is moved into the blocking closure, so a request future that is
-//! dropped (client gone) cannot release it while the CPU is still hashing. A caller that cannot get a
-//! permit within the configured wait (default 2 s) gets [`HashError::Busy`] (503 + `Retry-After`).
+//! Every hash and verify runs on one of a few dedicated hashing threads (as many as the semaphore has
+//! permits, about `num_cpus / 2`) while holding a permit; the permit is moved into the job, so a request
+//! future that is dropped (client gone) cannot release it while the CPU is still hashing. A caller that
+//! cannot get a permit within the configured wait (default 2 s) gets [`HashError::Busy`] (503 +
+//! `Retry-After`). Dedicated threads, not `spawn_blocking`'s pool of up to 512: each thread's allocator
+//! arena keeps the 19 MiB argon2 buffer it freed, so the memory a login storm leaves behind is bounded by
+//! the permits, not by how many blocking threads the storm happened to wake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,19 +101,47 @@ pub fn verify_blocking(phc: Option<&str>, password: &Secret) -> Verified {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The bounded, off-runtime hasher shared by the login routes.
 #[derive(Clone, Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
     wait: Duration,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Hasher {
-    /// A hasher with `permits` concurrent hashes (at least 1) and `wait` for a permit.
+    /// A hasher with `permits` concurrent hashes (at least 1) on as many `proxlab-hash` threads, and
+    /// `wait` for a permit. The threads end when the last clone of the hasher is dropped.
     pub fn new(permits: usize, wait: Duration) -> Hasher {
+        let n = permits.max(1);
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("proxlab-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // every sender is gone
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         Hasher {
-            permits: Arc::new(Semaphore::new(permits.max(1))),
+            permits: Arc::new(Semaphore::new(n)),
             wait,
+            jobs,
         }
     }
 
@@ -125,13 +156,17 @@ impl Hasher {
             .await
             .map_err(|_| HashError::Busy)?
             .map_err(|_| HashError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             // Held until the hash is done, even if the waiting request is dropped.
             let _permit = permit;
-            f()
-        })
-        .await
-        .map_err(|e| HashError::Failed(e.to_string()))
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| HashError::Failed("the password hashing threads are gone".into()))?;
+        rx.await
+            .map_err(|_| HashError::Failed("the password hashing job ended without an answer".into()))
     }
 
     /// Hashes a new password (see [`hash_blocking`]) off the runtime.

@@ -547,6 +547,9 @@ struct RegisterInput {
     invite: String,
 }
 
+/// Longest display name accepted at self-registration (the form's `maxlength`).
+pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
+
 /// Shortest password accepted at self-registration.
 pub const MIN_REGISTER_PASSWORD: usize = 8;
 
@@ -622,6 +625,13 @@ async fn register_inner(
     if let Err(msg) = store::validate_local_name(&name) {
         return AppError::BadRequest(msg).into_response();
     }
+    // Refused, not cut: a stored name is never silently shortened.
+    if input.display_name.trim().chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return AppError::BadRequest(format!(
+            "a display name has at most {MAX_DISPLAY_NAME_CHARS} characters"
+        ))
+        .into_response();
+    }
     let hash = match auth.hasher.hash(input.password).await {
         Ok(h) => h,
         Err(super::password::HashError::Busy) => return busy(),
@@ -633,7 +643,7 @@ async fn register_inner(
         display_name: if display.is_empty() {
             name.clone()
         } else {
-            display.chars().take(128).collect()
+            display.to_string()
         },
         role: store::Role::Student,
         password_hash: Some(hash),

@@ -15,9 +15,9 @@
 //! ```
 //! `address.state`: `found`, `pending` (running, no address yet), `not_running`. `verification.state`:
 //! `verified`, `reachable`, `unreachable`, `mismatch`, `unchecked` (not probed: routed or documentation
-//! address), `checking`. Methods: `rdp` (recommended for
-//! Windows), `ssh` (recommended for Linux and containers), `console` (always offered; the only one while
-//! the address is pending).
+//! address), `checking`. Methods: `rdp` (Windows and unknown systems), `ssh` (Linux and containers),
+//! `console` (always offered). Exactly one available method is `recommended`: RDP for Windows and SSH for Linux once the
+//! address is known, else the console while the VM runs (none when it is stopped).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -163,24 +163,28 @@ pub async fn connect_info(
         IpAddr::V4(v4) => v4.to_string(),
     });
     let windows = os == "windows";
+    // One method is recommended: RDP for Windows, SSH for Linux when reachable, else the console.
+    let rdp_recommended = windows && why_not.is_none();
+    let ssh_recommended = os == "linux" && why_not.is_none();
+    let console_recommended = running && !rdp_recommended && !ssh_recommended;
     let mut methods = Vec::new();
     if g.kind != "lxc" && os != "linux" {
         methods.push(json!({
             "kind": "rdp", "label": "Remote Desktop", "url": format!("/rdp/{vmid}.rdp{q}"),
-            "available": why_not.is_none(), "recommended": windows, "port": rdp_port, "reason": why_not,
+            "available": why_not.is_none(), "recommended": rdp_recommended, "port": rdp_port, "reason": why_not,
             "copy": host.as_ref().map(|h| if rdp_port == 3389 { h.clone() } else { format!("{h}:{rdp_port}") }),
         }));
     }
     if !windows {
         methods.push(json!({
             "kind": "ssh", "label": "SSH terminal", "url": format!("/ssh/{vmid}{q}"),
-            "available": why_not.is_none(), "recommended": os == "linux", "port": ssh_port, "reason": why_not,
+            "available": why_not.is_none(), "recommended": ssh_recommended, "port": ssh_port, "reason": why_not,
             "copy": ip.map(|ip| if ssh_port == 22 { format!("ssh {ip}") } else { format!("ssh -p {ssh_port} {ip}") }),
         }));
     }
     methods.push(json!({
         "kind": "console", "label": "Console", "url": format!("/console/{vmid}{q}"),
-        "available": running, "recommended": running && ip.is_none(), "port": null,
+        "available": running, "recommended": console_recommended, "port": null,
         "reason": if running { Value::Null } else { json!("the VM is not running") }, "copy": null,
     }));
     Ok(Json(json!({
