@@ -14,6 +14,11 @@ use crate::cleanup::POWER_TIMEOUT;
 use crate::error::{DeployError, Result};
 use crate::journal::Journal;
 use crate::runner::{KIND_ADD, KIND_DELETE, KIND_DEPLOY, vm_step};
+
+/// Longest class name, in characters.
+pub const MAX_CLASS_NAME: usize = 100;
+/// Longest class description, in characters.
+pub const MAX_DESCRIPTION: usize = 500;
 use crate::templates::{TemplateRef, linked_clone_preflight};
 use crate::trees::VmRole;
 
@@ -137,12 +142,10 @@ impl Deployer {
     /// Errors: [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
     /// [`DeployError::UnknownCluster`], [`DeployError::Pve`].
     pub async fn create_class(&self, owner: &str, spec: ClassSpec) -> Result<(ClassRecord, JobRecord)> {
-        let name = spec.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(DeployError::Invalid(
-                "a class name has 1 to 100 characters".into(),
-            ));
-        }
+        let name = store::accounts::validate_text("a class name", &spec.name, MAX_CLASS_NAME, false)
+            .map_err(DeployError::Invalid)?;
+        store::accounts::validate_text("a class description", &spec.description, MAX_DESCRIPTION, true)
+            .map_err(DeployError::Invalid)?;
         if spec.pool_size > self.inner.cfg.limits.max_pool {
             return Err(DeployError::Invalid(format!(
                 "pool size {} is above the limit of {}",
@@ -263,7 +266,7 @@ impl Deployer {
             storage: Some(storage_id.clone()),
             specs: spec.specs.clone(),
             state: "deploying".into(),
-            description: spec.description.clone(),
+            description: spec.description.trim().to_string(),
             ..ClassRecord::default()
         };
         for n in 1.. {
@@ -451,19 +454,20 @@ impl Deployer {
         u: ClassUpdate,
     ) -> Result<(ClassRecord, Option<JobRecord>)> {
         let class = self.class(id)?;
-        if let Some(n) = &u.name
-            && (n.trim().is_empty() || n.chars().count() > 100)
-        {
-            return Err(DeployError::Invalid(
-                "a class name has 1 to 100 characters".into(),
-            ));
+        if let Some(n) = &u.name {
+            store::accounts::validate_text("a class name", n, MAX_CLASS_NAME, false)
+                .map_err(DeployError::Invalid)?;
+        }
+        if let Some(d) = &u.description {
+            store::accounts::validate_text("a class description", d, MAX_DESCRIPTION, true)
+                .map_err(DeployError::Invalid)?;
         }
         let updated = self.update_class(id, |c| {
             if let Some(n) = &u.name {
                 c.name = n.trim().to_string();
             }
             if let Some(d) = &u.description {
-                c.description = d.clone();
+                c.description = d.trim().to_string();
             }
             if let Some(s) = &u.specs {
                 c.specs = s.clone();
@@ -569,6 +573,8 @@ impl Deployer {
             self.inner.events.clone(),
             self.clock(),
         )?;
+        // On disk before the job destroys or makes anything: a crash from here is resumed by recovery.
+        self.inner.store.flush()?;
         let rec = journal.snapshot();
         self.spawn_job(journal, self.scripts());
         Ok(rec)

@@ -83,7 +83,13 @@ pub fn deploy_config(cfg: &Config) -> DeployConfig {
     DeployConfig {
         clusters,
         script_limits: cfg.scripts.limits.clone(),
-        ..DeployConfig::default()
+        limits: deploy::DeployLimits {
+            per_node: cfg.limits.deploy_per_node,
+            per_storage: cfg.limits.deploy_per_storage,
+            total: cfg.limits.deploy_total,
+            max_pool: cfg.limits.max_pool,
+            ..deploy::DeployLimits::default()
+        },
     }
 }
 

@@ -46,6 +46,38 @@ pub struct Config {
     /// SSH terminal, console and RDP file.
     #[serde(default)]
     pub connect: ConnectSection,
+    /// How much Proxlab asks of a cluster at once.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: how much work Proxlab puts on a cluster at once. More waits its turn in Proxlab, not on
+/// the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Power operations and reverts in flight towards one cluster (request + task + refresh; default 16).
+    pub power_per_cluster: usize,
+    /// VM creations at once on one node during a deployment (default 6).
+    pub deploy_per_node: usize,
+    /// VM creations at once on one storage (default 6).
+    pub deploy_per_storage: usize,
+    /// VM creations at once in all (default 12).
+    pub deploy_total: usize,
+    /// Largest class (students, default 500).
+    pub max_pool: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            power_per_cluster: 16,
+            deploy_per_node: 6,
+            deploy_per_storage: 6,
+            deploy_total: 12,
+            max_pool: 500,
+        }
+    }
 }
 
 /// `[auth]`: sessions, realm admins, cookie and throttle settings.
@@ -491,6 +523,20 @@ impl Config {
 
     /// Checks the rules that the types cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.power_per_cluster", l.power_per_cluster),
+            ("limits.deploy_per_node", l.deploy_per_node),
+            ("limits.deploy_per_storage", l.deploy_per_storage),
+            ("limits.deploy_total", l.deploy_total),
+        ] {
+            if !(1..=1000).contains(&v) {
+                bail!("{key} = {v}: must be between 1 and 1000");
+            }
+        }
+        if !(1..=5000).contains(&l.max_pool) {
+            bail!("limits.max_pool = {}: must be between 1 and 5000", l.max_pool);
+        }
         let mut ids = std::collections::BTreeSet::new();
         for c in &self.clusters {
             if c.id.is_empty()
@@ -700,6 +746,26 @@ ca_file = "ca.crt"
         assert!(format!("{err:#}").contains("listen_port"), "{err:#}");
         let err = Config::parse(&format!("{BASE}\ncolour = 1\n"), &[], Path::new("/x")).unwrap_err();
         assert!(format!("{err:#}").contains("colour"), "{err:#}");
+    }
+
+    #[test]
+    fn limits_default_and_refuse_zero_by_name() {
+        let c = Config::parse(BASE, &[], Path::new("/x")).unwrap();
+        assert_eq!((c.limits.power_per_cluster, c.limits.deploy_per_node), (16, 6));
+        let c = Config::parse(
+            &format!("{BASE}\n[limits]\npower_per_cluster = 4\ndeploy_total = 3\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!((c.limits.power_per_cluster, c.limits.deploy_total), (4, 3));
+        let err = Config::parse(
+            &format!("{BASE}\n[limits]\npower_per_cluster = 0\n"),
+            &[],
+            Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("limits.power_per_cluster"), "{err:#}");
     }
 
     #[test]

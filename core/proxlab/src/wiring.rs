@@ -272,6 +272,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sys.syncer.clone(),
         web::WebConfig {
             default_cluster,
+            power_concurrency: cfg.limits.power_per_cluster,
             ..web::WebConfig::default()
         },
     )

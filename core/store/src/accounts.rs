@@ -41,6 +41,34 @@ pub fn validate_local_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks free text people give a name or a description (display names, class names, descriptions):
+/// trims it and accepts 1 (or 0 when `allow_empty`) to `max_chars` characters, any script, quotes and
+/// symbols, but no control characters (NUL, ESC, line breaks, ...), which would corrupt logs, terminals
+/// and files such as `.rdp` titles. Returns the trimmed text.
+///
+/// Errors: a sentence naming `what` and the rule broken.
+pub fn validate_text(
+    what: &str,
+    text: &str,
+    max_chars: usize,
+    allow_empty: bool,
+) -> std::result::Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() && !allow_empty {
+        return Err(format!("{what} must not be empty"));
+    }
+    if t.chars().count() > max_chars {
+        return Err(format!("{what} has at most {max_chars} characters"));
+    }
+    if let Some(c) = t.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what} may not contain control characters (found U+{:04X})",
+            c as u32
+        ));
+    }
+    Ok(t.to_string())
+}
+
 /// Splits a realm user name `user@realm` into `(user, realm)`; `None` for local names. The realm keeps
 /// its case (`alice@LDAP-School` stays as it is).
 pub fn split_realm(name: &str) -> Option<(&str, &str)> {
@@ -429,6 +457,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn free_text_is_trimmed_bounded_and_free_of_control_characters() {
+        assert_eq!(
+            validate_text("a class name", "  Netz 101 — «B» \"x\" '<y>' 陈 ", 100, false).unwrap(),
+            "Netz 101 — «B» \"x\" '<y>' 陈"
+        );
+        assert_eq!(validate_text("a description", "  ", 500, true).unwrap(), "");
+        assert!(
+            validate_text("a class name", "  ", 100, false)
+                .unwrap_err()
+                .contains("a class name must not be empty")
+        );
+        assert!(
+            validate_text("a display name", &"é".repeat(129), 128, false)
+                .unwrap_err()
+                .contains("at most 128")
+        );
+        assert!(validate_text("a display name", &"é".repeat(128), 128, false).is_ok());
+        for bad in ["a\u{0}b", "a\u{1b}[31mb", "a\nb", "a\rb", "a\u{7f}b", "a\u{85}b"] {
+            let e = validate_text("a display name", bad, 128, false).unwrap_err();
+            assert!(e.contains("control characters"), "{bad:?}: {e}");
+        }
     }
 
     /// The B17 table: display name → PVE guest name.

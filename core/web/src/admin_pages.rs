@@ -229,26 +229,21 @@ pub async fn create_user(State(st): State<AppState>, p: Principal, authn: Authn,
             return Err(AppError::Conflict(format!("a user named {name} already exists")));
         }
         let hash = hash_password(&st, input.password).await?;
-        let display = input.display_name.trim();
+        let display = store::accounts::validate_text(
+            "a display name",
+            &input.display_name,
+            crate::auth::routes::MAX_DISPLAY_NAME_CHARS,
+            true,
+        )
+        .map_err(AppError::BadRequest)?;
         let rec = st.auth.store.create_local_user(UserRecord {
             name: name.clone(),
-            display_name: if display.is_empty() {
-                name.clone()
-            } else {
-                display.to_string()
-            },
+            display_name: if display.is_empty() { name.clone() } else { display },
             role,
             password_hash: Some(hash),
             created_at: st.auth.clock.now_secs(),
             ..Default::default()
         })?;
-        // Durable before the 201: a crash right after the answer must not lose the account.
-        st.auth
-            .store
-            .db()
-            .flush_async()
-            .await
-            .map_err(store::StoreError::from)?;
         Ok(row_of(&st, &rec, &p.name, 0))
     }
     .await;
@@ -284,6 +279,19 @@ pub async fn update_user(
             return Err(AppError::NotFound(format!("no user {name}")));
         };
         let role = change.role.as_deref().map(|r| parse_role(r.trim())).transpose()?;
+        let display = change
+            .display_name
+            .as_deref()
+            .map(|d| {
+                store::accounts::validate_text(
+                    "a display name",
+                    d,
+                    crate::auth::routes::MAX_DISPLAY_NAME_CHARS,
+                    false,
+                )
+            })
+            .transpose()
+            .map_err(AppError::BadRequest)?;
         if name == p.name {
             if change.disabled == Some(true) {
                 return Err(AppError::Conflict("you cannot disable your own account".into()));
@@ -295,8 +303,8 @@ pub async fn update_user(
             }
         }
         let mut rec = st.auth.store.update_user(&name, |u| {
-            if let Some(d) = &change.display_name {
-                u.display_name = d.trim().to_string();
+            if let Some(d) = &display {
+                u.display_name = d.clone();
             }
             if let Some(r) = role {
                 u.role = r;

@@ -8,7 +8,8 @@
 //!
 //! Each input is either accepted — then returned intact by the JSON API and rendered escaped on the
 //! HTML page that shows it — or refused with a 4xx whose message names the field; never a 5xx, and
-//! the stored data is unchanged on refusal.
+//! the stored data is unchanged on refusal. Free text (display names, class names and descriptions)
+//! takes any script, quotes and symbols but no control characters (NUL, ESC, line breaks).
 
 mod support;
 
@@ -43,6 +44,12 @@ fn odd() -> Vec<(&'static str, String)> {
         ("long", "a".repeat(10_000)),
         ("long-unicode", "é<".repeat(5_000)),
     ]
+}
+
+/// Whether free text `value` is accepted where at most `max` characters are (store::accounts::validate_text):
+/// any script, quotes and symbols, no control characters.
+fn accepted(value: &str, max: usize) -> bool {
+    value.trim().chars().count() <= max && !value.chars().any(char::is_control)
 }
 
 struct Web {
@@ -204,6 +211,13 @@ async fn user_names_and_display_names() {
                 Some(json!({"display_name": display})),
             )
             .await;
+        if !accepted(&display, 128) {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{label}: {}", a.text);
+            assert!(a.message().contains("display name"), "{label}: {}", a.message());
+            let kept = w.fx.store.user("odd-user").unwrap().unwrap().display_name;
+            assert_ne!(kept, display, "{label}: a refused display name was stored");
+            continue;
+        }
         assert_eq!(a.status, StatusCode::OK, "{label}: {}", a.text);
         let list = w.call("root", "GET", "/api/users", None).await.json();
         let row = list["users"]
@@ -247,7 +261,7 @@ async fn class_names_descriptions_co_owners_and_templates() {
         let a = w
             .call("teach", "PUT", "/api/classes/c1", Some(json!({"name": value})))
             .await;
-        if value.chars().count() > 100 {
+        if !accepted(&value, 100) {
             assert_eq!(a.status, StatusCode::BAD_REQUEST, "{label}: {}", a.text);
             assert!(a.message().contains("class name"), "{label}: {}", a.message());
             assert_eq!(
@@ -265,7 +279,8 @@ async fn class_names_descriptions_co_owners_and_templates() {
                 assert_escaped(&p.text, label, &value);
             }
         }
-        // Descriptions have no length limit: every value is kept as it is.
+        // Descriptions: up to 500 characters without control characters, kept as they are.
+        let before = class_record(&w, "c1");
         let a = w
             .call(
                 "teach",
@@ -274,6 +289,20 @@ async fn class_names_descriptions_co_owners_and_templates() {
                 Some(json!({"description": value})),
             )
             .await;
+        if !accepted(&value, 500) {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{label}: {}", a.text);
+            assert!(
+                a.message().contains("class description"),
+                "{label}: {}",
+                a.message()
+            );
+            assert_eq!(
+                class_record(&w, "c1"),
+                before,
+                "{label}: refused description changed the class"
+            );
+            continue;
+        }
         assert_eq!(a.status, StatusCode::OK, "{label}: {}", a.text);
         let got = w.call("teach", "GET", "/api/classes/c1", None).await.json();
         assert_eq!(
@@ -420,7 +449,8 @@ async fn registration_sign_in_and_join_with_odd_input() {
         }
     }
     assert_eq!(w.fx.store.users.values().unwrap().len(), users_before);
-    // Odd display names are accepted (up to 128 characters) and kept; the header shows them escaped.
+    // Odd display names are accepted (up to 128 characters, no control characters) and kept; the
+    // header shows them escaped.
     for (i, (label, display)) in odd().into_iter().enumerate() {
         if display.len() > 3000 {
             continue; // over the 4 KiB sign-in body limit
@@ -435,6 +465,15 @@ async fn registration_sign_in_and_join_with_odd_input() {
         let a = w
             .post_public("/register", true, &fields, &format!("127.0.3.{i}"))
             .await;
+        if !accepted(&display, 128) {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{label}: {}", a.text);
+            assert!(a.message().contains("display name"), "{label}: {}", a.message());
+            assert!(
+                w.fx.store.user(&user).unwrap().is_none(),
+                "{label}: an account was made"
+            );
+            continue;
+        }
         assert_eq!(a.status, StatusCode::OK, "{label}: {}", a.text);
         assert_eq!(a.json()["next"], json!(format!("/join/{token}")));
         let rec = w.fx.store.user(&user).unwrap().unwrap();

@@ -604,7 +604,8 @@ impl AuthState {
 }
 
 /// The outer auth middleware: resolves the principal and client address into an [`Authn`] extension,
-/// refuses cross-origin and CSRF-less state-changing cookie requests with 403, and adds the security
+/// refuses cross-origin and CSRF-less state-changing cookie requests with 403, flushes the database
+/// before answering a successful state-changing request (2xx or a form's 303 means stored), and adds the security
 /// headers to every response.
 pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let auth = st.auth.clone();
@@ -645,7 +646,20 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     req.extensions_mut().insert(Authn { principal, addr });
     req.extensions_mut()
         .insert(PageThemes(crate::pages::themes_of(&st)));
-    finish(next.run(req).await, authed)
+    let resp = next.run(req).await;
+    // A successful write is on disk before it is answered: a crash right after a 2xx (kill -9, power
+    // loss) must not lose an account, an assignment or a password change the caller was told about.
+    if !safe
+        && (resp.status().is_success() || resp.status().is_redirection())
+        && let Err(e) = auth.store.db().flush_async().await
+    {
+        tracing::error!(error = %e, "flushing the database after a write failed");
+        return finish(
+            AppError::Internal("the change could not be written to disk".into()).into_response(),
+            authed,
+        );
+    }
+    finish(resp, authed)
 }
 
 fn csrf_refused(message: &str) -> Response {

@@ -626,11 +626,13 @@ async fn register_inner(
         return AppError::BadRequest(msg).into_response();
     }
     // Refused, not cut: a stored name is never silently shortened.
-    if input.display_name.trim().chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return AppError::BadRequest(format!(
-            "a display name has at most {MAX_DISPLAY_NAME_CHARS} characters"
-        ))
-        .into_response();
+    if let Err(msg) = store::accounts::validate_text(
+        "a display name",
+        &input.display_name,
+        MAX_DISPLAY_NAME_CHARS,
+        true,
+    ) {
+        return AppError::BadRequest(msg).into_response();
     }
     let hash = match auth.hasher.hash(input.password).await {
         Ok(h) => h,
