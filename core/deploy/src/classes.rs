@@ -574,7 +574,7 @@ impl Deployer {
             self.clock(),
         )?;
         // On disk before the job destroys or makes anything: a crash from here is resumed by recovery.
-        self.inner.store.flush()?;
+        self.inner.store.flush_covering()?;
         let rec = journal.snapshot();
         self.spawn_job(journal, self.scripts());
         Ok(rec)

@@ -219,7 +219,10 @@ impl Deployer {
 
     /// Flush the database (the journal points that must survive a crash).
     async fn flush(&self) -> Result<()> {
-        self.inner.store.db().flush_async().await?;
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush_covering())
+            .await
+            .map_err(|e| DeployError::Store(store::StoreError::Io(format!("flush: {e}"))))??;
         Ok(())
     }
 }

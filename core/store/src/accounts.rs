@@ -91,24 +91,7 @@ impl Store {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
-        let meta = db.open_tree("meta")?;
-        let open = |name: &str| -> Result<sled::Tree> { Ok(db.open_tree(name)?) };
-        let store = Store {
-            clusters: crate::Tree::new("clusters", open("clusters")?),
-            nodes: crate::Tree::new("nodes", open("nodes")?),
-            inventory: crate::Tree::new("inventory", open("inventory")?),
-            users: crate::Tree::new("users", open("users")?),
-            sessions: crate::Tree::new("sessions", open("sessions")?),
-            api_tokens: crate::Tree::new("api_tokens", open("api_tokens")?),
-            classes: crate::Tree::new("classes", open("classes")?),
-            templates: crate::Tree::new("templates", open("templates")?),
-            assignments: crate::Tree::new("assignments", open("assignments")?),
-            jobs: crate::Tree::new("jobs", open("jobs")?),
-            audit: crate::Tree::new("audit", open("audit")?),
-            meta,
-            db,
-            path,
-        };
+        let store = Store::from_db(db, path)?;
         crate::schema::migrate(&store)?;
         Ok(store)
     }

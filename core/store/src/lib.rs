@@ -106,6 +106,9 @@ pub struct Store {
     /// Audit log, key = zero-padded microsecond timestamp + sequence, so it iterates in time order.
     pub audit: Tree<AuditRecord>,
     meta: sled::Tree,
+    /// Group commit of [`Store::flush_covering`]: flushes begun, and the index of the last one done.
+    flushes_begun: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    flush_done: std::sync::Arc<std::sync::Mutex<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,6 +165,13 @@ impl Store {
                 }
             }
         };
+        let store = Store::from_db(db, path)?;
+        schema::migrate(&store)?;
+        Ok(store)
+    }
+
+    /// The typed trees over an opened sled database (no migration yet).
+    pub(crate) fn from_db(db: sled::Db, path: PathBuf) -> Result<Store> {
         let meta = db.open_tree("meta")?;
         let open = |name: &str| -> Result<sled::Tree> { Ok(db.open_tree(name)?) };
         let store = Store {
@@ -179,8 +189,9 @@ impl Store {
             meta,
             db,
             path,
+            flushes_begun: std::sync::Arc::default(),
+            flush_done: std::sync::Arc::default(),
         };
-        schema::migrate(&store)?;
         Ok(store)
     }
 
@@ -197,6 +208,23 @@ impl Store {
     /// Flushes every dirty page to disk (called on shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Makes every write done before this call durable, sharing flushes between concurrent callers (group
+    /// commit): a caller whose writes a flush begun after its arrival already covers returns when that
+    /// flush ends instead of starting another. Blocking (fsync): call it off the async workers, e.g. in
+    /// `spawn_blocking`. Errors: sled's I/O error.
+    pub fn flush_covering(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.flushes_begun.load(Ordering::SeqCst);
+        let mut done = self.flush_done.lock().unwrap_or_else(|e| e.into_inner());
+        if *done > arrived {
+            return Ok(()); // a flush that began after this caller's writes has completed
+        }
+        let index = self.flushes_begun.fetch_add(1, Ordering::SeqCst) + 1;
+        self.db.flush()?;
+        *done = index;
         Ok(())
     }
 
@@ -327,6 +355,40 @@ mod tests {
             std::fs::read(&conf).unwrap(),
             before,
             "the corrupt file must be left as it was"
+        );
+    }
+
+    #[test]
+    fn concurrent_flushes_are_shared_and_cover_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let threads: Vec<_> = (0..32u32)
+                .map(|i| {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        s.inventory.insert(&vm_key("a", i), &guest("a", i)).unwrap();
+                        s.flush_covering().unwrap();
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let begun = s.flushes_begun.load(std::sync::atomic::Ordering::SeqCst);
+            assert!((1..=32).contains(&begun), "{begun} flushes for 32 callers");
+            // A later caller with nothing new still gets a flush that began after it arrived.
+            s.flush_covering().unwrap();
+            assert_eq!(
+                s.flushes_begun.load(std::sync::atomic::Ordering::SeqCst),
+                begun + 1
+            );
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.inventory.len(),
+            32,
+            "every write before its flush_covering is on disk"
         );
     }
 

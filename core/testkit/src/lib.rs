@@ -25,7 +25,7 @@ mod sshd;
 mod venv;
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use cluster::{ClusterSpec, FakeCluster, LAB_TOKEN_ID};
@@ -109,21 +109,32 @@ pub enum TestkitError {
     Invalid(String),
 }
 
-/// The cargo workspace root (the folder with the top `Cargo.toml`): this crate's manifest dir `/../..`.
+/// The cargo workspace root (the folder with the top `Cargo.toml` and `core/testkit/pve-sim`): the
+/// checkout the running executable sits in (`target/<profile>/...`), else this crate's manifest dir
+/// `/../..` as compiled, else the first such folder above the current directory. (A compiled-in path
+/// alone goes stale when a checkout moves or shares another checkout's target dir.)
 pub fn workspace_root() -> PathBuf {
+    let is_root = |p: &Path| p.join("core/testkit/pve-sim/sim.py").is_file();
+    let above = |start: Option<PathBuf>| {
+        start.and_then(|s| s.ancestors().find(|p| is_root(p)).map(Path::to_path_buf))
+    };
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
+    let compiled = manifest
         .parent()
         .and_then(|core| core.parent())
         .map(PathBuf::from)
-        .unwrap_or(manifest)
+        .unwrap_or(manifest);
+    above(std::env::current_exe().ok())
+        .or_else(|| is_root(&compiled).then(|| compiled.clone()))
+        .or_else(|| above(std::env::current_dir().ok()))
+        .unwrap_or(compiled)
 }
 
 /// The folder holding `sim.py` and `lab-cluster.json`: `core/testkit/pve-sim`, or env `PROXLAB_PVE_SIM_DIR`.
 pub fn sim_dir() -> PathBuf {
     match std::env::var_os("PROXLAB_PVE_SIM_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pve-sim"),
+        _ => workspace_root().join("core/testkit/pve-sim"),
     }
 }
 

@@ -265,3 +265,49 @@ fn portal_script_and_server_agree_on_the_buttons() {
         assert!(js.contains(rule), "portal.js lacks {rule}");
     }
 }
+
+/// After an invite link (`/join/{token}` redirects here), the portal says what happened in plain words:
+/// joined, on the waiting list (with the place), or an invalid link; nothing without such a query, and
+/// the "live" pill only for signed-in users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_tells_the_outcome_of_an_invite_link() {
+    let p = pages().await;
+    let notice = |html: &str| {
+        html.split("id=\"notice\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</p>").next())
+            .map(|s| s.trim_start_matches(" role=\"status\">").to_string())
+    };
+    let (status, _, html) = p.get_as(Some("stud"), "/portal").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(notice(&html), None, "no notice without an invite outcome");
+    assert!(html.contains("id=\"live\""), "signed in: the live pill");
+
+    let (_, _, html) = p.get_as(Some("stud"), "/portal?joined=netsec").await;
+    let n = notice(&html).expect("a notice");
+    assert!(n.starts_with("You joined netsec"), "{n}");
+    assert!(html.contains("class=\"banner ok\""), "{html}");
+
+    let (_, _, html) = p
+        .get_as(Some("stud"), "/portal?join=full&class=netsec&position=3")
+        .await;
+    let n = notice(&html).expect("a notice");
+    assert!(
+        n.contains("no free VM") && n.contains("number 3 on the waiting list"),
+        "{n}"
+    );
+
+    let (_, _, html) = p.get_as(Some("stud"), "/portal?join=invalid").await;
+    let n = notice(&html).expect("a notice");
+    assert!(n.contains("not valid") && n.contains("Ask your teacher"), "{n}");
+    assert!(html.contains("class=\"banner bad\""));
+
+    // A class name in the query is shown escaped, never as markup.
+    let (_, _, html) = p
+        .get_as(Some("stud"), "/portal?joined=%3Cscript%3Ex%3C%2Fscript%3E")
+        .await;
+    assert!(!html.contains("<script>x</script>"), "{html}");
+
+    let (_, _, html) = p.get_as(None, "/login").await;
+    assert!(!html.contains("id=\"live\""), "signed out: no live pill");
+}

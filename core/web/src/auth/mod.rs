@@ -651,7 +651,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     // loss) must not lose an account, an assignment or a password change the caller was told about.
     if !safe
         && (resp.status().is_success() || resp.status().is_redirection())
-        && let Err(e) = auth.store.db().flush_async().await
+        && let Err(e) = flush_durable(&auth.store).await
     {
         tracing::error!(error = %e, "flushing the database after a write failed");
         return finish(
@@ -660,6 +660,17 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         );
     }
     finish(resp, authed)
+}
+
+/// Flushes the database off the async workers; concurrent callers share flushes
+/// ([`store::Store::flush_covering`]). sled's own `flush_async` can run the flush on the calling worker
+/// when its pool is busy, which stalls every other request under a burst of writes.
+async fn flush_durable(store: &store::Store) -> Result<(), String> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.flush_covering()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn csrf_refused(message: &str) -> Response {

@@ -112,9 +112,19 @@ impl Default for ConnectConfig {
     }
 }
 
-/// `<checkout>/assets/vendor`: where `dev/build-assets` copies the pinned npm files.
+/// `<checkout>/assets/vendor`: where `dev/build-assets` copies the pinned npm files — in the checkout
+/// the running executable sits in (`target/<profile>/...`), else in the one this crate was compiled in.
 pub fn default_vendor_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/vendor")
+    let in_checkout =
+        |p: &std::path::Path| p.join("Cargo.toml").is_file() && p.join("assets/vendor").is_dir();
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|p| in_checkout(p))
+                .map(|p| p.join("assets/vendor"))
+        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/vendor"))
 }
 
 /// Where the current script set comes from (a hot-reloading [`script::Reloader`] in the server, a fixed
