@@ -627,6 +627,8 @@ impl Deployer {
         };
         let mut entries = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        // Jobs come newest first: a VM a newer job made (or re-made) is settled, whatever older jobs say.
+        let mut settled = std::collections::HashSet::new();
         for job in self.jobs_of_class(id)? {
             if !crate::is_terminal(job.state) {
                 return Err(DeployError::Conflict(format!(
@@ -646,8 +648,14 @@ impl Deployer {
                 .filter(|s| s.state == JobState::Failed && s.role != "plan" && s.role != "delete")
             {
                 let Some(vmid) = s.vmid else { continue };
+                // A failed re-make (a move onto a newer base) keeps the VM's record and assignment while
+                // its VM is gone: it is made again. Other failed steps left no record; a VM with one was
+                // made since.
                 let known = self.inner.vms.get(&vm_key(&class.cluster, vmid))?.is_some();
-                if known || !seen.insert(vmid) {
+                if (known && job.kind != crate::runner::KIND_MOVE)
+                    || settled.contains(&vmid)
+                    || !seen.insert(vmid)
+                {
                     continue;
                 }
                 if let Some(e) = by_vmid.get(&u64::from(vmid)) {
@@ -658,6 +666,12 @@ impl Deployer {
                     entries.push(e);
                 }
             }
+            settled.extend(
+                job.steps
+                    .iter()
+                    .filter(|s| s.state == JobState::Done && s.role != "plan")
+                    .filter_map(|s| s.vmid),
+            );
         }
         if entries.is_empty() {
             return Ok(None);
