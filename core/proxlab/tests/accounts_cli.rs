@@ -1,13 +1,12 @@
 //! `proxlab user …` and `proxlab token …` with the real binary: passwords from stdin, never argv.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_proxlab")
-}
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{bin, run_cli_output};
 
 fn config(dir: &Path, listen: &str) -> PathBuf {
     let path = dir.join("proxlab.toml");
@@ -20,20 +19,6 @@ fn config(dir: &Path, listen: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn run(cfg: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -61,13 +46,13 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
         "{msg}"
     );
 
-    let out = run(
+    let out = run_cli_output(
         &cfg,
         &["user", "add", "Teacher.One", "--role", "teacher"],
         "long-enough-pw\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(
+    let out = run_cli_output(
         &cfg,
         &["user", "add", "eve@pve", "--role", "admin"],
         "long-enough-pw\n",
@@ -77,13 +62,13 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
         "{}",
         text(&out)
     );
-    let out = run(&cfg, &["user", "add", "short", "--role", "student"], "abc\n");
+    let out = run_cli_output(&cfg, &["user", "add", "short", "--role", "student"], "abc\n");
     assert!(
         !out.status.success() && text(&out).contains("at least 8"),
         "{}",
         text(&out)
     );
-    let out = run(
+    let out = run_cli_output(
         &cfg,
         &[
             "user",
@@ -97,7 +82,7 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
         "admin-password\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(&cfg, &["user", "list"], "");
+    let out = run_cli_output(&cfg, &["user", "list"], "");
     let list = text(&out);
     assert!(
         list.contains("teacher.one") && list.contains("admin") && list.contains("Site Admin"),
@@ -108,7 +93,7 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
         "{list}"
     );
 
-    let out = run(
+    let out = run_cli_output(
         &cfg,
         &[
             "token",
@@ -125,7 +110,7 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
     assert!(out.status.success(), "{}", text(&out));
     let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(secret.starts_with("plx_") && secret.len() > 40, "{secret}");
-    let out = run(&cfg, &["token", "list"], "");
+    let out = run_cli_output(&cfg, &["token", "list"], "");
     let list = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         list.contains("active") && list.contains("ci") && !list.contains(&secret),
@@ -139,13 +124,15 @@ fn users_and_tokens_are_managed_from_the_cli_and_serve_needs_an_admin_off_loopba
         .next()
         .unwrap()
         .to_string();
-    let out = run(&cfg, &["token", "revoke", &id], "");
+    let out = run_cli_output(&cfg, &["token", "revoke", &id], "");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&run(&cfg, &["token", "list"], "").stdout).contains("revoked"));
+    assert!(
+        String::from_utf8_lossy(&run_cli_output(&cfg, &["token", "list"], "").stdout).contains("revoked")
+    );
 
-    let out = run(&cfg, &["user", "passwd", "teacher.one"], "another-password\n");
+    let out = run_cli_output(&cfg, &["user", "passwd", "teacher.one"], "another-password\n");
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(&cfg, &["user", "disable", "teacher.one"], "");
+    let out = run_cli_output(&cfg, &["user", "disable", "teacher.one"], "");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&run(&cfg, &["user", "list"], "")).contains("disabled"));
+    assert!(text(&run_cli_output(&cfg, &["user", "list"], "")).contains("disabled"));
 }

@@ -12,48 +12,19 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use testkit::{ClusterSpec, FakeCluster};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// The student's stopped VM with a `baseline` snapshot (started and reverted in the browser).
 const VM: u32 = 1501;
 /// The other student's VM (must not show).
 const OTHER_VM: u32 = 1502;
 /// The student's second VM (running).
 const SECOND_VM: u32 = 1503;
-
-/// Fails with the fix when the browser, node or playwright-core is missing (never skips).
-fn check_prerequisites(root: &Path) {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        missing.push("node (apt-get install nodejs npm)".to_string());
-    }
-    if !root.join("node_modules/playwright-core/package.json").exists() {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (npm ci in the repository root)",
-            root.display()
-        ));
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser test cannot run; missing: {}. Run dev/setup, which installs all of them.",
-        missing.join(", ")
-    );
-}
 
 /// A stopped qemu guest like the lab's student VMs: guest agent on (the sim answers with a 127.60.x.x
 /// address once it runs), a qcow2 disk on the dir-backed `labnfs` (so it can be snapshotted).
@@ -72,7 +43,7 @@ fn guest(vmid: u32, name: &str, node: &str, status: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn student_starts_a_vm_sees_it_run_with_its_ip_live_and_reverts_it_in_chromium() {
     let root = testkit::workspace_root();
-    check_prerequisites(&root);
+    check_browser_prerequisites(&root);
 
     let spec = ClusterSpec {
         agent_prefix: Some("127.60".into()),
@@ -158,23 +129,7 @@ async fn student_starts_a_vm_sees_it_run_with_its_ip_live_and_reverts_it_in_chro
     let server = serve(&cfg);
     let http = testkit::http_client();
     let base = server.base.clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = http
-            .get(format!("{base}/api/sync/status"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["clusters"][0]["status"] == "ok" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no first sync: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_first_sync(&base, &token, 20).await;
     // Assignments through the admin JSON API.
     for (user, vmid, baseline) in [
         ("stud", VM, Some("baseline")),

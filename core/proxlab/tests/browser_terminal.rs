@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,6 @@ use common::*;
 use serde_json::{Value, json};
 use testkit::{ClusterSpec, FakeCluster, NodeSshd};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// The student's running VM; the fake's agent reports [`VM_IP`] for it.
 const VM: u32 = 4001;
 /// The other student's VM.
@@ -34,39 +32,6 @@ const VM_IP: &str = "127.60.16.3";
 /// The guest's login (a local account made by [`NodeSshd::start_with_password`]).
 const GUEST_USER: &str = "termstud";
 const GUEST_PASSWORD: &str = "term-pass-61";
-
-/// Fails with the fix when the browser, node or playwright-core is missing (never skips).
-fn check_prerequisites(root: &Path) {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        missing.push("node (apt-get install nodejs npm)".to_string());
-    }
-    if !root.join("node_modules/playwright-core/package.json").exists() {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (npm ci in the repository root)",
-            root.display()
-        ));
-    }
-    if !root.join("assets/vendor/xterm/xterm.js").exists() {
-        missing.push(format!(
-            "{}/assets/vendor/xterm (dev/build-assets)",
-            root.display()
-        ));
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser test cannot run; missing: {}. Run dev/setup, which installs all of them.",
-        missing.join(", ")
-    );
-}
 
 /// A running qemu guest with the agent on (the fake answers with a 127.60.x.x address) and a net0 MAC.
 fn guest(vmid: u32, name: &str) -> Value {
@@ -84,7 +49,7 @@ fn guest(vmid: u32, name: &str) -> Value {
 async fn student_logs_in_to_their_vm_in_the_browser_terminal_sees_unicode_and_resize_and_another_student_is_refused()
  {
     let root = testkit::workspace_root();
-    check_prerequisites(&root);
+    check_browser_prerequisites(&root);
 
     // The "VM": a real sshd with password login on the address the fake's agent reports for it.
     let sshd = tokio::task::spawn_blocking(|| {
@@ -160,23 +125,7 @@ async fn student_logs_in_to_their_vm_in_the_browser_terminal_sees_unicode_and_re
     let http = testkit::http_client();
     let base = server.base.clone();
     assert_eq!(base, format!("http://{listen}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = http
-            .get(format!("{base}/api/sync/status"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["clusters"][0]["status"] == "ok" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no first sync: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_first_sync(&base, &token, 20).await;
     for (user, vmid) in [("stud", VM), ("stud2", OTHER_VM)] {
         let r = http
             .post(format!("{base}/api/user-vm-assignments"))

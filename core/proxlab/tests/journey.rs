@@ -91,16 +91,15 @@ struct Api {
 
 impl Api {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        let t = r.text().await.unwrap();
-        (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+        api_call(
+            &self.http,
+            &self.base,
+            &self.token,
+            reqwest::Method::GET,
+            path,
+            None,
+        )
+        .await
     }
 
     async fn wait(&self, what: &str, secs: u64, mut f: impl AsyncFnMut(&Api) -> bool) {
@@ -183,7 +182,7 @@ fn rdp_lines(path: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms_and_back_to_nothing() {
     let root = testkit::workspace_root();
-    check_browser_prerequisites(&root, &[]);
+    check_browser_prerequisites(&root);
     let artifacts = root.join("target/test-artifacts/journey");
     let _ = std::fs::remove_dir_all(&artifacts);
 
@@ -286,10 +285,7 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
         base: server.base.clone(),
         token,
     };
-    api.wait("the first sync of the new cluster", 20, async |a: &Api| {
-        a.get("/api/sync/status").await.1["clusters"][0]["status"] == "ok"
-    })
-    .await;
+    wait_first_sync(&api.base, &api.token, 20).await;
     let storage_before = listing(&labnfs);
     assert!(guests_in_range(&fake).is_empty());
 
@@ -464,5 +460,4 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     );
     let shots = std::fs::read_dir(&artifacts).unwrap().count();
     assert!(shots >= 15, "screenshots kept: {shots}");
-    let _: PathBuf = artifacts;
 }

@@ -228,23 +228,7 @@ async fn students_sign_in_and_press_start_at_the_same_moment() {
     let http = testkit::http_client();
 
     // The first sync, then N students and their assignments through the admin API.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = http
-            .get(format!("{base}/health"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["clusters"][0]["status"] == "ok" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no first sync: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_first_sync(&base, &token, 30).await;
     let setup = Instant::now();
     for (i, vmid) in vmids.iter().enumerate() {
         let name = format!("student{i:04}");

@@ -102,7 +102,8 @@ pub fn admin_token(cfg: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-pub fn run_cli(cfg: &Path, args: &[&str], stdin: &str) -> String {
+/// Runs `proxlab ARGS --config CFG` with `stdin`; returns its output whatever its exit status.
+pub fn run_cli_output(cfg: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(bin())
         .args(args)
         .arg("--config")
@@ -113,7 +114,12 @@ pub fn run_cli(cfg: &Path, args: &[&str], stdin: &str) -> String {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `proxlab ARGS --config CFG` with `stdin`, asserts success and returns its trimmed stdout.
+pub fn run_cli(cfg: &Path, args: &[&str], stdin: &str) -> String {
+    let out = run_cli_output(cfg, args, stdin);
     assert!(
         out.status.success(),
         "proxlab {args:?}: {}{}",
@@ -155,7 +161,7 @@ pub fn run_with_limit(mut cmd: Command, dir: &Path, limit: Duration) -> (bool, S
 /// Fails with the fix when what the browser tests need is missing (never skips): `/usr/bin/chromium`,
 /// `node`, `node_modules/playwright-core` and the vendored xterm.js (`assets/vendor/xterm`), all
 /// installed by `dev/setup`.
-pub fn check_browser_prerequisites(root: &Path, extra: &[(&str, &str)]) {
+pub fn check_browser_prerequisites(root: &Path) {
     let mut missing = Vec::new();
     if !Path::new("/usr/bin/chromium").exists() {
         missing.push("/usr/bin/chromium (apt-get install chromium)".to_string());
@@ -173,9 +179,9 @@ pub fn check_browser_prerequisites(root: &Path, extra: &[(&str, &str)]) {
             "node_modules/playwright-core/package.json",
             "npm ci in the repository root",
         ),
-        ("assets/vendor/xterm", "dev/build-assets"),
+        ("assets/vendor/xterm/xterm.js", "dev/build-assets"),
     ];
-    for (rel, fix) in files.iter().chain(extra) {
+    for (rel, fix) in files {
         if !root.join(rel).exists() {
             missing.push(format!("{}/{rel} ({fix})", root.display()));
         }
@@ -185,4 +191,50 @@ pub fn check_browser_prerequisites(root: &Path, extra: &[(&str, &str)]) {
         "the browser test cannot run; missing: {}. Run dev/setup, which installs all of them.",
         missing.join(", ")
     );
+}
+
+/// Waits (up to `secs`) until `GET /api/sync/status` with the admin `token` shows every cluster `ok`.
+pub async fn wait_first_sync(base: &str, token: &str, secs: u64) {
+    let http = testkit::http_client();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/api/sync/status"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let clusters = v["clusters"].as_array().cloned().unwrap_or_default();
+        if !clusters.is_empty() && clusters.iter().all(|c| c["status"] == "ok") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no first sync: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One JSON API request with the bearer `token`: `(status, body)`, the body parsed as JSON or kept as a
+/// string when it is not JSON.
+pub async fn api_call(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
