@@ -22,28 +22,14 @@
 //            base (students move on their next revert); the student reverts.
 //   delete   {teacher, class_id}: the teacher deletes the class through the typed confirmation.
 // Prints one JSON line with what it saw; exits 1 with the reason (and a failure screenshot) otherwise.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const CHROMIUM = "/usr/bin/chromium";
+import { args, failer, launch, loadChromium } from "./common.mjs";
 
-function fail(msg) {
-  console.error("journey.mjs: " + msg);
-  process.exit(1);
-}
-
-const [base, planFile] = process.argv.slice(2);
-if (!base || !planFile) { fail("usage: node tests/browser/journey.mjs <base-url> <plan.json>"); }
-const plan = JSON.parse(readFileSync(planFile, "utf8"));
-if (!existsSync(CHROMIUM)) {
-  fail(`${CHROMIUM} is missing: install Debian's chromium (dev/setup does: apt-get install chromium)`);
-}
-let chromium;
-try {
-  ({ chromium } = await import("playwright-core"));
-} catch (e) {
-  fail("playwright-core is not installed: run `npm ci` in the repository root (dev/setup does) — " + e.message);
-}
+const fail = failer("journey.mjs");
+const { base, plan } = args("journey.mjs");
+const chromium = await loadChromium("journey.mjs");
 mkdirSync(plan.artifacts, { recursive: true });
 const origin = new URL(base).origin;
 const seen = { phase: plan.phase };
@@ -55,18 +41,7 @@ let shot = 0;
 async function browser(user) {
   const dir = join(plan.profiles, user);
   mkdirSync(dir, { recursive: true });
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    acceptDownloads: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--disable-extensions", "--disable-default-apps", "--no-default-browser-check",
-      "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
+  const context = await launch(chromium, dir, { acceptDownloads: true });
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin });
   // Nothing may leave the portal's own origin.
   await context.route("**/*", (route) => {

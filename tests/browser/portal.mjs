@@ -13,43 +13,19 @@
 // keep a screenshot, revert through the confirmation dialog, see it stopped again; a Stop of a VM that
 // PVE has locked shows PVE's own error. Prints one JSON
 // line with what it saw; exits 1 with the reason (and a failure screenshot) otherwise.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const CHROMIUM = "/usr/bin/chromium";
+import { args, failer, launch, loadChromium } from "./common.mjs";
 
-function fail(msg) {
-  console.error("portal.mjs: " + msg);
-  process.exit(1);
-}
-
-const [base, planFile] = process.argv.slice(2);
-if (!base || !planFile) { fail("usage: node tests/browser/portal.mjs <base-url> <plan.json>"); }
-const plan = JSON.parse(readFileSync(planFile, "utf8"));
-if (!existsSync(CHROMIUM)) {
-  fail(`${CHROMIUM} is missing: install Debian's chromium (dev/setup does: apt-get install chromium)`);
-}
-let chromium;
-try {
-  ({ chromium } = await import("playwright-core"));
-} catch (e) {
-  fail("playwright-core is not installed: run `npm ci` in the repository root (dev/setup does) — " + e.message);
-}
+const fail = failer("portal.mjs");
+const { base, plan } = args("portal.mjs");
+const chromium = await loadChromium("portal.mjs");
 
 mkdirSync(plan.artifacts, { recursive: true });
 // A fresh profile per run (the caller passes an empty temporary directory).
 const userDataDir = plan.profile || join(plan.artifacts, "chromium-profile-" + process.pid);
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-default-apps", "--no-default-browser-check",
-    "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-  ],
-  viewport: { width: 1280, height: 900 },
-});
+const context = await launch(chromium, userDataDir);
 const page = context.pages()[0] || await context.newPage();
 const problems = [];
 page.on("pageerror", (e) => problems.push("page error: " + e.message));

@@ -16,41 +16,17 @@
 // last line) land on the last rendered row; keep a screenshot (terminal.png). Then the other student
 // signs in: /ssh/{vmid} is a 404, a connect token for the VM is refused (404) and the WebSocket does not
 // open. Prints one JSON line with what it saw; exits 1 with the reason (and terminal-failure.png) otherwise.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const CHROMIUM = "/usr/bin/chromium";
+import { args, failer, launch, loadChromium } from "./common.mjs";
 
-function fail(msg) {
-  console.error("terminal.mjs: " + msg);
-  process.exit(1);
-}
-
-const [base, planFile] = process.argv.slice(2);
-if (!base || !planFile) { fail("usage: node tests/browser/terminal.mjs <base-url> <plan.json>"); }
-const plan = JSON.parse(readFileSync(planFile, "utf8"));
-if (!existsSync(CHROMIUM)) {
-  fail(`${CHROMIUM} is missing: install Debian's chromium (dev/setup does: apt-get install chromium)`);
-}
-let chromium;
-try {
-  ({ chromium } = await import("playwright-core"));
-} catch (e) {
-  fail("playwright-core is not installed: run `npm ci` in the repository root (dev/setup does) — " + e.message);
-}
+const fail = failer("terminal.mjs");
+const { base, plan } = args("terminal.mjs");
+const chromium = await loadChromium("terminal.mjs");
 
 mkdirSync(plan.artifacts, { recursive: true });
-const context = await chromium.launchPersistentContext(plan.profile, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-default-apps", "--no-default-browser-check",
-    "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-  ],
-  viewport: { width: 1280, height: 900 },
-});
+const context = await launch(chromium, plan.profile);
 const page = context.pages()[0] || await context.newPage();
 const problems = [];
 let expectErrors = false; // the other student's refused requests log "Failed to load resource" / WS errors
