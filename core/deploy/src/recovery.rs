@@ -22,7 +22,8 @@ use crate::{Deployer, is_terminal};
 pub struct RecoveryReport {
     /// Jobs resumed (they run in the background now).
     pub resumed: Vec<String>,
-    /// Jobs that could not be resumed and were ended as failed (after cleaning up).
+    /// Jobs that could not be resumed and were ended as failed (after cleaning up), and `class ID` for a
+    /// class whose creation a restart interrupted before its job existed (removed).
     pub failed: Vec<String>,
     /// Reservations whose leftovers were removed and that were released, as `cluster/vmid`.
     pub released: Vec<String>,
@@ -174,10 +175,24 @@ impl Deployer {
                 j.class_id.as_deref() == Some(c.id.as_str())
                     && (!is_terminal(j.state) || self.is_running(&j.id))
             });
-            if !busy {
-                let any = self.class_vms(&c.id)?.iter().any(|v| v.role != VmRole::Base);
-                self.set_class_state(&c.id, if any { "partial" } else { "failed" })?;
+            if busy {
+                continue;
             }
+            let has_job = jobs
+                .values()
+                .any(|j| j.class_id.as_deref() == Some(c.id.as_str()));
+            let vms = self.class_vms(&c.id)?;
+            if !has_job && vms.is_empty() {
+                // Its creation was interrupted before its job was written: nothing was reserved or made
+                // and the creation was never answered (it answers after the job is on disk). Remove it
+                // rather than leave a "failed" class without a reason.
+                self.inner.store.classes.remove(&c.id)?;
+                tracing::warn!(class = %c.id, "removed a class whose creation a restart interrupted before it started");
+                report.failed.push(format!("class {}", c.id));
+                continue;
+            }
+            let any = vms.iter().any(|v| v.role != VmRole::Base);
+            self.set_class_state(&c.id, if any { "partial" } else { "failed" })?;
         }
         self.flush().await?;
         tracing::info!(
