@@ -170,7 +170,9 @@ impl Default for SyncSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpSection {
-    /// Ranges accepted even if loopback (tests only; empty in production).
+    /// Loopback ranges where fake guests of the tests and the demo run (`127.60.0.0/16`): accepted as
+    /// guest addresses. Refused unless `PROXLAB_TEST_MODE=1` is set (the test harness and
+    /// `proxlab demo` set it), and only loopback ranges: real guests are never on loopback.
     pub allow_ranges: Vec<ipnet::IpNet>,
     /// Prefer IPv6 addresses.
     pub prefer_ipv6: bool,
@@ -260,6 +262,10 @@ pub struct ConnectSection {
     pub verify_max_age_secs: u64,
     /// At shutdown, wait this long for terminals and consoles to close, seconds (default 5).
     pub shutdown_drain_secs: u64,
+    /// SSH terminals per user at once (default 3).
+    pub max_terminals_per_user: usize,
+    /// New terminal connections per user and minute (default 10).
+    pub terminal_connects_per_minute: usize,
 }
 
 impl Default for ConnectSection {
@@ -277,6 +283,8 @@ impl Default for ConnectSection {
             vendor_dir: None,
             verify_max_age_secs: 60,
             shutdown_drain_secs: 5,
+            max_terminals_per_user: 3,
+            terminal_connects_per_minute: 10,
         }
     }
 }
@@ -373,6 +381,11 @@ pub struct ClusterSection {
     /// Whether the sync runs for it (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Networks where this cluster's guests live (CIDRs, e.g. `["10.20.0.0/16"]`): the SSH terminal
+    /// connects to a guest address inside them, or to one on a directly connected network whose ARP
+    /// entry carries the VM's MAC — never elsewhere. Empty: only such MAC-verified addresses.
+    #[serde(default)]
+    pub guest_networks: Vec<ipnet::IpNet>,
     /// SSH access to the cluster's nodes and their storage paths (`[[cluster.node]]`), for QCOW2
     /// overlays and `ssh::exec`.
     #[serde(default, rename = "node")]
@@ -443,6 +456,40 @@ impl std::fmt::Debug for ClusterSection {
     }
 }
 
+/// Checks a PVE API token id (`user@realm!name`) without ever repeating a value that may hold the
+/// secret: a whole `PVEAPIToken=user@realm!name=secret` header or an `id=secret` pair pasted into
+/// `token_id` is refused without being shown.
+pub fn check_token_id(id: &str) -> Result<(), String> {
+    if id.contains('=') || id.chars().any(char::is_whitespace) {
+        return Err(
+            "the value looks like a whole token header or an id=secret pair (not shown); put only \
+                    user@realm!name in token_id and the secret in token_secret or token_secret_file"
+                .into(),
+        );
+    }
+    let shape = || format!("{id:?} must have the form user@realm!name (e.g. proxlab@pve!portal)");
+    let (user_realm, name) = match id.split_once('!') {
+        Some((a, b)) if !b.contains('!') => (a, b),
+        _ => return Err(shape()),
+    };
+    let Some((user, realm)) = user_realm.split_once('@') else {
+        return Err(shape());
+    };
+    let ok_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if user.is_empty() || !ok_name(realm) || !ok_name(name) {
+        return Err(shape());
+    }
+    Ok(())
+}
+
+/// `PROXLAB_TEST_MODE=1` admits `[ip] allow_ranges` (loopback fake guests): set by the test harness and
+/// `proxlab demo`, never needed by a real site.
+pub const TEST_MODE_ENV: &str = "PROXLAB_TEST_MODE";
+
 /// Environment variables starting with `PROXLAB_` that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &[
     "PROXLAB_LOG",
@@ -481,6 +528,19 @@ impl Config {
             set_path(&mut value, &path, parsed).with_context(|| format!("environment variable {key}"))?;
         }
         let mut cfg: Config = value.try_into()?;
+        let test_mode = env.iter().any(|(k, v)| k == TEST_MODE_ENV && v == "1");
+        if let Some(r) = cfg.ip.allow_ranges.iter().find(|r| !r.addr().is_loopback()) {
+            bail!(
+                "ip.allow_ranges: {r} is not a loopback range; guest networks are set per cluster \
+                 with guest_networks = [\"{r}\"]"
+            );
+        }
+        if !cfg.ip.allow_ranges.is_empty() && !test_mode {
+            bail!(
+                "ip.allow_ranges is for the tests and the demo only (they set {TEST_MODE_ENV}=1); \
+                 remove it and list the networks of the guests in guest_networks of each cluster"
+            );
+        }
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
@@ -552,6 +612,23 @@ impl Config {
             }
             if !ids.insert(c.id.clone()) {
                 bail!("cluster id {:?} is used twice", c.id);
+            }
+            if let Some(id) = &c.token_id {
+                check_token_id(id).map_err(|e| anyhow::anyhow!("cluster {}: token_id: {e}", c.id))?;
+            }
+            if let Some(user) = &c.user
+                && user.contains('!')
+            {
+                bail!(
+                    "cluster {}: user {:?} is an API token id; set it as token_id (with token_secret) \
+                     instead of user",
+                    c.id,
+                    if user.contains('=') {
+                        "(not shown)"
+                    } else {
+                        user.as_str()
+                    }
+                );
             }
             let has_token = c.token_id.is_some();
             let has_user = c.user.is_some();
@@ -739,6 +816,55 @@ token_id = "root@pam!portal"
 token_secret = "s3cret"
 ca_file = "ca.crt"
 "#;
+
+    #[test]
+    fn token_ids_are_checked_locally_and_a_pasted_secret_is_never_repeated() {
+        let with = |id: &str| BASE.replace("root@pam!portal", id);
+        Config::parse(&with("proxlab@pve!portal-1"), &[], Path::new("/x")).unwrap();
+        for pasted in [
+            "PVEAPIToken=root@pam!portal=9b1f0c6e-5a2d-4c3b-8e7f-aaaabbbbcccc",
+            "root@pam!portal=9b1f0c6e-5a2d-4c3b-8e7f-aaaabbbbcccc",
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&with(pasted), &[], Path::new("/x")).unwrap_err()
+            );
+            assert!(err.contains("token_id") && err.contains("not shown"), "{err}");
+            assert!(!err.contains("9b1f0c6e"), "the secret is printed: {err}");
+        }
+        for bad in ["root@pam", "root!portal", "root@pam!a!b", "@pam!x", "root@pam!"] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&with(bad), &[], Path::new("/x")).unwrap_err()
+            );
+            assert!(err.contains("user@realm!name"), "{bad}: {err}");
+        }
+        let ticket = BASE
+            .replace("token_id = \"root@pam!portal\"", "user = \"root@pam!portal\"")
+            .replace("token_secret = \"s3cret\"", "password = \"pw\"");
+        let err = format!("{:#}", Config::parse(&ticket, &[], Path::new("/x")).unwrap_err());
+        assert!(err.contains("set it as token_id"), "{err}");
+    }
+
+    #[test]
+    fn loopback_test_ranges_need_test_mode_and_guest_networks_are_per_cluster() {
+        let text =
+            format!("{BASE}guest_networks = [\"10.20.0.0/16\"]\n[ip]\nallow_ranges = [\"127.60.0.0/16\"]\n");
+        let err = format!("{:#}", Config::parse(&text, &[], Path::new("/x")).unwrap_err());
+        assert!(
+            err.contains("PROXLAB_TEST_MODE") && err.contains("guest_networks"),
+            "{err}"
+        );
+        let env = [(TEST_MODE_ENV.to_string(), "1".to_string())];
+        let c = Config::parse(&text, &env, Path::new("/x")).unwrap();
+        assert_eq!(
+            c.clusters[0].guest_networks,
+            vec!["10.20.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
+        let routed = format!("{BASE}[ip]\nallow_ranges = [\"10.0.0.0/8\"]\n");
+        let err = format!("{:#}", Config::parse(&routed, &env, Path::new("/x")).unwrap_err());
+        assert!(err.contains("not a loopback range"), "{err}");
+    }
 
     #[test]
     fn unknown_key_is_rejected_by_name() {

@@ -91,11 +91,13 @@ impl Host for ProxlabHost {
 }
 
 /// The script set sources the config describes: embedded defaults, the site dir, plugin dirs
-/// (the checkout's `plugins/` first when it exists, then the configured ones).
+/// (the shipped `plugins/` when no dirs are configured — the checkout's, or the package's; never a
+/// build path in a release binary: [`web::connect::shipped_dir`] — then the configured ones).
 pub fn sources(cfg: &Config) -> SetSources {
     let mut plugin_dirs = Vec::new();
-    let shipped = testkit::workspace_root().join("plugins");
-    if cfg.plugins.dirs.is_empty() && shipped.is_dir() {
+    if cfg.plugins.dirs.is_empty()
+        && let Some(shipped) = web::connect::shipped_dir("plugins")
+    {
         plugin_dirs.push(shipped);
     }
     plugin_dirs.extend(cfg.plugins.dirs.iter().cloned());

@@ -131,8 +131,55 @@ pub fn connect_config(cfg: &Config) -> web::connect::ConnectConfig {
         rdp_script: c.rdp_script.clone(),
         vendor_dir: c.vendor_dir.clone().unwrap_or(d.vendor_dir),
         verify: verify_config(cfg),
+        max_terminals_per_user: c.max_terminals_per_user.max(1),
+        terminal_connects_per_minute: c.terminal_connects_per_minute.max(1),
+        clusters: cfg
+            .clusters
+            .iter()
+            .map(|k| {
+                let dial = web::connect::ClusterDial {
+                    guest_networks: k.guest_networks.clone(),
+                    host_addresses: cluster_host_addresses(k),
+                };
+                (k.id.clone(), dial)
+            })
+            .collect(),
+        test_ranges: cfg.ip.allow_ranges.clone(),
         ..d
     }
+}
+
+/// The addresses of a cluster's API host and its nodes' SSH hosts (names resolved once, here): a guest
+/// address equal to one of them is never dialled.
+fn cluster_host_addresses(c: &ClusterSection) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    if let Ok(u) = url::Url::parse(&c.url)
+        && let Some(h) = u.host_str()
+    {
+        hosts.push((
+            h.trim_matches(['[', ']']).to_string(),
+            u.port_or_known_default().unwrap_or(8006),
+        ));
+    }
+    for n in &c.nodes {
+        if !n.local {
+            hosts.push((n.ssh_host.clone().unwrap_or_else(|| n.name.clone()), n.ssh_port));
+        }
+    }
+    let mut out = Vec::new();
+    for (h, port) in hosts {
+        match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => out.push(ip),
+            Err(_) => match (h.as_str(), port).to_socket_addrs() {
+                Ok(addrs) => out.extend(addrs.map(|a| a.ip())),
+                Err(e) => tracing::debug!(host = %h, error = %e, "cannot resolve a cluster host"),
+            },
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Opens the store and builds the inventory and syncer.
@@ -472,6 +519,18 @@ pub async fn check(cfg: Config) -> anyhow::Result<ExitCode> {
                 ok = false;
                 println!("[{}] cannot read /access/permissions: {e}", c.id);
             }
+        }
+        if c.guest_networks.is_empty() {
+            println!(
+                "[{}] warning: guest_networks is empty: the SSH terminal connects only to guest addresses \
+                 on this machine's own networks whose ARP entry carries the VM's MAC",
+                c.id
+            );
+            println!(
+                "    fix: list the networks of the cluster's guests, e.g. guest_networks = [\"10.20.0.0/16\"] \
+                 in [[cluster]] id = {:?}",
+                c.id
+            );
         }
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

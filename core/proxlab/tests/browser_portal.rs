@@ -2,8 +2,8 @@
 //! (`tests/browser/portal.mjs`), against the real `proxlab serve` binary and a fake PVE cluster.
 //!
 //! A student signs in, sees only their VMs, starts one, sees it go to running and its IP appear without a
-//! reload (SSE), opens the Connect menu and reverts the VM through the confirmation dialog; a Stop of a VM
-//! that a backup holds shows PVE's own `VM is locked (backup)`. Screenshots are
+//! reload (SSE), opens the Connect menu and reverts the VM through the confirmation dialog; a VM that a
+//! backup holds has its buttons disabled, titled `Locked by Proxmox (backup)`. Screenshots are
 //! kept under `target/test-artifacts/` (`portal.png`, `portal-after-revert.png`, `portal-failure.png`).
 //!
 //! Needs `/usr/bin/chromium`, `node` and `node_modules/playwright-core` (all installed by `dev/setup`); the
@@ -159,7 +159,7 @@ async fn student_starts_a_vm_sees_it_run_with_its_ip_live_and_reverts_it_in_chro
             "user": "stud", "password": "stud-password-1",
             "own": ["portal-s01", "portal-s03"], "others": ["portal-s02", "netsec-s01"],
             "vm": "portal-s01", "artifacts": artifacts, "profile": profile.path(),
-            "locked_vm": "portal-s03", "locked_error": "VM is locked (backup)",
+            "locked_vm": "portal-s03", "locked_error": "Locked by Proxmox (backup)",
         })
         .to_string(),
     )
@@ -205,7 +205,7 @@ async fn student_starts_a_vm_sees_it_run_with_its_ip_live_and_reverts_it_in_chro
         seen["locked_result"]
             .as_str()
             .unwrap()
-            .contains("VM is locked (backup)"),
+            .contains("Locked by Proxmox (backup)"),
         "{seen}"
     );
 

@@ -379,3 +379,81 @@ fn unknown_config_key_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_addr"));
 }
+
+/// Every output of `check`, `sync --once`, the account CLI and `serve` (its log at debug level) is free
+/// of the cluster's API secret and password — with the right secret, a wrong one, a whole token header
+/// pasted into `token_id`, and a wrong ticket password.
+#[test]
+fn no_secret_appears_in_the_output_of_check_serve_or_the_cli() {
+    let fake = FakeCluster::start(ClusterSpec::lab()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = fake.token_secret.clone();
+    let run = |cfg: &Path, args: &[&str]| {
+        let out = Command::new(bin())
+            .env("PROXLAB_TEST_MODE", "1")
+            .env("PROXLAB_LOG", "debug")
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let assert_clean = |what: &str, text: &str, hidden: &[&str]| {
+        for h in hidden {
+            assert!(!text.contains(h), "{what} printed a secret:\n{text}");
+        }
+    };
+    // The right secret.
+    let cfg = write_config(dir.path(), "127.0.0.1:0", &[("lab", &fake)], "");
+    let out = run(&cfg, &["check"]);
+    assert!(out.contains("connected"), "{out}");
+    assert_clean("check", &out, &[&secret]);
+    assert_clean("sync --once", &run(&cfg, &["sync", "--once"]), &[&secret]);
+    assert_clean("user list", &run(&cfg, &["user", "list"]), &[&secret]);
+    let server = serve(&cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    drop(server);
+    assert!(!log.is_empty());
+    assert_clean("serve", &log, &[&secret]);
+
+    // A wrong secret: check fails and says so, without either secret.
+    let wrong = "11111111-2222-4333-8444-555555555555";
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&secret, wrong);
+    std::fs::write(&cfg, &text).unwrap();
+    let out = run(&cfg, &["check"]);
+    assert!(out.contains("cannot connect"), "{out}");
+    assert_clean("check with a wrong secret", &out, &[&secret, wrong]);
+
+    // The whole header pasted into token_id: refused locally, the secret not repeated.
+    let pasted = text.replace(
+        &format!("token_id = \"{}\"", fake.token_id),
+        &format!("token_id = \"PVEAPIToken={}={secret}\"", fake.token_id),
+    );
+    std::fs::write(&cfg, &pasted).unwrap();
+    let out = run(&cfg, &["check"]);
+    assert!(out.contains("token_id") && out.contains("not shown"), "{out}");
+    assert_clean("check with a pasted header", &out, &[&secret]);
+
+    // Ticket login with a wrong password.
+    let password = "wrong-Pa55word-for-root";
+    let ticket = text
+        .replace(
+            &format!("token_id = \"{}\"", fake.token_id),
+            "user = \"root@pam\"",
+        )
+        .replace(
+            &format!("token_secret = \"{wrong}\""),
+            &format!("password = \"{password}\""),
+        );
+    std::fs::write(&cfg, &ticket).unwrap();
+    let out = run(&cfg, &["check"]);
+    assert!(out.contains("cannot connect"), "{out}");
+    assert_clean("check with a wrong password", &out, &[password]);
+}

@@ -353,6 +353,22 @@ async fn backup_lock_task_error_slow_network_and_lost_quorum_show_plainly_while_
     lab.assert_serving().await;
     assert_eq!(guest_status(&lab.fake, stopped), "stopped");
     lab.control("/lock", json!({"vmid": stopped, "lock": null}));
+    // The portal refuses a VM its inventory shows locked without asking PVE: sync now, as the next
+    // tick would.
+    let (s, body) = lab.post("/api/sync/trigger", json!({})).await;
+    assert!(s < 300, "{s} {body}");
+    lab.wait(
+        "the inventory shows the lock gone",
+        Duration::from_secs(20),
+        async |lab| {
+            let (_, vms) = lab.get("/api/vms").await;
+            vms.as_array()
+                .into_iter()
+                .flatten()
+                .any(|g| g["vmid"] == stopped && g["lock"].is_null())
+        },
+    )
+    .await;
 
     // (2) The start task ends in TASK ERROR: the user sees the task's error text; the VM stays stopped
     // in the cluster and in the inventory.

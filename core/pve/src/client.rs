@@ -733,6 +733,19 @@ impl PveClient {
         Self::upid_of(&path, v)
     }
 
+    /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/status/stop` with `overrule-shutdown=1` (PVE 8.1+): stops
+    /// the guest at once and aborts a shutdown task that is still waiting for it.
+    pub async fn stop_overruling_shutdown(
+        &self,
+        node: &str,
+        kind: GuestKind,
+        vmid: u32,
+    ) -> Result<Upid, PveError> {
+        let path = format!("{}/status/stop", Self::guest_path(node, kind, vmid));
+        let v = self.post_value(&path, &[("overrule-shutdown", "1")]).await?;
+        Self::upid_of(&path, v)
+    }
+
     /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/snapshot` (`snapname`, `description`) → UPID.
     /// Snapshot names follow PVE's config-ID rule: a letter, then letters, digits, `-`, `_` (2–40).
     pub async fn snapshot_create(

@@ -173,6 +173,165 @@ pub fn choose(
     Some(Choice { primary, all })
 }
 
+// ---- where a relay may connect -------------------------------------------------------------------
+
+/// What the portal must know to decide whether a relay (the SSH terminal, an RDP file it writes) may use
+/// a guest address. Everything a guest reports is attacker input: a student is root in their guest and
+/// sets whatever address the agent, DHCP or ARP then report.
+#[derive(Clone, Debug, Default)]
+pub struct DialRules {
+    /// The cluster's `guest_networks` (admin-configured CIDRs where guests live).
+    pub guest_networks: Vec<IpNet>,
+    /// Loopback ranges a test or the demo runs its fake guests in (`[ip] allow_ranges`; refused by the
+    /// config outside test mode).
+    pub test_ranges: Vec<IpNet>,
+    /// Addresses never dialled: the portal host's own (every interface), the cluster's nodes, the PVE
+    /// API host.
+    pub forbidden: Vec<(IpAddr, &'static str)>,
+}
+
+/// Why an address may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialBasis {
+    /// Inside the cluster's `guest_networks`.
+    GuestNetwork,
+    /// The ARP entry of the address carries one of the VM's configured MACs.
+    Verified,
+    /// Inside a test range (tests and the demo only).
+    TestRange,
+    /// Not decided by the static rules: on a directly connected IPv4 network, so an ARP comparison
+    /// with the VM's MACs decides ([`dial_verdict`] with the check's result).
+    NeedsMacMatch,
+}
+
+/// Why an address is refused, in words for the user and the setting an admin changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialRefusal {
+    /// Short machine word for the audit log (`loopback`, `link_local`, `special`, `own_address`,
+    /// `node_address`, `api_host`, `mac_mismatch`, `not_guest_network`).
+    pub code: &'static str,
+    /// The sentence shown to the user.
+    pub message: String,
+}
+
+impl std::fmt::Display for DialRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn refuse(code: &'static str, message: String) -> DialRefusal {
+    DialRefusal { code, message }
+}
+
+/// The address rules that need no probe, in this order: a test range passes; unspecified, multicast,
+/// broadcast and `0.0.0.0/8` never; loopback never; link-local only when listed in `guest_networks`;
+/// the portal's own, the nodes' and the API host's addresses never; inside `guest_networks` passes;
+/// an on-link IPv4 address may pass by a MAC match ([`DialBasis::NeedsMacMatch`]); anything else (routed,
+/// IPv6 outside the guest networks) is refused without being contacted.
+pub fn dial_static(ip: IpAddr, rules: &DialRules, on_link: bool) -> Result<DialBasis, DialRefusal> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if rules.test_ranges.iter().any(|r| r.contains(&ip)) {
+        return Ok(DialBasis::TestRange);
+    }
+    let listed = rules.guest_networks.iter().any(|r| r.contains(&ip));
+    let (special, loopback, link_local) = match ip {
+        IpAddr::V4(v4) => (
+            v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.octets()[0] == 0,
+            v4.is_loopback(),
+            v4.is_link_local(),
+        ),
+        IpAddr::V6(v6) => (
+            v6.is_unspecified() || v6.is_multicast(),
+            v6.is_loopback(),
+            (v6.segments()[0] & 0xffc0) == 0xfe80,
+        ),
+    };
+    if special {
+        return Err(refuse(
+            "special",
+            format!("address {ip} is not a host address (unspecified, multicast or broadcast)"),
+        ));
+    }
+    if loopback {
+        return Err(refuse(
+            "loopback",
+            format!("address {ip} is a loopback address of the portal itself"),
+        ));
+    }
+    if link_local && !listed {
+        return Err(refuse(
+            "link_local",
+            format!(
+                "address {ip} is link-local; an admin lists it in the cluster's guest_networks to allow it"
+            ),
+        ));
+    }
+    if let Some((_, what)) = rules.forbidden.iter().find(|(a, _)| *a == ip) {
+        let code = match *what {
+            "node" => "node_address",
+            "api" => "api_host",
+            _ => "own_address",
+        };
+        let whose = match *what {
+            "node" => "a Proxmox node of the cluster",
+            "api" => "the cluster's API host",
+            _ => "the portal host itself",
+        };
+        return Err(refuse(code, format!("address {ip} belongs to {whose}")));
+    }
+    if listed {
+        return Ok(DialBasis::GuestNetwork);
+    }
+    if on_link && ip.is_ipv4() {
+        return Ok(DialBasis::NeedsMacMatch);
+    }
+    Err(refuse(
+        "not_guest_network",
+        format!(
+            "address {ip} is not on this cluster's guest networks (an admin adds it to guest_networks \
+             of the cluster)"
+        ),
+    ))
+}
+
+/// The whole rule: [`dial_static`], then for an on-link address the ARP comparison — `mac_match` is
+/// `Some(true)` when the address's ARP entry carries one of the VM's MACs, `Some(false)` when it carries
+/// another machine's, `None` when nothing could be compared. Inside `guest_networks` a known mismatch
+/// still refuses.
+pub fn dial_verdict(
+    ip: IpAddr,
+    rules: &DialRules,
+    on_link: bool,
+    mac_match: Option<bool>,
+) -> Result<DialBasis, DialRefusal> {
+    let mismatch = || {
+        refuse(
+            "mac_mismatch",
+            format!("address {ip} answers with another machine's hardware address"),
+        )
+    };
+    match dial_static(ip, rules, on_link)? {
+        DialBasis::TestRange => Ok(DialBasis::TestRange),
+        DialBasis::GuestNetwork if mac_match == Some(false) => Err(mismatch()),
+        DialBasis::GuestNetwork => Ok(DialBasis::GuestNetwork),
+        DialBasis::NeedsMacMatch | DialBasis::Verified => match mac_match {
+            Some(true) => Ok(DialBasis::Verified),
+            Some(false) => Err(mismatch()),
+            None => Err(refuse(
+                "not_guest_network",
+                format!(
+                    "address {ip} is not on this cluster's guest networks and could not be verified as \
+                     the VM's (an admin adds it to guest_networks of the cluster)"
+                ),
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +510,73 @@ mod tests {
         assert_eq!(c.primary, ip("127.60.16.3"));
         assert!(!is_usable(&ip("127.0.0.1"), &policy));
         assert!(!is_usable(&ip("127.61.0.1"), &policy));
+    }
+
+    fn rules() -> DialRules {
+        DialRules {
+            guest_networks: vec!["10.20.0.0/16".parse().unwrap(), "fe80::/64".parse().unwrap()],
+            test_ranges: vec![],
+            forbidden: vec![
+                (ip("10.20.0.1"), "own"),
+                (ip("10.1.0.11"), "node"),
+                (ip("10.1.0.10"), "api"),
+            ],
+        }
+    }
+
+    #[test]
+    fn relays_dial_only_guest_networks_or_mac_verified_on_link_addresses() {
+        let r = rules();
+        let code = |s: &str, on_link: bool, mac: Option<bool>| {
+            dial_verdict(ip(s), &r, on_link, mac).map_err(|e| e.code)
+        };
+        assert_eq!(code("10.20.3.4", false, None), Ok(DialBasis::GuestNetwork));
+        assert_eq!(code("10.20.3.4", true, Some(false)), Err("mac_mismatch"));
+        assert_eq!(code("172.16.0.9", true, Some(true)), Ok(DialBasis::Verified));
+        assert_eq!(code("172.16.0.9", true, None), Err("not_guest_network"));
+        assert_eq!(code("172.16.0.9", true, Some(false)), Err("mac_mismatch"));
+        // Routed and IPv6 addresses outside the guest networks are refused whatever a probe says.
+        assert_eq!(code("198.18.7.7", false, Some(true)), Err("not_guest_network"));
+        assert_eq!(code("2a01:4f8::7", false, Some(true)), Err("not_guest_network"));
+        for (a, want) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("169.254.1.1", "link_local"),
+            ("fe80:0:0:1::5", "link_local"),
+            ("0.0.0.0", "special"),
+            ("255.255.255.255", "special"),
+            ("224.0.0.1", "special"),
+            ("10.20.0.1", "own_address"),
+            ("10.1.0.11", "node_address"),
+            ("10.1.0.10", "api_host"),
+        ] {
+            assert_eq!(code(a, true, Some(true)), Err(want), "{a}");
+        }
+        // Link-local passes only when an admin listed it.
+        assert_eq!(code("fe80::5", false, None), Ok(DialBasis::GuestNetwork));
+        let msg = dial_verdict(ip("172.16.0.9"), &r, false, None)
+            .unwrap_err()
+            .message;
+        assert!(
+            msg.contains("172.16.0.9") && msg.contains("guest_networks"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn test_ranges_admit_loopback_guests_only_inside_the_range() {
+        let r = DialRules {
+            test_ranges: vec!["127.60.0.0/16".parse().unwrap()],
+            ..DialRules::default()
+        };
+        assert_eq!(
+            dial_verdict(ip("127.60.16.3"), &r, true, None),
+            Ok(DialBasis::TestRange)
+        );
+        assert_eq!(
+            dial_verdict(ip("127.0.0.1"), &r, true, None).map_err(|e| e.code),
+            Err("loopback")
+        );
     }
 }

@@ -35,6 +35,10 @@ pub struct ClusterState {
     pub offline_nodes: Vec<String>,
     /// Quorum as last seen by `/cluster/status` (`None` before the first check).
     pub quorate: Option<bool>,
+    /// The nodes' cluster addresses as `/cluster/status` reports them (terminals never dial them).
+    /// Kept out of every JSON answer: `/health` is public.
+    #[serde(skip)]
+    pub node_addresses: Vec<String>,
     /// Guests (VMs and containers, templates included).
     pub guests: usize,
     /// Running guests.

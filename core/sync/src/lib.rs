@@ -13,7 +13,9 @@ pub mod address;
 pub mod inventory;
 pub mod syncer;
 
-pub use address::{AddressPolicy, Choice, NicAddresses};
+pub use address::{
+    AddressPolicy, Choice, DialBasis, DialRefusal, DialRules, NicAddresses, dial_static, dial_verdict,
+};
 pub use inventory::{CachedJson, ClusterState, Event, GuestKey, Inventory, Snapshot};
 pub use syncer::{
     AgentDiscovery, ClusterHandle, IpDiscovery, SyncConfig, SyncError, Syncer, TickReport, display_state,

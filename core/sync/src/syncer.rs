@@ -209,6 +209,8 @@ struct ClusterRuntime {
     trigger: Notify,
     last_quorum_check: Mutex<Option<Instant>>,
     quorate: Mutex<Option<bool>>,
+    /// The nodes' cluster addresses from the last `/cluster/status` (relays never dial them).
+    node_addresses: Mutex<Vec<String>>,
     requests: AtomicU64,
     failures: AtomicU64,
     ip_semaphore: Arc<Semaphore>,
@@ -253,6 +255,7 @@ impl Syncer {
                     trigger: Notify::new(),
                     last_quorum_check: Mutex::new(None),
                     quorate: Mutex::new(None),
+                    node_addresses: Mutex::new(Vec::new()),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     ip_semaphore: Arc::new(Semaphore::new(config.ip_concurrency.max(1))),
@@ -402,6 +405,14 @@ impl Syncer {
                         .and_then(|e| e.quorate);
                     // A single node without a cluster entry is quorate by definition.
                     *c.quorate.lock().await = Some(q.unwrap_or(true));
+                    let mut ips: Vec<String> = entries
+                        .iter()
+                        .filter(|e| e.kind == "node")
+                        .filter_map(|e| e.ip.clone())
+                        .collect();
+                    ips.sort();
+                    ips.dedup();
+                    *c.node_addresses.lock().await = ips;
                 }
                 Err(e) => debug!(error = %e, "quorum check failed"),
             }
@@ -427,6 +438,7 @@ impl Syncer {
             requests_last_tick: requests,
             failures_total: c.failures.load(Ordering::Relaxed),
             quorate: *c.quorate.lock().await,
+            node_addresses: c.node_addresses.lock().await.clone(),
             ..Default::default()
         };
         let resources = match result {

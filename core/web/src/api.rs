@@ -312,6 +312,20 @@ pub async fn vm_power(
         ))
         .into_response();
     }
+    if let Some(g) = st.inventory.snapshot().guest(&cluster, vmid)
+        && let Some(lock) = blocking_lock(g)
+    {
+        let out = format!(
+            "VM is locked ({lock}): Proxmox holds VM {vmid} for a {lock}; try again when it has finished"
+        );
+        st.auth
+            .audit(&p.name, authn.addr, &format!("vm.{action}"), &target, &out);
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"code": "locked", "message": out}})),
+        )
+            .into_response();
+    }
     let class_vm = match &st.deploy {
         Some(d) if action == "revert" => d.class_vm(&cluster, vmid).ok().flatten().map(|_| d.clone()),
         _ => None,
@@ -399,7 +413,12 @@ pub async fn revert_op(st: &AppState, cluster: &str, vmid: u32, snapshot: Option
 }
 
 /// Joins the operation `name` already in flight for the VM, or starts `op`; a different operation in
-/// flight answers 409.
+/// flight answers 409 — except Stop, which is always the way out of a hung start or shutdown: it
+/// replaces the entry and runs (PVE's `overrule-shutdown` aborts a pending shutdown task).
+///
+/// The operation runs in its own task, not in the request: a browser that drops the request, or a
+/// request that times out, leaves it to follow the PVE task by UPID to its end, and the in-flight entry
+/// is removed when the operation ends — never left behind.
 async fn single_flight(
     st: &AppState,
     cluster: &str,
@@ -407,28 +426,57 @@ async fn single_flight(
     name: &str,
     op: impl std::future::Future<Output = OpResult> + Send + 'static,
 ) -> OpResult {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let name = name.to_string();
+    let key = (cluster.to_string(), vmid);
     let fut = {
         let mut map = st.in_flight.lock().await;
-        match map.get(&(cluster.to_string(), vmid)) {
-            Some((running, fut)) if *running == name => fut.clone(),
-            Some((running, _)) => {
+        match map.get(&key) {
+            Some((running, _, fut)) if *running == name => fut.clone(),
+            Some((running, _, _)) if name != "stop" || running == "revert" => {
+                let hint = if running == "stop" || running == "revert" {
+                    ""
+                } else {
+                    "; Stop always works"
+                };
                 return Err((
                     409,
                     "conflict".into(),
-                    format!("a {running} of this VM is still in progress"),
+                    format!("a {running} of this VM is still in progress{hint}"),
                 ));
             }
-            None => {
-                let fut = op.boxed().shared();
-                map.insert((cluster.to_string(), vmid), (name, fut.clone()));
+            _ => {
+                let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let flights = st.in_flight.clone();
+                let key2 = key.clone();
+                let task = tokio::spawn(async move {
+                    let out = op.await;
+                    let mut map = flights.lock().await;
+                    if map.get(&key2).is_some_and(|(_, g, _)| *g == generation) {
+                        map.remove(&key2);
+                    }
+                    out
+                });
+                let fut = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err((500, "internal".into(), format!("the operation failed: {e}")))
+                    })
+                }
+                .boxed()
+                .shared();
+                map.insert(key, (name, generation, fut.clone()));
                 fut
             }
         }
     };
-    let out = fut.await;
-    st.in_flight.lock().await.remove(&(cluster.to_string(), vmid));
-    out
+    fut.await
+}
+
+/// The lock that stops every power action and revert on a guest, if any: PVE refuses them anyway
+/// (`VM is locked (backup)`), so the portal says so without asking. `suspended` (a hibernated VM) is
+/// not such a lock: starting resumes it.
+pub fn blocking_lock(g: &store::GuestRecord) -> Option<&str> {
+    g.lock.as_deref().filter(|l| *l != "suspended")
 }
 
 fn action_name(a: PowerAction) -> &'static str {
@@ -492,7 +540,13 @@ async fn run_power(st: AppState, cluster: String, vmid: u32, action: PowerAction
     };
     // Bounded towards PVE: a class pressing Start at once queues here, not on the cluster.
     let _permit = st.power_permit(&cluster).await;
-    let upid = client.power(&g.node, kind, vmid, action).await.map_err(pve_err)?;
+    let upid = if action == PowerAction::Stop {
+        // Stop is the student's way out of a hung guest: it also aborts a pending shutdown task.
+        client.stop_overruling_shutdown(&g.node, kind, vmid).await
+    } else {
+        client.power(&g.node, kind, vmid, action).await
+    }
+    .map_err(pve_err)?;
     let outcome = client
         .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
         .await;
@@ -567,13 +621,14 @@ async fn run_revert(st: AppState, cluster: String, vmid: u32, snapshot: String) 
 pub async fn events(State(st): State<AppState>, p: Principal) -> Response {
     let rx = st.inventory.subscribe();
     if p.is_admin() {
-        return sse_response(event_stream(rx, |_| true));
+        return sse_response(event_stream(rx, |_| true, true));
     }
     let auth = st.auth.clone();
     let keep = move |ev: &sync::Event| {
         let (cluster, vmid) = match ev {
             sync::Event::Guest { guest } => (guest.cluster.as_str(), guest.vmid),
             sync::Event::GuestRemoved { cluster, vmid } => (cluster.as_str(), *vmid),
+            // Cluster events reach non-admins reduced to their public part (below).
             sync::Event::Cluster { .. } => return true,
         };
         crate::auth::decide(
@@ -583,14 +638,25 @@ pub async fn events(State(st): State<AppState>, p: Principal) -> Response {
             &auth.index(),
         ) == crate::auth::Decision::Allow
     };
-    sse_response(event_stream(rx, keep))
+    sse_response(event_stream(rx, keep, false))
+}
+
+/// The part of a cluster's sync state everyone may see: whether the portal's view of it is current.
+/// Request counts, warnings about the token's privileges and the like are for admins.
+fn public_cluster_event(state: &sync::ClusterState) -> Value {
+    json!({"type": "cluster", "state": {
+        "id": state.id, "name": state.name, "status": state.status, "stale_since": state.stale_since,
+        "reason": state.reason,
+    }})
 }
 
 /// Turns inventory events into SSE events, keeping those `keep` accepts; a lagging client gets a
-/// `resync` event telling it to reload its view.
+/// `resync` event telling it to reload its view. `full_cluster_events` false (non-admins): cluster
+/// events carry only [`public_cluster_event`].
 pub fn event_stream(
     rx: tokio::sync::broadcast::Receiver<sync::Event>,
     keep: impl Fn(&sync::Event) -> bool + Send + 'static,
+    full_cluster_events: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
     BroadcastStream::new(rx).filter_map(move |item| {
         let out = match item {
@@ -600,7 +666,14 @@ pub fn event_stream(
                     sync::Event::GuestRemoved { .. } => "guest_removed",
                     sync::Event::Cluster { .. } => "cluster",
                 };
-                SseEvent::default().event(name).json_data(&ev).ok().map(Ok)
+                match (&ev, full_cluster_events) {
+                    (sync::Event::Cluster { state }, false) => SseEvent::default()
+                        .event(name)
+                        .json_data(public_cluster_event(state))
+                        .ok()
+                        .map(Ok),
+                    _ => SseEvent::default().event(name).json_data(&ev).ok().map(Ok),
+                }
             }
             Ok(_) => None,
             Err(_) => Some(Ok(SseEvent::default().event("resync").data("{}"))),

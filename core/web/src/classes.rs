@@ -116,6 +116,13 @@ fn class_json(c: &ClassRecord, detail: bool) -> Value {
     v
 }
 
+/// The view of a class for someone who is in it but does not manage it (a student): what the class
+/// page shows them, nothing of its deployment.
+fn public_class_json(c: &ClassRecord) -> Value {
+    json!({"id": c.id, "name": c.name, "description": c.description, "owner": c.owner,
+           "state": c.state, "cluster": c.cluster})
+}
+
 /// A job as JSON without its resume parameters (they hold the whole deploy context).
 fn job_json(j: &JobRecord) -> Value {
     let mut v = json!(j);
@@ -147,10 +154,15 @@ pub async fn list_classes(State(st): State<AppState>, p: Principal) -> Res {
     } else {
         d.classes_of(&p.name)?
     };
-    Ok(
-        Json(json!({"classes": list.iter().map(|c| class_json(c, false)).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    let idx = st.auth.index();
+    let view = |c: &ClassRecord| {
+        if decide(&p, Action::ManageClass, &Target::Class(&c.id), &idx) == Decision::Allow {
+            class_json(c, false)
+        } else {
+            public_class_json(c)
+        }
+    };
+    Ok(Json(json!({"classes": list.iter().map(view).collect::<Vec<_>>()})).into_response())
 }
 
 /// Body of `POST /api/classes`.
@@ -267,11 +279,7 @@ pub async fn get_class(State(st): State<AppState>, p: Principal, Path(id): Path<
     let vms = d.class_vm_views(&id)?;
     if !manager {
         let own: Vec<_> = vms.into_iter().filter(|v| v.user == p.name).collect();
-        let mut c = class_json(&class, false);
-        if let Some(o) = c.as_object_mut() {
-            o.retain(|k, _| ["id", "name", "description", "owner", "state", "cluster"].contains(&k.as_str()));
-        }
-        return Ok(Json(json!({"class": c, "vms": own})).into_response());
+        return Ok(Json(json!({"class": public_class_json(&class), "vms": own})).into_response());
     }
     let jobs: Vec<Value> = d.jobs_of_class(&id)?.iter().take(10).map(job_json).collect();
     Ok(Json(json!({

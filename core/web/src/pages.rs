@@ -677,8 +677,9 @@ pub struct VmButtons {
 
 impl VmButtons {
     /// The buttons for display state `state` (`running`, `stopped`, `paused`, `hibernated`, `unknown`),
-    /// for a template or not, with or without a baseline snapshot. Locks do not disable anything: the
-    /// operation runs and shows PVE's own answer (`VM is locked (backup)`).
+    /// for a template or not, with or without a baseline snapshot. A lock Proxmox holds (other than
+    /// `suspended`) disables every button in the page, titled with the lock, and the API refuses the
+    /// operation by name ([`crate::api::blocking_lock`]).
     pub fn for_state(state: &str, template: bool, has_baseline: bool) -> VmButtons {
         if template {
             return VmButtons {

@@ -39,7 +39,9 @@ impl Default for WebConfig {
 pub type OpResult = Result<serde_json::Value, (u16, String, String)>;
 
 /// Power operations in flight by `(cluster, vmid)`: the operation's name and its shared future.
-pub type InFlight = HashMap<(String, u32), (String, Shared<BoxFuture<'static, OpResult>>)>;
+/// Operations in flight per VM: `(name, generation, shared result)`. The generation tells a finishing
+/// operation whether the entry is still its own (a Stop may have overruled it).
+pub type InFlight = HashMap<(String, u32), (String, u64, Shared<BoxFuture<'static, OpResult>>)>;
 
 /// Labels of the HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]

@@ -601,6 +601,36 @@ async fn events_stream_only_the_students_vms() {
     .await;
     assert_eq!(seen, Ok(true), "{buf}");
     assert!(!buf.contains("\"vmid\":1105"), "another VM's event leaked: {buf}");
+    // Cluster events reach a student as the public part only (no request counts, no warnings).
+    let mut state = fx.state.inventory.snapshot().clusters["lab"].clone();
+    state.status = "stale".into();
+    state.reason = Some("595 No route to host".into());
+    state.warnings = vec!["token lacks VM.Audit on /vms".into()];
+    fx.state.inventory.set_cluster_state(state).await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = sse.chunk().await.unwrap() {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            if buf.contains("event: cluster")
+                && buf
+                    .rsplit("event: cluster")
+                    .next()
+                    .is_some_and(|t| t.contains("\n\n"))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "{buf}");
+    let cluster = buf.rsplit("event: cluster").next().unwrap();
+    assert!(cluster.contains("\"status\""), "{cluster}");
+    for internal in ["requests_total", "warnings", "failures_total", "offline_nodes"] {
+        assert!(
+            !cluster.contains(internal),
+            "{internal} reached a student: {cluster}"
+        );
+    }
     server.abort();
 }
 

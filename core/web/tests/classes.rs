@@ -158,6 +158,29 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
     assert_eq!(c["vms"].as_array().unwrap().len(), 1, "{c}");
     assert_eq!(c["vms"][0]["user"], "stud");
     assert!(c["class"].get("plan").is_none());
+    // A student's list of classes carries the public view only, nothing of the deployment.
+    let (st, _, list) = w.call("stud", "GET", "/api/classes", None).await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    let mine = &list["classes"][0];
+    let mut keys: Vec<&str> = mine.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["cluster", "description", "id", "name", "owner", "state"],
+        "{mine}"
+    );
+    let mut keys: Vec<&str> = c["class"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["cluster", "description", "id", "name", "owner", "state"],
+        "{c}"
+    );
     assert_eq!(
         w.call("stud2", "GET", &format!("/api/classes/{id}"), None)
             .await

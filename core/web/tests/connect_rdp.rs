@@ -185,3 +185,82 @@ async fn b35_freerdp_reads_a_served_file_with_the_vms_address_port_and_user() {
     );
     assert!(text.contains("Cookie: mstshash=stud"), "{text:?}");
 }
+
+/// The set of a site whose RDP script returns one fixed address, changed by the test between calls.
+struct SiteScripts {
+    runtime: script::ScriptRuntime,
+    dir: tempfile::TempDir,
+    set: std::sync::Mutex<Arc<script::ScriptSet>>,
+}
+
+impl SiteScripts {
+    fn new() -> Arc<SiteScripts> {
+        let host = Arc::new(script::NullHost::new(tokio::runtime::Handle::current()));
+        let runtime = script::ScriptRuntime::new(host, script::Limits::default());
+        let site = SiteScripts {
+            runtime,
+            dir: tempfile::tempdir().unwrap(),
+            set: std::sync::Mutex::new(Arc::new(script::ScriptSet::default())),
+        };
+        site.returning("127.0.0.1");
+        Arc::new(site)
+    }
+
+    /// Makes the RDP script return `address` for every VM (a typo, a leftover test value).
+    fn returning(&self, address: &str) {
+        std::fs::create_dir_all(self.dir.path().join("rdp")).unwrap();
+        std::fs::write(
+            self.dir.path().join("rdp/default.rhai"),
+            format!("fn rdp_settings(vm, user) {{ #{{ address: \"{address}\", port: 3389, username: user.name }} }}\n"),
+        )
+        .unwrap();
+        let sources = script::SetSources {
+            defaults: Some(testkit::workspace_root().join("scripts")),
+            site: Some(self.dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let set = self
+            .runtime
+            .load_set(&sources)
+            .unwrap_or_else(|e| panic!("{}", script::format_load_errors(&e)));
+        *self.set.lock().unwrap() = Arc::new(set);
+    }
+}
+
+impl web::connect::ScriptSetSource for SiteScripts {
+    fn current_set(&self) -> Arc<script::ScriptSet> {
+        self.set.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdp_files_never_point_at_loopback_link_local_or_the_portal_itself() {
+    let site = SiteScripts::new();
+    let scripts = Scripts {
+        runtime: site.runtime.clone(),
+        set: site.clone(),
+    };
+    let p = portal(vec![], ConnectConfig::default(), Some(scripts)).await;
+    let own = web::connect::own_addresses()
+        .into_iter()
+        .find(|a| !a.is_loopback())
+        .map(|a| a.to_string());
+    let mut refused = vec!["127.0.0.1", "::1", "169.254.10.20", "fe80::1", "0.0.0.0"];
+    if let Some(own) = &own {
+        refused.push(own.as_str());
+    }
+    for address in refused {
+        site.returning(address);
+        let (status, _, body) = p.get(Some("stud"), &format!("/rdp/{VM}.rdp")).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 409, "{address}: {body}");
+        assert!(body.contains(address), "the refusal names the address: {body}");
+        let audit = p.store.audit_recent(1).unwrap();
+        assert_eq!(audit[0].action, "vm.rdp");
+        assert!(audit[0].result.starts_with("refused:"), "{audit:?}");
+    }
+    // A routed address a site's script gives (a gateway the students' clients reach) stays allowed.
+    site.returning("198.18.4.7");
+    let (status, _, body) = p.get(Some("stud"), &format!("/rdp/{VM}.rdp")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}

@@ -110,11 +110,18 @@ async fn portal_cards_show_state_ip_class_stale_and_fitting_buttons() {
     assert!(running.contains("data-baseline=\"baseline\""));
 
     let stopped = card(&html, "lab/102").unwrap();
-    assert!(stopped.contains("data-op=\"start\">") && stopped.contains("data-op=\"stop\" disabled"));
+    // A backup holds this VM: every button is disabled and says why.
     assert!(stopped.contains("Locked by Proxmox: backup"), "{stopped}");
+    for op in ["start", "shutdown", "stop", "revert"] {
+        assert!(
+            stopped.contains(&format!(
+                "data-op=\"{op}\" disabled title=\"Locked by Proxmox (backup): wait until it has finished\""
+            )),
+            "{op}: {stopped}"
+        );
+    }
     assert!(stopped.contains("stud-win &lt;2&gt;"), "names are escaped");
     assert!(stopped.contains("This VM has no baseline snapshot to revert to"));
-    assert!(stopped.contains("data-op=\"revert\" disabled"));
 
     let pending = card(&html, "lab/103").unwrap();
     assert!(pending.contains("finding IP…"), "{pending}");

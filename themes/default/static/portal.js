@@ -67,14 +67,28 @@
     };
   }
 
+  // A lock Proxmox holds (backup, clone, migrate, …) stops every operation; `suspended` (hibernated) does not.
+  function blockingLock(card) {
+    var lock = card.getAttribute("data-lock") || "";
+    return lock && lock !== "suspended" ? lock : "";
+  }
+
   function applyButtons(card) {
     var key = card.getAttribute("data-key");
     var state = card.getAttribute("data-state") || (field(card, "state") || {}).textContent;
     var can = buttonsFor(state, card.getAttribute("data-template") === "1", card.getAttribute("data-baseline") !== "");
+    var lock = blockingLock(card);
     var buttons = card.querySelectorAll("button[data-op]");
     for (var i = 0; i < buttons.length; i++) {
       var op = buttons[i].getAttribute("data-op");
-      buttons[i].disabled = !!busy[key] || !can[op];
+      buttons[i].disabled = !!busy[key] || !can[op] || !!lock;
+      if (lock) {
+        buttons[i].title = "Locked by Proxmox (" + lock + "): wait until it has finished";
+      } else if (op === "revert" && !can.revert) {
+        buttons[i].title = "This VM has no baseline snapshot to revert to";
+      } else {
+        buttons[i].removeAttribute("title");
+      }
       buttons[i].setAttribute("aria-busy", busy[key] === op ? "true" : "false");
     }
   }
@@ -117,6 +131,7 @@
       badge.className = "badge state-" + g.state;
     }
     card.setAttribute("data-state", g.state);
+    card.setAttribute("data-lock", g.lock || "");
     ipCell(field(card, "ip"), g);
     var lock = field(card, "lock");
     if (lock) {

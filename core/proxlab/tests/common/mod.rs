@@ -50,6 +50,7 @@ impl Server {
 pub fn serve(cfg: &Path) -> Server {
     let log = cfg.with_extension("log");
     let mut child = Command::new(bin())
+        .env("PROXLAB_TEST_MODE", "1")
         .args(["serve", "--config"])
         .arg(cfg)
         .stdout(Stdio::piped())
@@ -81,6 +82,7 @@ pub fn free_addr() -> String {
 /// every API route but `/health` needs a signed-in caller.
 pub fn admin_token(cfg: &Path) -> String {
     let mut child = Command::new(bin())
+        .env("PROXLAB_TEST_MODE", "1")
         .args(["user", "add", "admin", "--role", "admin", "--config"])
         .arg(cfg)
         .stdin(Stdio::piped())
@@ -94,6 +96,7 @@ pub fn admin_token(cfg: &Path) -> String {
         .unwrap();
     assert!(child.wait().unwrap().success());
     let out = Command::new(bin())
+        .env("PROXLAB_TEST_MODE", "1")
         .args(["token", "create", "--user", "admin", "--config"])
         .arg(cfg)
         .output()
@@ -105,6 +108,7 @@ pub fn admin_token(cfg: &Path) -> String {
 /// Runs `proxlab ARGS --config CFG` with `stdin`; returns its output whatever its exit status.
 pub fn run_cli_output(cfg: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(bin())
+        .env("PROXLAB_TEST_MODE", "1")
         .args(args)
         .arg("--config")
         .arg(cfg)

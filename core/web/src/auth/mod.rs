@@ -26,7 +26,7 @@ pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -229,6 +229,10 @@ pub struct AuthState {
     /// Wall clock (injectable).
     pub clock: Arc<dyn WallClock>,
     index: ArcSwap<AccessIndex>,
+    /// Rebuilds started so far, and the number of the one the index holds: a rebuild that read the
+    /// store before another one must not replace the newer index when it finishes later.
+    index_started: AtomicU64,
+    index_stored: Mutex<u64>,
     index_dirty: AtomicBool,
     connect: Mutex<HashMap<String, ConnectGrant>>,
 }
@@ -273,6 +277,8 @@ impl AuthState {
             clock,
             index,
             index_dirty: AtomicBool::new(false),
+            index_started: AtomicU64::new(0),
+            index_stored: Mutex::new(0),
             connect: Mutex::default(),
         });
         st.watch_trees();
@@ -321,7 +327,13 @@ impl AuthState {
     /// Rebuilds the access index from the store now (called after every assignment or class change made
     /// through this process; the tree watchers cover other writers).
     pub fn rebuild_index(&self) {
-        self.index.store(Arc::new(AccessIndex::build(&self.store)));
+        let n = self.index_started.fetch_add(1, Ordering::SeqCst) + 1;
+        let built = Arc::new(AccessIndex::build(&self.store));
+        let mut stored = self.index_stored.lock().unwrap_or_else(|e| e.into_inner());
+        if n > *stored {
+            self.index.store(built);
+            *stored = n;
+        }
     }
 
     /// Name of the session cookie.

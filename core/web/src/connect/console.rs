@@ -104,7 +104,7 @@ pub async fn console_ws(
     }
     match ws {
         // `protocols` echoes `binary` only when the browser offered it (C14 b: no header otherwise).
-        Ok(ws) => ws
+        Ok(ws) => super::limited(ws)
             .protocols([SUBPROTOCOL])
             .on_upgrade(move |socket| run(socket, console)),
         Err(_) => AppError::BadRequest("expected a WebSocket upgrade".into()).into_response(),
@@ -470,6 +470,7 @@ async fn run(socket: WebSocket, c: Console) {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Text(_))) => break (close::PROTOCOL, "text frames are not part of RFB".to_string()),
+                Some(Err(e)) if super::is_too_big(&e) => break (close_code::SIZE, "a message from the browser was larger than 64 KiB".to_string()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break (close_code::NORMAL, "closed by the browser".to_string()),
             },
             m = up_rx.next() => match m {

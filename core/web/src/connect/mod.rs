@@ -23,7 +23,8 @@ pub mod rdp;
 pub mod ssh;
 pub mod vendor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,31 @@ pub mod close {
     pub const PROTOCOL: u16 = 4008;
 }
 
+/// Largest WebSocket message and frame a browser may send to a relay (64 KiB): keystrokes and RFB
+/// messages are far smaller; a larger one closes the relay with 1009 ("message too big").
+pub const MAX_WS_MESSAGE: usize = 64 * 1024;
+
+/// Input a terminal keeps while nothing consumes it yet (before the login prompt, during the connect):
+/// more closes it with 1009.
+pub const MAX_PENDING_INPUT: usize = 64 * 1024;
+
+/// `ws` with the relays' size limits ([`MAX_WS_MESSAGE`]) and a small write buffer.
+pub fn limited(ws: axum::extract::ws::WebSocketUpgrade) -> axum::extract::ws::WebSocketUpgrade {
+    ws.max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * MAX_WS_MESSAGE)
+}
+
+/// True when a WebSocket read failed because the browser sent more than [`MAX_WS_MESSAGE`].
+pub fn is_too_big(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>()),
+        Some(Error::Capacity(_))
+    )
+}
+
 /// Settings of the connect features (`[connect]` in `proxlab.toml`).
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
@@ -82,6 +108,15 @@ pub struct ConnectConfig {
     pub hello_timeout: Duration,
     /// Terminals plus consoles one user may have open at once (default 4).
     pub max_sessions_per_user: usize,
+    /// SSH terminals one user may have open at once (default 3).
+    pub max_terminals_per_user: usize,
+    /// New terminal connections one user may open per minute (default 10).
+    pub terminal_connects_per_minute: usize,
+    /// Per cluster: where the terminal may connect ([`ClusterDial`]). A cluster missing here has no
+    /// guest networks: only MAC-verified on-link addresses are dialled.
+    pub clusters: HashMap<String, ClusterDial>,
+    /// Loopback ranges of fake guests (`[ip] allow_ranges`: tests and the demo only).
+    pub test_ranges: Vec<ipnet::IpNet>,
     /// VM tag that turns on the legacy SSH algorithm profile for old guests (C12; default `ssh-legacy`).
     pub legacy_tag: String,
     /// Name of the RDP script under `scripts/rdp/` (default `default`).
@@ -104,6 +139,10 @@ impl Default for ConnectConfig {
             login_timeout: Duration::from_secs(120),
             hello_timeout: Duration::from_secs(5),
             max_sessions_per_user: 4,
+            max_terminals_per_user: 3,
+            terminal_connects_per_minute: 10,
+            clusters: HashMap::new(),
+            test_ranges: Vec::new(),
             legacy_tag: "ssh-legacy".into(),
             rdp_script: "default".into(),
             vendor_dir: default_vendor_dir(),
@@ -112,19 +151,69 @@ impl Default for ConnectConfig {
     }
 }
 
-/// `<checkout>/assets/vendor`: where `dev/build-assets` copies the pinned npm files — in the checkout
-/// the running executable sits in (`target/<profile>/...`), else in the one this crate was compiled in.
+/// Where the relays of one cluster may connect, besides MAC-verified on-link addresses.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterDial {
+    /// `guest_networks` of the cluster: CIDRs where its guests live.
+    pub guest_networks: Vec<ipnet::IpNet>,
+    /// The addresses of the cluster's API host and its nodes' SSH hosts as configured (resolved at
+    /// start): never dialled for a guest.
+    pub host_addresses: Vec<IpAddr>,
+}
+
+/// Every address of this machine's interfaces, read now (so a changed address counts at once).
+pub fn own_addresses() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this machine's interface addresses");
+            Vec::new()
+        }
+    }
+}
+
+/// Where a shipped folder (`assets/vendor`, `plugins`) is when no setting names one: in the checkout
+/// the running executable sits in (`target/<profile>/...`); a debug build also looks in the checkout it
+/// was compiled in. A release binary never uses a path from the build: outside a checkout it looks next
+/// to the installation, `<exe>/../share/proxlab/<name>` (the package layout), and `None` otherwise, so
+/// a stray folder of the build machine can never be served.
+pub fn shipped_dir(relative: &str) -> Option<PathBuf> {
+    shipped_dir_from(
+        relative,
+        std::env::current_exe().ok().as_deref(),
+        cfg!(debug_assertions).then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")),
+    )
+}
+
+/// [`shipped_dir`] for an executable path and the build checkout a debug build may fall back to.
+pub fn shipped_dir_from(
+    relative: &str,
+    exe: Option<&std::path::Path>,
+    build_checkout: Option<PathBuf>,
+) -> Option<PathBuf> {
+    let in_checkout = |p: &std::path::Path| p.join("Cargo.toml").is_file() && p.join(relative).is_dir();
+    if let Some(exe) = exe {
+        if let Some(root) = exe.ancestors().find(|p| in_checkout(p)) {
+            return Some(root.join(relative));
+        }
+        let name = std::path::Path::new(relative)
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(relative));
+        if let Some(prefix) = exe.parent().and_then(|bin| bin.parent()) {
+            let installed = prefix.join("share/proxlab").join(name);
+            if installed.is_dir() {
+                return Some(installed);
+            }
+        }
+    }
+    build_checkout.map(|c| c.join(relative)).filter(|p| p.is_dir())
+}
+
+/// The vendored npm files (`assets/vendor`, filled by `dev/build-assets`): [`shipped_dir`], else the
+/// package location `/usr/share/proxlab/vendor` (where a missing file is then reported by name).
 pub fn default_vendor_dir() -> PathBuf {
-    let in_checkout =
-        |p: &std::path::Path| p.join("Cargo.toml").is_file() && p.join("assets/vendor").is_dir();
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.ancestors()
-                .find(|p| in_checkout(p))
-                .map(|p| p.join("assets/vendor"))
-        })
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/vendor"))
+    shipped_dir("assets/vendor").unwrap_or_else(|| PathBuf::from("/usr/share/proxlab/vendor"))
 }
 
 /// Where the current script set comes from (a hot-reloading [`script::Reloader`] in the server, a fixed
@@ -218,6 +307,8 @@ pub struct ConnectState {
     /// Address verifications and OS types.
     pub facts: Arc<FactsBook>,
     sessions: Mutex<HashMap<String, usize>>,
+    terminals: Mutex<HashMap<String, usize>>,
+    recent_connects: Mutex<HashMap<String, VecDeque<std::time::Instant>>>,
     active: AtomicUsize,
     drained: Notify,
     shutdown: watch::Sender<bool>,
@@ -251,6 +342,8 @@ impl ConnectState {
             scripts,
             facts,
             sessions: Mutex::default(),
+            terminals: Mutex::default(),
+            recent_connects: Mutex::default(),
             active: AtomicUsize::new(0),
             drained: Notify::new(),
             shutdown,
@@ -271,6 +364,82 @@ impl ConnectState {
             state: self.clone(),
             user: user.to_string(),
         })
+    }
+
+    /// Reserves one of `user`'s terminal slots: counted against [`ConnectConfig::max_terminals_per_user`],
+    /// [`ConnectConfig::terminal_connects_per_minute`] and the shared terminal/console limit. The error
+    /// says which limit was hit.
+    pub fn reserve_terminal(self: &Arc<Self>, user: &str) -> Result<TerminalGuard, String> {
+        let cfg = &self.config;
+        let now = std::time::Instant::now();
+        {
+            let mut recent = self.recent_connects.lock().unwrap_or_else(|e| e.into_inner());
+            recent.retain(|_, q| {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+                {
+                    q.pop_front();
+                }
+                !q.is_empty()
+            });
+            let q = recent.entry(user.to_string()).or_default();
+            if q.len() >= cfg.terminal_connects_per_minute.max(1) {
+                return Err(format!(
+                    "you opened {} terminals in the last minute; wait a minute and try again",
+                    q.len()
+                ));
+            }
+            q.push_back(now);
+        }
+        let mut terms = self.terminals.lock().unwrap_or_else(|e| e.into_inner());
+        let n = terms.entry(user.to_string()).or_default();
+        if *n >= cfg.max_terminals_per_user.max(1) {
+            let open = *n;
+            if open == 0 {
+                terms.remove(user);
+            }
+            return Err(format!("you already have {open} terminals open; close one first"));
+        }
+        let Some(slot) = self.reserve(user) else {
+            if *n == 0 {
+                terms.remove(user);
+            }
+            return Err(format!(
+                "you already have {} terminals and consoles open; close one first",
+                cfg.max_sessions_per_user
+            ));
+        };
+        *n += 1;
+        Ok(TerminalGuard {
+            state: self.clone(),
+            user: user.to_string(),
+            _slot: slot,
+        })
+    }
+
+    /// The address rules of `cluster` right now: its guest networks, the test ranges, and as never
+    /// dialled the portal host's own addresses, the cluster's configured hosts and its nodes' addresses
+    /// from `/cluster/status`.
+    pub fn dial_rules(&self, cluster: &str, snapshot: &sync::Snapshot) -> sync::DialRules {
+        let dial = self.config.clusters.get(cluster).cloned().unwrap_or_default();
+        let mut forbidden: Vec<(IpAddr, &'static str)> =
+            own_addresses().into_iter().map(|a| (a, "own")).collect();
+        forbidden.extend(dial.host_addresses.iter().map(|a| (*a, "api")));
+        if let Some(state) = snapshot.clusters.get(cluster) {
+            forbidden.extend(
+                state
+                    .node_addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                    .map(|a| (a, "node")),
+            );
+        }
+        sync::DialRules {
+            guest_networks: dial.guest_networks,
+            test_ranges: self.config.test_ranges.clone(),
+            forbidden,
+        }
     }
 
     /// Open terminal and console relays.
@@ -320,18 +489,35 @@ pub struct SessionGuard {
     user: String,
 }
 
+/// Gives back one of `user`'s slots counted in `counts`.
+fn release(counts: &Mutex<HashMap<String, usize>>, user: &str) {
+    let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = map.get_mut(user) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(user);
+        }
+    }
+}
+
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let mut map = self.state.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.user);
-            }
-        }
-        drop(map);
+        release(&self.state.sessions, &self.user);
         self.state.active.fetch_sub(1, Ordering::SeqCst);
         self.state.drained.notify_waiters();
+    }
+}
+
+/// One reserved terminal slot (see [`ConnectState::reserve_terminal`]); also holds a shared session slot.
+pub struct TerminalGuard {
+    state: Arc<ConnectState>,
+    user: String,
+    _slot: SessionGuard,
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        release(&self.state.terminals, &self.user);
     }
 }
 
@@ -456,6 +642,35 @@ mod tests {
         assert!(st.reserve("other").is_some(), "other users are not affected");
         drop(a);
         assert!(st.reserve("stud").is_some(), "a closed session frees its slot");
+    }
+
+    #[test]
+    fn a_release_binary_never_falls_back_to_the_build_checkout() {
+        let build = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(build.path().join("assets/vendor")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let exe = elsewhere.path().join("bin/proxlab");
+        // Debug: the build checkout is used; release (no build checkout given): nothing.
+        assert_eq!(
+            shipped_dir_from("assets/vendor", Some(&exe), Some(build.path().to_path_buf())),
+            Some(build.path().join("assets/vendor"))
+        );
+        assert_eq!(shipped_dir_from("assets/vendor", Some(&exe), None), None);
+        // An installed package: <prefix>/share/proxlab/vendor next to <prefix>/bin/proxlab.
+        std::fs::create_dir_all(elsewhere.path().join("share/proxlab/vendor")).unwrap();
+        assert_eq!(
+            shipped_dir_from("assets/vendor", Some(&exe), None),
+            Some(elsewhere.path().join("share/proxlab/vendor"))
+        );
+        // A binary inside a checkout uses that checkout.
+        let checkout = tempfile::tempdir().unwrap();
+        std::fs::write(checkout.path().join("Cargo.toml"), "").unwrap();
+        std::fs::create_dir_all(checkout.path().join("plugins")).unwrap();
+        let exe = checkout.path().join("target/release/proxlab");
+        assert_eq!(
+            shipped_dir_from("plugins", Some(&exe), None),
+            Some(checkout.path().join("plugins"))
+        );
     }
 
     #[test]

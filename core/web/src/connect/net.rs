@@ -209,20 +209,23 @@ pub async fn in_scope(ip: IpAddr, scope: VerifyScope) -> bool {
     match scope {
         VerifyScope::Off => false,
         VerifyScope::All => true,
-        VerifyScope::OnLink => match ip {
-            _ if ip.is_loopback() => true,
-            IpAddr::V6(_) => false,
-            IpAddr::V4(v4) => {
-                let text = tokio::fs::read_to_string("/proc/net/route")
-                    .await
-                    .unwrap_or_default();
-                let o = v4.octets();
-                parse_on_link_routes(&text)
-                    .iter()
-                    .any(|(net, mask)| (0..4).all(|i| o[i] & mask[i] == net[i] & mask[i]))
-            }
-        },
+        VerifyScope::OnLink => ip.is_loopback() || is_on_link(ip).await,
     }
+}
+
+/// True when `ip` is an IPv4 address inside a directly connected network of this machine (where its
+/// ARP entry is the host's own, so the MAC comparison means something).
+pub async fn is_on_link(ip: IpAddr) -> bool {
+    let IpAddr::V4(v4) = ip else {
+        return false;
+    };
+    let text = tokio::fs::read_to_string("/proc/net/route")
+        .await
+        .unwrap_or_default();
+    let o = v4.octets();
+    parse_on_link_routes(&text)
+        .iter()
+        .any(|(net, mask)| (0..4).all(|i| o[i] & mask[i] == net[i] & mask[i]))
 }
 
 /// Verifies `ip` for a VM whose config MACs are `macs` (any case): if the address is in scope

@@ -128,6 +128,24 @@ pub async fn rdp_file(
         None => builtin_settings(&vm, &user),
     };
     let (target, settings) = settings_from_map(&map, vm_ip).map_err(AppError::Internal)?;
+    // The address in the file, from the inventory or the site's script, follows the relay rules for
+    // what can never be a guest: loopback, link-local (unless in guest_networks), special addresses and
+    // the portal's own. Routed and public addresses stay allowed: the student's own client dials them.
+    let rules = st.connect.dial_rules(&cluster, &snap);
+    if let Err(r) = sync::dial_static(target.address, &rules, true)
+        && matches!(r.code, "special" | "loopback" | "link_local" | "own_address")
+    {
+        st.auth.audit(
+            &p.name,
+            authn.addr,
+            "vm.rdp",
+            &format!("{cluster}/{vmid} {}", target.address),
+            &format!("refused: {}", r.code),
+        );
+        return Err(AppError::Conflict(format!(
+            "no RDP file: {r}; the RDP script or the VM's address must give a guest address"
+        )));
+    }
     let bytes = crate::rdp::render(&target, &settings).map_err(|e| AppError::Internal(e.to_string()))?;
     let name = crate::rdp::file_name(&g.name, vmid);
     let mut resp = (StatusCode::OK, Body::from(bytes)).into_response();

@@ -2,10 +2,12 @@
 //! `GET /ws/terminal/{vmid}?token=…` (the WebSocket relay to the guest's sshd, over russh).
 //!
 //! Before the upgrade ([`super::check_upgrade`]): the VM is the caller's, the `Origin` is the portal's,
-//! the one-time connect token matches (C09), and the user has a free session slot. The relay then
-//! connects ONLY to the VM's address from the inventory (re-verified when older than
-//! [`super::VerifyConfig::max_age`]; refused when its ARP entry shows another machine's MAC) and the
-//! configured SSH port — nothing from the request picks the target.
+//! the one-time connect token matches, and the user has a free terminal slot and has not opened too many
+//! in the last minute. Then the dial rule ([`admit`], [`sync::dial_verdict`]): the VM's address from the
+//! inventory is used only inside the cluster's `guest_networks` or when its ARP entry carries one of the
+//! VM's MACs, never loopback, link-local, the portal's own, a node's or the API host's; every decision is
+//! audited. The relay connects to that address and the configured SSH port only — nothing from the
+//! request picks the target. Frames and messages from the browser are limited to [`MAX_WS_MESSAGE`].
 //!
 //! Wire protocol (browser ⇄ portal):
 //! - browser → portal, **text** frames: JSON control, `{"type":"hello","cols":C,"rows":R}` first (B36:
@@ -46,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::hostkeys::{self, HostKeyRecord, HostKeyStatus};
-use super::{ConnectQuery, SessionGuard, close, tag_port};
+use super::{ConnectQuery, TerminalGuard, close, tag_port};
 use crate::auth::{Action, Authn, Decision, Principal, Target, decide};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -144,6 +146,8 @@ enum In {
     Data(Vec<u8>),
     Control(Control),
     Closed,
+    /// The browser sent a message over [`super::MAX_WS_MESSAGE`].
+    TooBig,
 }
 
 /// What goes to the browser.
@@ -291,7 +295,7 @@ struct Session {
     port: u16,
     macs: Vec<String>,
     legacy: bool,
-    _slot: SessionGuard,
+    _slot: TerminalGuard,
 }
 
 /// `GET /ws/terminal/{vmid}?token=…[&cluster=…]`: see the module docs. Refusals before the upgrade:
@@ -306,12 +310,82 @@ pub async fn terminal_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match prepare(&st, &p, authn.addr, vmid, &q, &headers) {
-        Ok(session) => match ws {
-            Ok(ws) => ws.on_upgrade(move |socket| run(socket, session)),
-            Err(_) => AppError::BadRequest("expected a WebSocket upgrade".into()).into_response(),
-        },
-        Err(e) => e.into_response(),
+    let session = match prepare(&st, &p, authn.addr, vmid, &q, &headers) {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(ws) = ws else {
+        return AppError::BadRequest("expected a WebSocket upgrade".into()).into_response();
+    };
+    if let Err(e) = admit(&session).await {
+        return e.into_response();
+    }
+    super::limited(ws).on_upgrade(move |socket| run(socket, session))
+}
+
+/// The address rule of every relay ([`sync::dial_verdict`]): the VM's inventory address is dialled only
+/// when it is inside the cluster's guest networks or its ARP entry carries one of the VM's MACs, and
+/// never when it is loopback, link-local, special, the portal's own, a node's or the API host's. A guest
+/// reports whatever its root user wants, so a refusal is expected and audited like a success.
+async fn admit(s: &Session) -> Result<(), AppError> {
+    let connect = &s.st.connect;
+    let rules = connect.dial_rules(&s.cluster, &s.st.inventory.snapshot());
+    let on_link = super::net::is_on_link(s.address).await;
+    let verdict = match sync::dial_static(s.address, &rules, on_link) {
+        Err(refusal) => Err(refusal),
+        Ok(sync::DialBasis::TestRange) => Ok(sync::DialBasis::TestRange),
+        Ok(_) => {
+            // Guest network or on-link: compare the ARP entry with the VM's MACs (a fresh check is reused).
+            let cfg = &connect.config;
+            let now = sync::now_secs();
+            let facts = connect.facts.get(&s.cluster, s.vmid);
+            let fresh = facts.check.filter(|c| {
+                c.address == s.address.to_string()
+                    && now.saturating_sub(c.checked_at) <= cfg.verify.max_age.as_secs()
+            });
+            let check = match fresh {
+                Some(c) => c,
+                None => {
+                    let c = super::verify(s.address, &s.macs, &cfg.verify).await;
+                    connect.facts.set_check(&s.cluster, s.vmid, c.clone());
+                    c
+                }
+            };
+            let mac_match = match check.mac {
+                super::MacCheck::Match => Some(true),
+                super::MacCheck::Mismatch => Some(false),
+                super::MacCheck::Unknown => None,
+            };
+            sync::dial_verdict(s.address, &rules, on_link, mac_match)
+        }
+    };
+    let target = format!("{}/{} {}:{}", s.cluster, s.vmid, s.address, s.port);
+    match verdict {
+        Ok(basis) => {
+            let why = match basis {
+                sync::DialBasis::GuestNetwork => "allowed: guest network",
+                sync::DialBasis::Verified => "allowed: MAC verified",
+                sync::DialBasis::TestRange => "allowed: test range",
+                sync::DialBasis::NeedsMacMatch => "allowed",
+            };
+            s.st.auth
+                .audit(&s.user.name, s.client_addr, "terminal.connect", &target, why);
+            Ok(())
+        }
+        Err(refusal) => {
+            tracing::warn!(user = %s.user.name, vm = %format!("{}/{}", s.cluster, s.vmid), address = %s.address, reason = refusal.code, "terminal refused");
+            s.st.auth.audit(
+                &s.user.name,
+                s.client_addr,
+                "terminal.connect",
+                &target,
+                &format!("refused: {}", refusal.code),
+            );
+            Err(AppError::Forbidden(format!(
+                "not connecting: {}",
+                refusal.message
+            )))
+        }
     }
 }
 
@@ -339,12 +413,10 @@ fn prepare(
             })?;
     let cfg = &st.connect.config;
     let port = tag_port(&g.tags, "ssh-port-").unwrap_or(cfg.ssh_port);
-    let slot = st.connect.reserve(&p.name).ok_or_else(|| {
-        AppError::TooManyRequests(format!(
-            "you already have {} terminals and consoles open; close one first",
-            cfg.max_sessions_per_user
-        ))
-    })?;
+    let slot = st
+        .connect
+        .reserve_terminal(&p.name)
+        .map_err(AppError::TooManyRequests)?;
     let mut macs: Vec<String> = g.macs.iter().map(|(_, m)| m.clone()).collect();
     macs.extend(g.mac.clone());
     Ok(Session {
@@ -367,7 +439,8 @@ fn prepare(
 async fn run(socket: WebSocket, s: Session) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
-    let (in_tx, in_rx) = mpsc::channel::<In>(256);
+    // Bounded by messages of at most 64 KiB: a reader that outpaces the guest waits (TCP back-pressure).
+    let (in_tx, in_rx) = mpsc::channel::<In>(8);
     let writer = tokio::spawn(write_loop(sink, out_rx, s.st.connect.config.ws_ping_interval));
     let reader = tokio::spawn(read_loop(stream, in_tx));
     let target = format!("{}/{}", s.cluster, s.vmid);
@@ -423,7 +496,17 @@ async fn write_loop(
 }
 
 async fn read_loop(mut stream: futures::stream::SplitStream<WebSocket>, tx: mpsc::Sender<In>) {
-    while let Some(Ok(msg)) = stream.next().await {
+    while let Some(msg) = stream.next().await {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                if super::is_too_big(&e) {
+                    let _ = tx.send(In::TooBig).await;
+                    return;
+                }
+                break;
+            }
+        };
         let ev = match msg {
             Message::Binary(b) => In::Data(b.to_vec()),
             Message::Text(t) => match parse_control(t.as_str()) {
@@ -529,9 +612,10 @@ impl Term {
                 }
             }
             match self.next_event(deadline).await? {
-                In::Data(d) => self.pending.extend(d),
+                In::Data(d) => self.keep(d)?,
                 In::Control(Control::Hello(sz) | Control::Resize(sz)) => self.size = sz,
                 In::Closed => return Err(End::new(close::AUTH_FAILED, "the browser closed the terminal")),
+                In::TooBig => return Err(too_big()),
             }
         }
     }
@@ -551,6 +635,18 @@ impl Term {
         }
     }
 
+    /// Keeps typed-ahead input for later, at most [`super::MAX_PENDING_INPUT`] bytes.
+    fn keep(&mut self, d: Vec<u8>) -> Result<(), End> {
+        if self.pending.len().saturating_add(d.len()) > super::MAX_PENDING_INPUT {
+            return Err(End::new(
+                axum::extract::ws::close_code::SIZE,
+                "too much input before the terminal was ready",
+            ));
+        }
+        self.pending.extend(d);
+        Ok(())
+    }
+
     /// Waits for the browser's `hello` (its size) up to `limit`; input that comes first is kept.
     async fn await_hello(&mut self, limit: Duration) -> Result<(), End> {
         let deadline = Instant::now() + limit;
@@ -561,8 +657,9 @@ impl Term {
                     return Ok(());
                 }
                 Ok(In::Control(Control::Resize(sz))) => self.size = sz,
-                Ok(In::Data(d)) => self.pending.extend(d),
+                Ok(In::Data(d)) => self.keep(d)?,
                 Ok(In::Closed) => return Err(End::new(close::PROTOCOL, "the browser closed the terminal")),
+                Ok(In::TooBig) => return Err(too_big()),
                 Err(e) if e.code == close::LOGIN_TIMEOUT => return Ok(()), // no hello: keep 80x24
                 Err(e) => return Err(e),
             }
@@ -649,34 +746,8 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
     term.status("waiting", "waiting for the terminal size").await;
     term.await_hello(cfg.hello_timeout).await?;
 
-    // The address: the inventory's, verified (ping/TCP + ARP MAC) unless a fresh check exists.
-    let facts = s.st.connect.facts.get(&s.cluster, s.vmid);
+    // The address passed the dial rules before the upgrade ([`admit`]).
     let now = sync::now_secs();
-    let fresh = facts.check.as_ref().filter(|c| {
-        c.address == s.address.to_string() && now.saturating_sub(c.checked_at) <= cfg.verify.max_age.as_secs()
-    });
-    let check = match fresh {
-        Some(c) => c.clone(),
-        None => {
-            term.status("verifying", &format!("checking {}", s.address)).await;
-            let c = super::verify(s.address, &s.macs, &cfg.verify).await;
-            s.st.connect.facts.set_check(&s.cluster, s.vmid, c.clone());
-            c
-        }
-    };
-    if !check.trusted() {
-        term.write(&format!(
-            "\x1b[1;31mThe address {} now answers with another machine's MAC ({}). Not connecting.\x1b[0m\n",
-            s.address,
-            check.seen_mac.as_deref().unwrap_or("?")
-        ))
-        .await;
-        return Err(End::new(
-            close::NO_ADDRESS,
-            "the VM's address belongs to another machine now",
-        ));
-    }
-
     // TCP + key exchange.
     term.status("connecting", &format!("connecting to {}:{}", s.address, s.port))
         .await;
@@ -864,6 +935,10 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
                     term.size = sz;
                     let _ = wr.window_change(sz.cols, sz.rows, 0, 0).await;
                 }
+                Some(In::TooBig) => {
+                    let _ = wr.close().await;
+                    break too_big();
+                }
                 Some(In::Closed) | None => {
                     let _ = wr.close().await;
                     break End::new(axum::extract::ws::close_code::NORMAL, "closed by the browser");
@@ -896,6 +971,13 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
     Ok(end)
+}
+
+fn too_big() -> End {
+    End::new(
+        axum::extract::ws::close_code::SIZE,
+        "a message from the browser was larger than 64 KiB",
+    )
 }
 
 fn plural(n: u64, word: &str) -> String {

@@ -54,7 +54,22 @@ pub fn guest(vmid: u32, name: &str, ostype: &str, tags: &str) -> Value {
 }
 
 /// Starts the portal over a fake cluster with `extra` guests (default: [`VM`] and [`OTHER_VM`], Linux).
+/// The relays may dial the fake guests' loopback range (`test_ranges = 127.60.0.0/16` unless set).
 pub async fn portal(extra: Vec<Value>, connect: ConnectConfig, scripts: Option<Scripts>) -> Portal {
+    portal_with(extra, connect, scripts, vec!["127.60.0.0/16".parse().unwrap()]).await
+}
+
+/// [`portal`] whose sync hands out addresses inside `sync_allow` even when loopback (as a site's IP
+/// script could): the relays' own rules then have to hold the line.
+pub async fn portal_with(
+    extra: Vec<Value>,
+    mut connect: ConnectConfig,
+    scripts: Option<Scripts>,
+    sync_allow: Vec<ipnet::IpNet>,
+) -> Portal {
+    if connect.test_ranges.is_empty() {
+        connect.test_ranges = vec!["127.60.0.0/16".parse().unwrap()];
+    }
     let extra = if extra.is_empty() {
         vec![
             guest(VM, "lab-vm-4001", "l26", ""),
@@ -86,7 +101,7 @@ pub async fn portal(extra: Vec<Value>, connect: ConnectConfig, scripts: Option<S
     .unwrap();
     let config = SyncConfig {
         address_policy: AddressPolicy {
-            allow_ranges: vec!["127.60.0.0/16".parse().unwrap()],
+            allow_ranges: sync_allow,
             prefer_ipv6: false,
         },
         ..SyncConfig::default()
@@ -115,14 +130,7 @@ pub async fn portal(extra: Vec<Value>, connect: ConnectConfig, scripts: Option<S
             .unwrap();
     }
     for (user, vmid) in [("stud", VM), ("stud2", OTHER_VM)] {
-        store
-            .create_assignment(AssignmentRecord {
-                cluster: "lab".into(),
-                vmid,
-                user: user.into(),
-                ..Default::default()
-            })
-            .unwrap();
+        store.create_assignment(assignment(user, vmid)).unwrap();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -229,6 +237,55 @@ impl Portal {
         match tokio_tungstenite::connect_async(req).await {
             Ok(x) => Ok(x),
             Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("websocket to {path}: {e}"),
+        }
+    }
+}
+
+/// `user`'s assignment of VM `vmid` of cluster `lab`.
+fn assignment(user: &str, vmid: u32) -> AssignmentRecord {
+    AssignmentRecord {
+        cluster: "lab".into(),
+        vmid,
+        user: user.into(),
+        ..Default::default()
+    }
+}
+
+/// Gives `user` the VM `vmid` of cluster `lab` too.
+pub fn assign_to(p: &Portal, user: &str, vmid: u32) {
+    p.store.create_assignment(assignment(user, vmid)).unwrap();
+    p.state.auth.rebuild_index();
+}
+
+impl Portal {
+    /// Opens the terminal WebSocket of `vmid` as `user` with a fresh connect token and the portal's
+    /// origin; `Err(http status)` when the upgrade is refused.
+    pub async fn terminal(&self, user: &str, vmid: u32) -> Result<Ws, u16> {
+        let token = self.token(user, vmid, "ssh").await?;
+        self.ws(
+            user,
+            &format!("/ws/terminal/{vmid}?token={token}"),
+            Some(&self.origin),
+            None,
+            None,
+        )
+        .await
+        .map(|(ws, _)| ws)
+    }
+
+    /// Opens a WebSocket that the portal is expected to refuse: `(status, body)` of its answer.
+    pub async fn ws_refused(&self, user: &str, path: &str) -> (u16, String) {
+        let mut req = format!("ws://{}{path}", self.addr).into_client_request().unwrap();
+        let h = req.headers_mut();
+        h.insert("cookie", HeaderValue::from_str(&self.session(user).0).unwrap());
+        h.insert("origin", HeaderValue::from_str(&self.origin).unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => panic!("the portal accepted the WebSocket {path}"),
+            Err(tungstenite::Error::Http(resp)) => (
+                resp.status().as_u16(),
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+            ),
             Err(e) => panic!("websocket to {path}: {e}"),
         }
     }
