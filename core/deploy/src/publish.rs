@@ -467,7 +467,7 @@ impl Deployer {
         for v in vms.iter().filter(|v| v.role != VmRole::Base) {
             for d in &v.disks {
                 let Some(p) = &d.path else { continue };
-                let info = match ops.info(&v.cluster, &v.node, p).await {
+                let info = match ops.info(&v.cluster, &v.node, p, "qcow2").await {
                     Ok(i) => i,
                     Err(e) if e.code == "qcow2.not_found" => continue,
                     Err(e) => return Err(e.into()),

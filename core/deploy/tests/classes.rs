@@ -979,7 +979,7 @@ async fn b29_b32_overlays_take_the_base_format_from_qemu_img_info_and_survive_sp
     assert_eq!(chain[0]["backing-filename"], b.as_str());
     assert_eq!(chain[0]["backing-filename-format"], "raw");
     assert_eq!(chain[1]["format"], "raw");
-    let info = ops.info(CLUSTER, "pve1", &o).await.unwrap();
+    let info = ops.info(CLUSTER, "pve1", &o, "qcow2").await.unwrap();
     assert_eq!(info["format"], "qcow2");
     // Never overwritten; never outside the storage.
     let err = ops
