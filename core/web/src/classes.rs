@@ -203,6 +203,9 @@ pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn
     teacher_or_admin(&p)?;
     let d = deployer(&st)?;
     let b: CreateClassBody = body(&bytes)?;
+    // Counts are checked before anything is stored (registering a template by name writes).
+    deploy::pool_change(0, b.pool_size, d.max_pool())?;
+    deploy::check_specs(&b.specs)?;
     let cluster = st.cluster_for(&p, b.cluster.as_deref());
     let template_vmid = match (b.template_vmid, &b.template) {
         (Some(v), _) => v,
@@ -316,6 +319,12 @@ pub async fn update_class(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: UpdateClassBody = body(&bytes)?;
+    if let Some(n) = b.pool_size {
+        deploy::pool_change(d.class(&id)?.pool_size, n, d.max_pool())?;
+    }
+    if let Some(s) = &b.specs {
+        deploy::check_specs(s)?;
+    }
     let r = d
         .modify_class(
             &id,
@@ -393,6 +402,15 @@ pub async fn create_invite(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: InviteBody = body(&bytes)?;
+    if let Some(s) = b.expires_in_secs
+        && s > deploy::MAX_EXPIRY.as_secs()
+    {
+        return Err(AppError::BadRequest(format!(
+            "expires_in_secs {s} is more than one year ({} s)",
+            deploy::MAX_EXPIRY.as_secs()
+        ))
+        .into());
+    }
     let ttl = match (b.never, b.expires_in_secs) {
         (true, _) => InviteTtl::Never,
         (false, Some(s)) => InviteTtl::For(Duration::from_secs(s)),
@@ -606,9 +624,8 @@ pub async fn add_vms(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: AddVmsBody = body(&bytes)?;
-    if b.count == 0 {
-        return Err(AppError::BadRequest("count must be at least 1".into()).into());
-    }
+    // "count 4294967295 is more than the class limit 500": checked, before anything is stored.
+    deploy::pool_after_adding(d.class(&id)?.pool_size, b.count, d.max_pool())?;
     let r = d.add_vms(&id, &p.name, b.count).await;
     st.auth
         .audit(&p.name, authn.addr, "class.add_vms", &id, &audit_result(&r));
