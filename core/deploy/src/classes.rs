@@ -888,13 +888,33 @@ impl Deployer {
         Ok(())
     }
 
-    /// Adds a co-owner (an existing user; not the owner). Co-owners manage the class but cannot delete it.
-    /// Errors: [`DeployError::NotFound`] for an unknown user or class.
-    pub fn add_co_owner(&self, id: &str, user: &str) -> Result<ClassRecord> {
-        if self.inner.store.users.get(user)?.is_none() {
-            return Err(DeployError::not_found(format!("user {user}")));
-        }
+    /// Adds `user` as a co-owner of class `id`. Only the class owner or an admin (`as_admin`) may add
+    /// co-owners (a co-owner may not add anyone), and only an existing, enabled teacher or admin account
+    /// can become one (never a student: co-owners manage the class and see every VM in it).
+    /// Co-owners manage the class but cannot delete it. Adding a co-owner twice is harmless.
+    /// Errors: [`DeployError::NotFound`] for an unknown class; [`DeployError::NotOwner`] (403) when
+    /// `actor` is not the owner; [`DeployError::Invalid`] (400) for an unknown name, a student or
+    /// disabled account, or the owner.
+    pub fn add_co_owner(&self, id: &str, actor: &str, as_admin: bool, user: &str) -> Result<ClassRecord> {
         let class = self.class(id)?;
+        if class.owner != actor && !as_admin {
+            return Err(DeployError::NotOwner {
+                owner: class.owner,
+                action: "add co-owners".into(),
+            });
+        }
+        let only = "only teacher or admin accounts can be co-owners";
+        let Some(account) = self.inner.store.users.get(user)? else {
+            return Err(DeployError::Invalid(format!("there is no user {user:?}; {only}")));
+        };
+        if !matches!(account.role, store::Role::Teacher | store::Role::Admin) {
+            return Err(DeployError::Invalid(format!("{user} is a student; {only}")));
+        }
+        if account.disabled {
+            return Err(DeployError::Invalid(format!(
+                "{user}'s account is disabled; {only}"
+            )));
+        }
         if class.owner == user {
             return Err(DeployError::Invalid(format!("{user} owns the class")));
         }
@@ -905,9 +925,19 @@ impl Deployer {
         })
     }
 
-    /// Removes a co-owner. Errors: [`DeployError::NotFound`] when `user` is not one.
-    pub fn remove_co_owner(&self, id: &str, user: &str) -> Result<ClassRecord> {
-        if !self.class(id)?.co_owners.iter().any(|u| u == user) {
+    /// Removes co-owner `user` from class `id`. Only the class owner or an admin (`as_admin`) may remove
+    /// a co-owner; a co-owner may only remove themselves (step down), never another.
+    /// Errors: [`DeployError::NotFound`] for an unknown class or when `user` is not a co-owner;
+    /// [`DeployError::NotOwner`] (403) when `actor` may not remove `user`.
+    pub fn remove_co_owner(&self, id: &str, actor: &str, as_admin: bool, user: &str) -> Result<ClassRecord> {
+        let class = self.class(id)?;
+        if class.owner != actor && !as_admin && actor != user {
+            return Err(DeployError::NotOwner {
+                owner: class.owner,
+                action: "remove co-owners".into(),
+            });
+        }
+        if !class.co_owners.iter().any(|u| u == user) {
             return Err(DeployError::not_found(format!("co-owner {user} of class {id}")));
         }
         self.update_class(id, |c| c.co_owners.retain(|u| u != user))

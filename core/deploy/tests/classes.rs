@@ -582,7 +582,7 @@ async fn publish_makes_a_new_base_students_move_on_revert_and_old_bases_go_when_
         .unwrap();
 
     // Co-owners manage but only the owner deletes, and only with the confirmation.
-    e.deployer.add_co_owner(&class.id, "co").unwrap();
+    e.deployer.add_co_owner(&class.id, "teach", false, "co").unwrap();
     let err = e
         .deployer
         .delete_class(&class.id, "co", false, &class.id)

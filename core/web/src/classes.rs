@@ -538,7 +538,8 @@ pub async fn list_co_owners(State(st): State<AppState>, p: Principal, Path(id): 
     Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
 }
 
-/// `POST /api/classes/{id}/co-owners` `{user}` (the class's teachers).
+/// `POST /api/classes/{id}/co-owners` `{user}` (the class owner or an admin; `user` must be a teacher
+/// or admin account): 403 `not_owner` for a co-owner, 400 for a student or unknown name.
 pub async fn add_co_owner(
     State(st): State<AppState>,
     p: Principal,
@@ -549,7 +550,7 @@ pub async fn add_co_owner(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: AssignBody = body(&bytes)?;
-    let r = d.add_co_owner(&id, &b.user);
+    let r = d.add_co_owner(&id, &p.name, p.is_admin(), &b.user);
     st.auth.audit(
         &p.name,
         authn.addr,
@@ -562,7 +563,8 @@ pub async fn add_co_owner(
     Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
 }
 
-/// `DELETE /api/classes/{id}/co-owners/{user}` (the class's teachers).
+/// `DELETE /api/classes/{id}/co-owners/{user}` (the class owner or an admin; a co-owner only
+/// themselves): 403 `not_owner` otherwise.
 pub async fn remove_co_owner(
     State(st): State<AppState>,
     p: Principal,
@@ -570,7 +572,7 @@ pub async fn remove_co_owner(
     Path((id, user)): Path<(String, String)>,
 ) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
-    let r = deployer(&st)?.remove_co_owner(&id, &user);
+    let r = deployer(&st)?.remove_co_owner(&id, &p.name, p.is_admin(), &user);
     st.auth.audit(
         &p.name,
         authn.addr,
