@@ -321,12 +321,18 @@ impl Qcow2 {
     /// inside the storage directories, lexically and after symlinks; no qcow2 may name an external data
     /// file; at most [`MAX_CHAIN_DEPTH`] elements.
     ///
+    /// Once every element passed, `qemu-img info --backing-chain -U --output=json -f <format>` (which
+    /// now opens only checked files) must report the same chain — formats and backing names element by
+    /// element — or the image is refused too.
+    ///
     /// Every operation that makes qemu-img read an image's data (flatten, overlays, rebase) goes through
     /// this first, so a template disk cannot make Proxlab copy a host file into a class base.
     /// Errors: [`ClonerError::UnsafeImage`] naming the image and the offending backing or data file; path
     /// checks of `path`; as [`Qcow2::info`].
     pub async fn info_chain(&self, path: &Path, format: ImageFormat) -> Result<Vec<ImageInfo>, ClonerError> {
-        let mut current = self.checked(&[path], false).await?.remove(0);
+        let top = self.checked(&[path], false).await?.remove(0);
+        let top_format = format;
+        let mut current = top.clone();
         let mut format = format;
         let mut chain: Vec<ImageInfo> = Vec::new();
         loop {
@@ -364,6 +370,7 @@ impl Qcow2 {
             let backing_format = info.backing_format.clone();
             chain.push(info);
             let Some(backing) = backing else {
+                self.same_chain_as_qemu_img(&top, top_format, &chain).await?;
                 return Ok(chain);
             };
             if let Some(name) = [Some(&backing), full.as_ref()]
@@ -419,6 +426,50 @@ impl Qcow2 {
             })?;
             current = next;
         }
+    }
+
+    /// `qemu-img info --backing-chain` of an image whose chain [`Qcow2::info_chain`] has checked
+    /// element by element: it must agree (length, each format and backing name), else
+    /// [`ClonerError::UnsafeImage`].
+    async fn same_chain_as_qemu_img(
+        &self,
+        top: &Path,
+        format: ImageFormat,
+        checked: &[ImageInfo],
+    ) -> Result<(), ClonerError> {
+        let argv = cmd::info(top, format, true)?;
+        let out = self.run_ok(&argv, None).await?;
+        let seen = ImageInfo::parse_chain(&out.stdout_text())?;
+        let view = |c: &[ImageInfo]| -> Vec<String> {
+            c.iter()
+                .map(|i| {
+                    format!(
+                        "{} -> {}",
+                        i.format,
+                        i.full_backing_filename.as_deref().unwrap_or("(none)")
+                    )
+                })
+                .collect()
+        };
+        let agree = seen.len() == checked.len()
+            && seen.iter().zip(checked).all(|(a, b)| {
+                a.format == b.format
+                    && a.backing_filename == b.backing_filename
+                    && a.full_backing_filename == b.full_backing_filename
+                    && a.backing_format == b.backing_format
+                    && a.data_file().is_none()
+            });
+        if !agree {
+            return Err(ClonerError::UnsafeImage {
+                image: top.to_path_buf(),
+                reason: format!(
+                    "qemu-img's backing chain [{}] differs from the checked one [{}]",
+                    view(&seen).join(", "),
+                    view(checked).join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn roots_text(&self) -> String {
