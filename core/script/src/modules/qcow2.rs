@@ -62,9 +62,11 @@ pub mod qcow2_mod {
 
     /// Creates a QCOW2 overlay at absolute path `overlay` whose backing file is the absolute path
     /// `base` of format `base_format` ("qcow2" or "raw"):
-    /// `qemu-img create -f qcow2 -b BASE -F BASE_FORMAT OVERLAY`. Returns `()`.
-    /// In a dry run only records the action. Errors: `arg.path` (relative path),
-    /// `qcow2.unavailable`, `qcow2.exists`, `qcow2.failed`, `ssh.*`.
+    /// `qemu-img create -f qcow2 -b BASE -F BASE_FORMAT OVERLAY`. The base's chain is checked first,
+    /// read as `base_format` (every backing file a qcow2 or raw file inside the node's storage).
+    /// Returns `()`. In a dry run only records the action. Errors: `arg.path` (relative path),
+    /// `arg.format`, `qcow2.unavailable`, `qcow2.unsafe_image`, `qcow2.format`, `qcow2.exists`,
+    /// `qcow2.failed`, `ssh.*`.
     #[rhai_fn(return_raw)]
     pub fn create_overlay(
         ctx: NativeCallContext,
