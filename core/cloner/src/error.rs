@@ -107,6 +107,18 @@ pub enum ClonerError {
     /// backing formats; overlays, rebase and flatten targets are always `qcow2`).
     #[error("unsupported image format: {0}")]
     UnsupportedFormat(String),
+    /// A disk image, or an image in its backing chain, would make qemu-img read something other than a
+    /// qcow2 or raw file inside the storage directories: a backing file outside them, a `json:` or
+    /// protocol (`nbd:`, `http:`, `file:`, …) name, a format other than the stated one, a backing file
+    /// whose format is not recorded, an external data file, or a chain deeper than
+    /// [`crate::qcow2::MAX_CHAIN_DEPTH`]. Nothing was written.
+    #[error("refusing disk image {image}: {reason}")]
+    UnsafeImage {
+        /// The image whose header holds the offending reference.
+        image: PathBuf,
+        /// What is wrong, naming the backing file (or data file) in question.
+        reason: String,
+    },
     /// The target file already exists; this crate never overwrites an image.
     #[error("{0} already exists; refusing to overwrite an image")]
     AlreadyExists(PathBuf),

@@ -11,8 +11,10 @@
 //!   [`SshPool`] keeps one executor per node.
 //! - **[`LocalExecutor`]**: the same [`Executor`] trait, running argv directly (no shell) for a portal that
 //!   runs on the node itself.
-//! - **[`Qcow2`]**: `qemu-img info` (the format is read from the JSON, never from the file name — B32),
-//!   overlays with an absolute backing path and `-F <real format>` (B29), flatten (`convert` to a temp
+//! - **[`Qcow2`]**: `qemu-img info -f <format>` with the format PVE's volume config states (never
+//!   probed), a backing-chain check before anything reads an image's data ([`Qcow2::info_chain`]: every
+//!   backing file a plain file inside the storage, its format recorded, no `json:`/protocol names, no
+//!   external data files), overlays with an absolute backing path and `-F <real format>`, flatten (`convert` to a temp
 //!   name, then `mv`), safe rebase and identical-content unsafe rebase (B30), remove/mkdir/exists.
 //!   Command lines come from pure builders in [`qcow2::cmd`] with golden-string tests.
 //! - **Quoting**: [`shell_quote`] / [`shell_join`], POSIX single-quote style, for argv sent over SSH.
@@ -22,6 +24,8 @@
 //!   other way round), nor know about PVE's API, the store or Rhai;
 //! - accept a host key it was not told to trust, or fall back to trust-on-first-use on its own;
 //! - log or put into an error any private-key material;
+//! - let qemu-img read a backing file outside the storage directories, a protocol or `json:` name, or
+//!   an image whose format it had to guess;
 //! - touch a path outside the configured storage directories (checked lexically and after symlinks),
 //!   overwrite an existing image, write `-b` without `-F`, or run `qemu-img rebase -u` onto a base whose
 //!   bytes differ;
@@ -35,6 +39,7 @@
 //!     HostKeyPolicy::Fingerprint("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s".into()));
 //! let qcow2 = Qcow2::new(Arc::new(SshExecutor::new(node)?), "/mnt/pve/nfs-lab")?;
 //! qcow2.create_overlay(Path::new("/mnt/pve/nfs-lab/images/9000/base-9000-disk-0.qcow2"),
+//!                      cloner::ImageFormat::Qcow2,
 //!                      Path::new("/mnt/pve/nfs-lab/images/210/vm-210-disk-0.qcow2")).await?;
 //! # Ok(()) }
 //! ```

@@ -17,6 +17,92 @@ use crate::runner::{KIND_ADD, KIND_DELETE, KIND_DEPLOY, vm_step};
 
 /// Longest class name, in characters.
 pub const MAX_CLASS_NAME: usize = 100;
+/// Most student VMs a class may have, whatever `limits.max_pool` says (the binary's config allows at
+/// most this much too).
+pub const MAX_POOL: u32 = 5000;
+/// Most cores a class may give its VMs (`specs.cores`).
+pub const MAX_CORES: u32 = 1024;
+/// Most sockets a class may give its VMs (`specs.sockets`).
+pub const MAX_SOCKETS: u32 = 16;
+/// Least and most memory a class may give its VMs (`specs.memory_mib`), in MiB (PVE's minimum is 16).
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u64> = 16..=4 * 1024 * 1024;
+
+/// The pool size after adding `count` student VMs to a class of `pool`, if it stays within
+/// `max_pool`. Checked arithmetic: no overflow, whatever the inputs.
+/// Errors: [`DeployError::Invalid`] (HTTP 400) for a count of 0, a count above the limit, or a sum above it.
+pub fn pool_after_adding(pool: u32, count: u32, max_pool: u32) -> Result<u32> {
+    if count == 0 {
+        return Err(DeployError::Invalid("count must be at least 1".into()));
+    }
+    if count > max_pool {
+        return Err(DeployError::Invalid(format!(
+            "count {count} is more than the class limit {max_pool}"
+        )));
+    }
+    match pool.checked_add(count) {
+        Some(total) if total <= max_pool => Ok(total),
+        _ => Err(DeployError::Invalid(format!(
+            "count {count} would make {} student VMs, more than the class limit {max_pool}",
+            u64::from(pool) + u64::from(count)
+        ))),
+    }
+}
+
+/// What a requested pool size means for a class of `pool` student VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolChange {
+    /// Already that size.
+    Unchanged,
+    /// Add this many student VMs.
+    Add(u32),
+    /// Remove this many free student VMs.
+    Remove(u32),
+}
+
+/// The change from `pool` to `requested` student VMs, if `requested` is within `max_pool`. Checked
+/// arithmetic: no overflow, whatever the inputs. Errors: [`DeployError::Invalid`] (HTTP 400).
+pub fn pool_change(pool: u32, requested: u32, max_pool: u32) -> Result<PoolChange> {
+    if requested > max_pool {
+        return Err(DeployError::Invalid(format!(
+            "pool size {requested} is more than the class limit {max_pool}"
+        )));
+    }
+    // Each subtraction only on the side where it cannot underflow.
+    Ok(match requested.cmp(&pool) {
+        std::cmp::Ordering::Greater => PoolChange::Add(requested - pool),
+        std::cmp::Ordering::Less => PoolChange::Remove(pool - requested),
+        std::cmp::Ordering::Equal => PoolChange::Unchanged,
+    })
+}
+
+/// Checks the spec overrides of a class: cores `1..=`[`MAX_CORES`], sockets `1..=`[`MAX_SOCKETS`],
+/// memory in [`MEMORY_MIB_RANGE`]. Errors: [`DeployError::Invalid`] (HTTP 400) naming the value.
+pub fn check_specs(s: &ClassSpecs) -> Result<()> {
+    if let Some(c) = s.cores
+        && !(1..=MAX_CORES).contains(&c)
+    {
+        return Err(DeployError::Invalid(format!(
+            "cores {c} is outside 1..={MAX_CORES}"
+        )));
+    }
+    if let Some(c) = s.sockets
+        && !(1..=MAX_SOCKETS).contains(&c)
+    {
+        return Err(DeployError::Invalid(format!(
+            "sockets {c} is outside 1..={MAX_SOCKETS}"
+        )));
+    }
+    if let Some(m) = s.memory_mib
+        && !MEMORY_MIB_RANGE.contains(&m)
+    {
+        return Err(DeployError::Invalid(format!(
+            "memory_mib {m} is outside {}..={} MiB",
+            MEMORY_MIB_RANGE.start(),
+            MEMORY_MIB_RANGE.end()
+        )));
+    }
+    Ok(())
+}
 /// Longest class description, in characters.
 pub const MAX_DESCRIPTION: usize = 500;
 use crate::templates::{TemplateRef, linked_clone_preflight};
@@ -146,12 +232,14 @@ impl Deployer {
             .map_err(DeployError::Invalid)?;
         store::accounts::validate_text("a class description", &spec.description, MAX_DESCRIPTION, true)
             .map_err(DeployError::Invalid)?;
-        if spec.pool_size > self.inner.cfg.limits.max_pool {
+        let max_pool = self.max_pool();
+        if spec.pool_size > max_pool {
             return Err(DeployError::Invalid(format!(
-                "pool size {} is above the limit of {}",
-                spec.pool_size, self.inner.cfg.limits.max_pool
+                "pool size {} is more than the class limit {max_pool}",
+                spec.pool_size
             )));
         }
+        check_specs(&spec.specs)?;
         let workflow = spec.workflow.clone().unwrap_or_else(|| "qcow2-overlay".into());
         let set = self.scripts();
         if set.deploy(&workflow).is_none() {
@@ -454,6 +542,14 @@ impl Deployer {
         u: ClassUpdate,
     ) -> Result<(ClassRecord, Option<JobRecord>)> {
         let class = self.class(id)?;
+        // Everything is checked before anything is stored: a refused update changes nothing.
+        let change = match u.pool_size {
+            Some(n) => pool_change(class.pool_size, n, self.max_pool())?,
+            None => PoolChange::Unchanged,
+        };
+        if let Some(s) = &u.specs {
+            check_specs(s)?;
+        }
         if let Some(n) = &u.name {
             store::accounts::validate_text("a class name", n, MAX_CLASS_NAME, false)
                 .map_err(DeployError::Invalid)?;
@@ -479,24 +575,26 @@ impl Deployer {
                 c.self_registration = s;
             }
         })?;
-        let job = match u.pool_size {
-            Some(n) if n > class.pool_size => Some(self.add_vms(id, actor, n - class.pool_size).await?),
-            Some(n) if n < class.pool_size => Some(self.shrink_pool(id, actor, class.pool_size - n).await?),
-            _ => None,
+        let job = match change {
+            PoolChange::Add(n) => Some(self.add_vms(id, actor, n).await?),
+            PoolChange::Remove(n) => Some(self.shrink_pool(id, actor, n).await?),
+            PoolChange::Unchanged => None,
         };
         Ok((self.class(id).unwrap_or(updated), job))
     }
 
+    /// The largest pool size a class may have: `limits.max_pool`, at most [`MAX_POOL`].
+    pub fn max_pool(&self) -> u32 {
+        self.inner.cfg.limits.max_pool.min(MAX_POOL)
+    }
+
     /// Adds `n` student VMs to a class (e.g. for its waiting list): an `add-vms` job.
-    /// Errors: [`DeployError::Conflict`] while the class has no plan yet (first deploy still running).
+    /// Errors: [`DeployError::Invalid`] when `n` is 0 or the class would pass [`Deployer::max_pool`]
+    /// (see [`pool_after_adding`]; nothing is stored); [`DeployError::Conflict`] while the class has no
+    /// plan yet (first deploy still running).
     pub async fn add_vms(&self, id: &str, actor: &str, n: u32) -> Result<JobRecord> {
         let class = self.class(id)?;
-        if class.pool_size + n > self.inner.cfg.limits.max_pool {
-            return Err(DeployError::Invalid(format!(
-                "pool size above the limit of {}",
-                self.inner.cfg.limits.max_pool
-            )));
-        }
+        let new_pool = pool_after_adding(class.pool_size, n, self.max_pool())?;
         let (Some(plan), Some(ctx)) = (class.plan.clone(), class.deploy_ctx.clone()) else {
             return Err(DeployError::Conflict(format!(
                 "class {id} has not been deployed yet"
@@ -518,14 +616,16 @@ impl Deployer {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let width = (class.pool_size + n).to_string().len().max(2);
+        let width = new_pool.to_string().len().max(2);
         let entries: Vec<Value> = vmids
             .iter()
             .enumerate()
             .map(|(i, vmid)| {
-                let slot = last_slot + 1 + i as u32;
+                let slot = last_slot
+                    .saturating_add(1)
+                    .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
                 let node = if spread && !nodes.is_empty() {
-                    nodes[(slot as usize + 1) % nodes.len()].clone()
+                    nodes[(slot as usize).wrapping_add(1) % nodes.len()].clone()
                 } else {
                     default_node.clone()
                 };
@@ -534,7 +634,7 @@ impl Deployer {
             })
             .collect();
         self.update_class(id, |c| {
-            c.pool_size += n;
+            c.pool_size = c.pool_size.saturating_add(n);
             c.last_job = Some(job_id.clone());
         })?;
         self.start_vm_job(&class, &job_id, KIND_ADD, actor, ctx, plan, entries)
@@ -788,13 +888,33 @@ impl Deployer {
         Ok(())
     }
 
-    /// Adds a co-owner (an existing user; not the owner). Co-owners manage the class but cannot delete it.
-    /// Errors: [`DeployError::NotFound`] for an unknown user or class.
-    pub fn add_co_owner(&self, id: &str, user: &str) -> Result<ClassRecord> {
-        if self.inner.store.users.get(user)?.is_none() {
-            return Err(DeployError::not_found(format!("user {user}")));
-        }
+    /// Adds `user` as a co-owner of class `id`. Only the class owner or an admin (`as_admin`) may add
+    /// co-owners (a co-owner may not add anyone), and only an existing, enabled teacher or admin account
+    /// can become one (never a student: co-owners manage the class and see every VM in it).
+    /// Co-owners manage the class but cannot delete it. Adding a co-owner twice is harmless.
+    /// Errors: [`DeployError::NotFound`] for an unknown class; [`DeployError::NotOwner`] (403) when
+    /// `actor` is not the owner; [`DeployError::Invalid`] (400) for an unknown name, a student or
+    /// disabled account, or the owner.
+    pub fn add_co_owner(&self, id: &str, actor: &str, as_admin: bool, user: &str) -> Result<ClassRecord> {
         let class = self.class(id)?;
+        if class.owner != actor && !as_admin {
+            return Err(DeployError::NotOwner {
+                owner: class.owner,
+                action: "add co-owners".into(),
+            });
+        }
+        let only = "only teacher or admin accounts can be co-owners";
+        let Some(account) = self.inner.store.users.get(user)? else {
+            return Err(DeployError::Invalid(format!("there is no user {user:?}; {only}")));
+        };
+        if !matches!(account.role, store::Role::Teacher | store::Role::Admin) {
+            return Err(DeployError::Invalid(format!("{user} is a student; {only}")));
+        }
+        if account.disabled {
+            return Err(DeployError::Invalid(format!(
+                "{user}'s account is disabled; {only}"
+            )));
+        }
         if class.owner == user {
             return Err(DeployError::Invalid(format!("{user} owns the class")));
         }
@@ -805,9 +925,19 @@ impl Deployer {
         })
     }
 
-    /// Removes a co-owner. Errors: [`DeployError::NotFound`] when `user` is not one.
-    pub fn remove_co_owner(&self, id: &str, user: &str) -> Result<ClassRecord> {
-        if !self.class(id)?.co_owners.iter().any(|u| u == user) {
+    /// Removes co-owner `user` from class `id`. Only the class owner or an admin (`as_admin`) may remove
+    /// a co-owner; a co-owner may only remove themselves (step down), never another.
+    /// Errors: [`DeployError::NotFound`] for an unknown class or when `user` is not a co-owner;
+    /// [`DeployError::NotOwner`] (403) when `actor` may not remove `user`.
+    pub fn remove_co_owner(&self, id: &str, actor: &str, as_admin: bool, user: &str) -> Result<ClassRecord> {
+        let class = self.class(id)?;
+        if class.owner != actor && !as_admin && actor != user {
+            return Err(DeployError::NotOwner {
+                owner: class.owner,
+                action: "remove co-owners".into(),
+            });
+        }
+        if !class.co_owners.iter().any(|u| u == user) {
             return Err(DeployError::not_found(format!("co-owner {user} of class {id}")));
         }
         self.update_class(id, |c| c.co_owners.retain(|u| u != user))

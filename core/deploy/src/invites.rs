@@ -54,6 +54,25 @@ impl fmt::Debug for Invite {
     }
 }
 
+/// Longest lifetime of an invite link, and of any expiry Proxlab sets from a request or a config: one
+/// year (365 days).
+pub const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + ttl` in Unix seconds (at least one second later), if `ttl` is at most [`MAX_EXPIRY`].
+/// Checked arithmetic: no overflow, whatever the inputs. `what` names the value in the error
+/// (`expires_in_secs`). Errors: [`DeployError::Invalid`] (HTTP 400).
+pub fn expiry_after(now: u64, ttl: Duration, what: &str) -> Result<u64> {
+    let secs = ttl.as_secs().max(1);
+    if ttl > MAX_EXPIRY {
+        return Err(DeployError::Invalid(format!(
+            "{what} {secs} is more than one year ({} s)",
+            MAX_EXPIRY.as_secs()
+        )));
+    }
+    now.checked_add(secs)
+        .ok_or_else(|| DeployError::Invalid(format!("{what} {secs} overflows the clock")))
+}
+
 /// How long an invite lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InviteTtl {
@@ -93,18 +112,19 @@ fn token_hash(token: &str) -> String {
 
 impl Deployer {
     /// Makes an invite link for class `id`. The token is returned once; only its SHA-256 is stored.
-    /// Errors: [`DeployError::NotFound`].
+    /// Errors: [`DeployError::NotFound`]; [`DeployError::Invalid`] for a lifetime above [`MAX_EXPIRY`]
+    /// (nothing is stored).
     pub fn create_invite(&self, id: &str, actor: &str, ttl: InviteTtl) -> Result<Invite> {
         self.class(id)?;
+        let now = self.now();
+        let expires_at = match ttl {
+            InviteTtl::Default => Some(expiry_after(now, self.inner.cfg.limits.invite_ttl, "invite_ttl")?),
+            InviteTtl::Never => None,
+            InviteTtl::For(d) => Some(expiry_after(now, d, "expires_in_secs")?),
+        };
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = self.now();
-        let expires_at = match ttl {
-            InviteTtl::Default => Some(now + self.inner.cfg.limits.invite_ttl.as_secs()),
-            InviteTtl::Never => None,
-            InviteTtl::For(d) => Some(now + d.as_secs().max(1)),
-        };
         let record = InviteRecord {
             id: format!("inv-{}", &token_hash(&token)[..12]),
             class_id: id.to_string(),

@@ -61,12 +61,15 @@ use script::{Host, ScriptRuntime, ScriptSet};
 use store::Store;
 use tokio::sync::broadcast;
 
-pub use classes::{ClassSpec, ClassUpdate, ClassVmView, PowerAction};
+pub use classes::{
+    ClassSpec, ClassUpdate, ClassVmView, MAX_CORES, MAX_POOL, MAX_SOCKETS, MEMORY_MIB_RANGE, PoolChange,
+    PowerAction, check_specs, pool_after_adding, pool_change,
+};
 pub use cleanup::is_proxlab_vm;
 pub use config::{ClusterDeploy, DeployConfig, DeployLimits};
 pub use error::{DeployError, Result};
 pub use host::{Clock, StaticHost};
-pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome};
+pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome, MAX_EXPIRY, expiry_after};
 pub use journal::{JobEvent, JobEventKind};
 pub use nodes::{NodeOps, NodeTarget, host_error};
 pub use publish::{PublishMode, RevertOutcome};
@@ -113,6 +116,13 @@ impl Deployer {
         scripts: ScriptSource,
         cfg: DeployConfig,
     ) -> Result<Deployer> {
+        if cfg.limits.invite_ttl > MAX_EXPIRY || cfg.limits.invite_ttl.is_zero() {
+            return Err(DeployError::Invalid(format!(
+                "limits.invite_ttl of {} s is outside 1..={} s (one year)",
+                cfg.limits.invite_ttl.as_secs(),
+                MAX_EXPIRY.as_secs()
+            )));
+        }
         let mut limits = cfg.script_limits.clone();
         limits.max_concurrent = limits.max_concurrent.max(cfg.limits.total).max(2);
         let runtime = ScriptRuntime::new(host.clone(), limits);
@@ -177,7 +187,11 @@ impl Deployer {
     /// Waits until job `id` has ended (done, failed or cancelled), at most `timeout`; returns its record.
     /// Errors: [`DeployError::NotFound`]; [`DeployError::Conflict`] when it is still running at the deadline.
     pub async fn wait_job(&self, id: &str, timeout: Duration) -> Result<store::JobRecord> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A huge timeout (from a config) must not overflow the clock: then wait "a year".
+        let start = tokio::time::Instant::now();
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(365 * 24 * 3600));
         let mut rx = self.events();
         loop {
             let job = self.job(id)?;

@@ -28,10 +28,12 @@ pub(crate) struct Permits {
 
 impl Limiter {
     pub(crate) fn new(l: &DeployLimits) -> Limiter {
+        // Semaphore::new panics above MAX_PERMITS: a huge configured limit is clamped.
+        let size = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         Limiter {
-            per_node: l.per_node.max(1),
-            per_storage: l.per_storage.max(1),
-            total: Arc::new(Semaphore::new(l.total.max(1))),
+            per_node: size(l.per_node),
+            per_storage: size(l.per_storage),
+            total: Arc::new(Semaphore::new(size(l.total))),
             keyed: Mutex::new(HashMap::new()),
         }
     }
@@ -68,7 +70,8 @@ pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(max);
     let factor: f64 = rand::thread_rng().gen_range(0.5..1.5);
-    capped.mul_f64(factor)
+    // `mul_f64` panics when the product overflows; a configured maximum near Duration::MAX would.
+    Duration::try_from_secs_f64(capped.as_secs_f64() * factor).unwrap_or(capped)
 }
 
 #[cfg(test)]

@@ -31,18 +31,20 @@ struct Node {
     qcow2: Option<Qcow2>,
 }
 
-/// Base format checked with `qemu-img info`, by `(cluster, node, path)`, with when it was checked.
-type FormatCache = HashMap<(String, String, String), (ImageFormat, Instant)>;
+/// Bases whose whole chain [`Qcow2::info_chain`] accepted as the stated format, by `(cluster, node,
+/// path, format)`, with when they were checked.
+type FormatCache = HashMap<(String, String, String, ImageFormat), Instant>;
 
-/// Verified base formats are kept this long (bases are never overwritten in place).
+/// Checked bases are kept this long (bases are never overwritten in place).
 const FORMAT_TTL: Duration = Duration::from_secs(300);
 
 /// Executors and QCOW2 handles per `(cluster, node)`. Cheap to clone.
 ///
-/// As [`Qcow2Ops`]: `create_overlay` checks once per base (cached 5 min) that the given base format is
-/// what `qemu-img info` reports (B32: never trust a name or a caller), then runs the guarded
-/// `qemu-img create -f qcow2 -F <format> -b <absolute base> <overlay>` (B29); `flatten` is
-/// [`Qcow2::flatten`]. Paths outside the node's storage roots are refused.
+/// As [`Qcow2Ops`]: `create_overlay` checks once per base (cached 5 min) the base's whole backing chain
+/// read as the stated format ([`Qcow2::info_chain`]: `qemu-img info -f <format>`, never probed; every
+/// backing file inside the storage), then runs the guarded `qemu-img create -f qcow2 -F <format> -b
+/// <absolute base> <overlay>`; `flatten` is [`Qcow2::flatten`] with the stated source format. Paths
+/// outside the node's storage roots are refused.
 #[derive(Clone, Default)]
 pub struct NodeOps {
     nodes: Arc<HashMap<(String, String), Node>>,
@@ -160,27 +162,41 @@ impl NodeOps {
         })
     }
 
-    /// The real format of `base` (cached for a few minutes).
-    async fn base_format(
+    /// Checks `base`'s whole chain read as `format` (cached for a few minutes).
+    async fn check_base(
         &self,
         cluster: &str,
         node: &str,
         q: &Qcow2,
         base: &str,
-    ) -> std::result::Result<ImageFormat, HostError> {
-        let key = (cluster.to_string(), node.to_string(), base.to_string());
+        format: ImageFormat,
+    ) -> std::result::Result<(), HostError> {
+        let key = (cluster.to_string(), node.to_string(), base.to_string(), format);
         if let Ok(cache) = self.formats.lock()
-            && let Some((f, at)) = cache.get(&key)
+            && let Some(at) = cache.get(&key)
             && at.elapsed() < FORMAT_TTL
         {
-            return Ok(*f);
+            return Ok(());
         }
-        let info = q.info(Path::new(base)).await.map_err(|e| host_error(&e))?;
-        let f = info.image_format().map_err(|e| host_error(&e))?;
+        q.info_chain(Path::new(base), format)
+            .await
+            .map_err(|e| host_error(&e))?;
         if let Ok(mut cache) = self.formats.lock() {
-            cache.insert(key, (f, Instant::now()));
+            cache.insert(key, Instant::now());
         }
-        Ok(f)
+        Ok(())
+    }
+}
+
+/// A format a script or a volume config states: `qcow2` or `raw`, else `qcow2.format`.
+fn stated_format(what: &str, path: &str, format: &str) -> std::result::Result<ImageFormat, HostError> {
+    match format {
+        "qcow2" => Ok(ImageFormat::Qcow2),
+        "raw" => Ok(ImageFormat::Raw),
+        other => Err(HostError::new(
+            "qcow2.format",
+            format!("{what} {path} is stated to be {other:?}; only qcow2 and raw images are read"),
+        )),
     }
 }
 
@@ -202,6 +218,7 @@ pub fn host_error(e: &ClonerError) -> HostError {
         }
         ClonerError::PathOutsideStorage { .. } | ClonerError::InvalidPath { .. } => "qcow2.path",
         ClonerError::UnsupportedFormat(_) => "qcow2.format",
+        ClonerError::UnsafeImage { .. } => "qcow2.unsafe_image",
         ClonerError::NotIdentical { .. } => "qcow2.not_identical",
         ClonerError::Config(_) => "ssh.failed",
         _ => "qcow2.failed",
@@ -215,14 +232,20 @@ impl Qcow2Ops for NodeOps {
         cluster: &str,
         node: &str,
         path: &str,
+        format: &str,
     ) -> BoxFuture<'static, std::result::Result<serde_json::Value, HostError>> {
         let q = self.qcow2(cluster, node);
         let path = path.to_string();
+        let format = stated_format("image", &path, format);
         Box::pin(async move {
             let q = q?;
-            let argv = cloner::qcow2::cmd::info(Path::new(&path), false).map_err(|e| host_error(&e))?;
+            let format = format?;
+            let argv =
+                cloner::qcow2::cmd::info(Path::new(&path), format, false).map_err(|e| host_error(&e))?;
             // Through Qcow2::info for the path checks, then the raw JSON for the script (qemu-img's keys).
-            q.info(Path::new(&path)).await.map_err(|e| host_error(&e))?;
+            q.info(Path::new(&path), format)
+                .await
+                .map_err(|e| host_error(&e))?;
             let out = q.executor().run(&argv).await.map_err(|e| host_error(&e))?;
             let out = out.check(&argv).map_err(|e| host_error(&e))?;
             serde_json::from_slice(&out.stdout)
@@ -248,16 +271,9 @@ impl Qcow2Ops for NodeOps {
         );
         Box::pin(async move {
             let q = this.qcow2(&cluster, &node)?;
-            let real = this.base_format(&cluster, &node, &q, &base).await?;
-            if real.as_str() != base_format {
-                return Err(HostError::new(
-                    "qcow2.format",
-                    format!(
-                        "base {base} is {real} (per qemu-img info), not {base_format}; refusing to write -F {base_format} (B32)"
-                    ),
-                ));
-            }
-            q.create_overlay_with_format(Path::new(&base), real, Path::new(&overlay))
+            let format = stated_format("base", &base, &base_format)?;
+            this.check_base(&cluster, &node, &q, &base, format).await?;
+            q.create_overlay_with_format(Path::new(&base), format, Path::new(&overlay))
                 .await
                 .map_err(|e| host_error(&e))
         })
@@ -268,12 +284,14 @@ impl Qcow2Ops for NodeOps {
         cluster: &str,
         node: &str,
         src: &str,
+        src_format: &str,
         dst: &str,
     ) -> BoxFuture<'static, std::result::Result<(), HostError>> {
         let q = self.qcow2(cluster, node);
+        let format = stated_format("disk", src, src_format);
         let (src, dst) = (src.to_string(), dst.to_string());
         Box::pin(async move {
-            q?.flatten(Path::new(&src), Path::new(&dst))
+            q?.flatten(Path::new(&src), format?, Path::new(&dst))
                 .await
                 .map(|_| ())
                 .map_err(|e| host_error(&e))

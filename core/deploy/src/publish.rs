@@ -242,7 +242,7 @@ impl Deployer {
             // than start a second job over the same VMs (two jobs re-making one VM collide).
             for j in self.jobs_of_class(&class_id)? {
                 if j.kind == KIND_MOVE && !crate::is_terminal(j.state) {
-                    self.wait_job(&j.id, self.inner.cfg.limits.task_timeout * 4)
+                    self.wait_job(&j.id, self.inner.cfg.limits.task_timeout.saturating_mul(4))
                         .await?;
                 }
             }
@@ -267,7 +267,7 @@ impl Deployer {
                 let mv = self.start_vm_job(&class, &job_id, KIND_MOVE, &rec.owner, ctx, plan, entries)?;
                 journal.set_params(|p| p["move_job"] = json!(mv.id));
                 let done = self
-                    .wait_job(&mv.id, self.inner.cfg.limits.task_timeout * 4)
+                    .wait_job(&mv.id, self.inner.cfg.limits.task_timeout.saturating_mul(4))
                     .await?;
                 if let Some(err) = done.error {
                     journal.set_state(
@@ -376,7 +376,7 @@ impl Deployer {
                 vec![vm_entry(&vm, &user)],
             )?;
             let done = self
-                .wait_job(&job.id, self.inner.cfg.limits.task_timeout * 2)
+                .wait_job(&job.id, self.inner.cfg.limits.task_timeout.saturating_mul(2))
                 .await?;
             if let Some(s) = done.steps.first()
                 && s.state == JobState::Failed
@@ -467,7 +467,7 @@ impl Deployer {
         for v in vms.iter().filter(|v| v.role != VmRole::Base) {
             for d in &v.disks {
                 let Some(p) = &d.path else { continue };
-                let info = match ops.info(&v.cluster, &v.node, p).await {
+                let info = match ops.info(&v.cluster, &v.node, p, "qcow2").await {
                     Ok(i) => i,
                     Err(e) if e.code == "qcow2.not_found" => continue,
                     Err(e) => return Err(e.into()),

@@ -582,7 +582,7 @@ async fn publish_makes_a_new_base_students_move_on_revert_and_old_bases_go_when_
         .unwrap();
 
     // Co-owners manage but only the owner deletes, and only with the confirmation.
-    e.deployer.add_co_owner(&class.id, "co").unwrap();
+    e.deployer.add_co_owner(&class.id, "teach", false, "co").unwrap();
     let err = e
         .deployer
         .delete_class(&class.id, "co", false, &class.id)
@@ -979,7 +979,7 @@ async fn b29_b32_overlays_take_the_base_format_from_qemu_img_info_and_survive_sp
     assert_eq!(chain[0]["backing-filename"], b.as_str());
     assert_eq!(chain[0]["backing-filename-format"], "raw");
     assert_eq!(chain[1]["format"], "raw");
-    let info = ops.info(CLUSTER, "pve1", &o).await.unwrap();
+    let info = ops.info(CLUSTER, "pve1", &o, "qcow2").await.unwrap();
     assert_eq!(info["format"], "qcow2");
     // Never overwritten; never outside the storage.
     let err = ops

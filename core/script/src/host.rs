@@ -53,13 +53,15 @@ impl fmt::Display for HostError {
 /// QCOW2 operations on a node's storage, implemented by the cloner (over SSH with `qemu-img`, or
 /// locally when the portal runs on the node). Paths are absolute paths on that node.
 pub trait Qcow2Ops: Send + Sync + 'static {
-    /// `qemu-img info --output=json PATH` as parsed JSON (keys as qemu-img prints them:
-    /// `format`, `virtual-size` in bytes, `actual-size` in bytes, `backing-filename`, ...).
+    /// `qemu-img info --output=json -f FORMAT PATH` as parsed JSON (keys as qemu-img prints them:
+    /// `format`, `virtual-size` in bytes, `actual-size` in bytes, `backing-filename`, ...). `format`
+    /// (`qcow2` or `raw`) is what the volume's config states; it is never probed.
     fn info(
         &self,
         cluster: &str,
         node: &str,
         path: &str,
+        format: &str,
     ) -> BoxFuture<'static, Result<serde_json::Value, HostError>>;
 
     /// `qemu-img create -f qcow2 -b BASE -F BASE_FORMAT OVERLAY`: a new overlay whose backing file is
@@ -73,13 +75,16 @@ pub trait Qcow2Ops: Send + Sync + 'static {
         overlay: &str,
     ) -> BoxFuture<'static, Result<(), HostError>>;
 
-    /// `qemu-img convert -O qcow2 SRC DST`: a standalone copy of `src` with its backing chain
-    /// merged (a class base image). Fails if `dst` exists.
+    /// `qemu-img convert -f SRC_FORMAT -O qcow2 SRC DST`: a standalone copy of `src` with its backing
+    /// chain merged (a class base image). `src_format` (`qcow2` or `raw`) is what the volume's config
+    /// states; the chain is checked first (every backing file inside the storage). Fails if `dst`
+    /// exists.
     fn flatten(
         &self,
         cluster: &str,
         node: &str,
         src: &str,
+        src_format: &str,
         dst: &str,
     ) -> BoxFuture<'static, Result<(), HostError>>;
 }

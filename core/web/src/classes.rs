@@ -215,6 +215,9 @@ pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn
     teacher_or_admin(&p)?;
     let d = deployer(&st)?;
     let b: CreateClassBody = body(&bytes)?;
+    // Counts are checked before anything is stored (registering a template by name writes).
+    deploy::pool_change(0, b.pool_size, d.max_pool())?;
+    deploy::check_specs(&b.specs)?;
     let cluster = st.cluster_for(&p, b.cluster.as_deref());
     let template_vmid = match (b.template_vmid, &b.template) {
         (Some(v), _) => v,
@@ -324,6 +327,12 @@ pub async fn update_class(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: UpdateClassBody = body(&bytes)?;
+    if let Some(n) = b.pool_size {
+        deploy::pool_change(d.class(&id)?.pool_size, n, d.max_pool())?;
+    }
+    if let Some(s) = &b.specs {
+        deploy::check_specs(s)?;
+    }
     let r = d
         .modify_class(
             &id,
@@ -401,6 +410,15 @@ pub async fn create_invite(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: InviteBody = body(&bytes)?;
+    if let Some(s) = b.expires_in_secs
+        && s > deploy::MAX_EXPIRY.as_secs()
+    {
+        return Err(AppError::BadRequest(format!(
+            "expires_in_secs {s} is more than one year ({} s)",
+            deploy::MAX_EXPIRY.as_secs()
+        ))
+        .into());
+    }
     let ttl = match (b.never, b.expires_in_secs) {
         (true, _) => InviteTtl::Never,
         (false, Some(s)) => InviteTtl::For(Duration::from_secs(s)),
@@ -528,7 +546,8 @@ pub async fn list_co_owners(State(st): State<AppState>, p: Principal, Path(id): 
     Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
 }
 
-/// `POST /api/classes/{id}/co-owners` `{user}` (the class's teachers).
+/// `POST /api/classes/{id}/co-owners` `{user}` (the class owner or an admin; `user` must be a teacher
+/// or admin account): 403 `not_owner` for a co-owner, 400 for a student or unknown name.
 pub async fn add_co_owner(
     State(st): State<AppState>,
     p: Principal,
@@ -539,7 +558,7 @@ pub async fn add_co_owner(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: AssignBody = body(&bytes)?;
-    let r = d.add_co_owner(&id, &b.user);
+    let r = d.add_co_owner(&id, &p.name, p.is_admin(), &b.user);
     st.auth.audit(
         &p.name,
         authn.addr,
@@ -552,7 +571,8 @@ pub async fn add_co_owner(
     Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
 }
 
-/// `DELETE /api/classes/{id}/co-owners/{user}` (the class's teachers).
+/// `DELETE /api/classes/{id}/co-owners/{user}` (the class owner or an admin; a co-owner only
+/// themselves): 403 `not_owner` otherwise.
 pub async fn remove_co_owner(
     State(st): State<AppState>,
     p: Principal,
@@ -560,7 +580,7 @@ pub async fn remove_co_owner(
     Path((id, user)): Path<(String, String)>,
 ) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
-    let r = deployer(&st)?.remove_co_owner(&id, &user);
+    let r = deployer(&st)?.remove_co_owner(&id, &p.name, p.is_admin(), &user);
     st.auth.audit(
         &p.name,
         authn.addr,
@@ -614,9 +634,8 @@ pub async fn add_vms(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: AddVmsBody = body(&bytes)?;
-    if b.count == 0 {
-        return Err(AppError::BadRequest("count must be at least 1".into()).into());
-    }
+    // "count 4294967295 is more than the class limit 500": checked, before anything is stored.
+    deploy::pool_after_adding(d.class(&id)?.pool_size, b.count, d.max_pool())?;
     let r = d.add_vms(&id, &p.name, b.count).await;
     st.auth
         .audit(&p.name, authn.addr, "class.add_vms", &id, &audit_result(&r));

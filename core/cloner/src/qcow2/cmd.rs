@@ -24,10 +24,12 @@ fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
-/// `qemu-img info --output=json -U [--backing-chain] <path>`. `-U` (force-share) reads an image that a
-/// running VM holds open. The JSON's `format` field is the truth about the format (B32).
-pub fn info(path: &Path, backing_chain: bool) -> Result<Vec<String>, ClonerError> {
-    let mut a = argv(&["qemu-img", "info", "--output=json", "-U"]);
+/// `qemu-img info --output=json -U -f <format> [--backing-chain] <path>`. `-U` (force-share) reads an
+/// image that a running VM holds open. The format is always stated (`-f`), never probed: a raw disk whose
+/// bytes look like a qcow2 header must stay raw. Without `--backing-chain` qemu-img does not open the
+/// backing file, which is how [`super::Qcow2::info_chain`] checks each reference before anything opens it.
+pub fn info(path: &Path, format: ImageFormat, backing_chain: bool) -> Result<Vec<String>, ClonerError> {
+    let mut a = argv(&["qemu-img", "info", "--output=json", "-U", "-f", format.as_str()]);
     if backing_chain {
         a.push("--backing-chain".into());
     }
@@ -307,8 +309,8 @@ mod tests {
     #[test]
     fn info_and_convert_argv() {
         assert_eq!(
-            shell_join(&info(Path::new("/s/a b.qcow2"), true).unwrap()),
-            "qemu-img info --output=json -U --backing-chain '/s/a b.qcow2'"
+            shell_join(&info(Path::new("/s/a b.qcow2"), ImageFormat::Qcow2, true).unwrap()),
+            "qemu-img info --output=json -U -f qcow2 --backing-chain '/s/a b.qcow2'"
         );
         assert_eq!(
             shell_join(
@@ -321,6 +323,10 @@ mod tests {
             ),
             "qemu-img convert -f qcow2 -O qcow2 /s/o.qcow2 /s/.b.qcow2.flatten-tmp"
         );
-        assert!(info(Path::new("rel.qcow2"), false).is_err());
+        assert_eq!(
+            shell_join(&info(Path::new("/s/t.raw"), ImageFormat::Raw, false).unwrap()),
+            "qemu-img info --output=json -U -f raw /s/t.raw"
+        );
+        assert!(info(Path::new("rel.qcow2"), ImageFormat::Qcow2, false).is_err());
     }
 }

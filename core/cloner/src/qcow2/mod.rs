@@ -84,6 +84,26 @@ pub struct ImageInfo {
     /// The backing file's format as recorded in the image (`-F`); absent in images made without `-F`.
     #[serde(rename(deserialize = "backing-filename-format"), default)]
     pub backing_format: Option<String>,
+    /// qemu-img's `format-specific` object (for qcow2: `data.data-file`, an external data file). Read
+    /// only to refuse external data files; not serialised.
+    #[serde(rename(deserialize = "format-specific"), default, skip_serializing)]
+    pub format_specific: Option<serde_json::Value>,
+}
+
+/// Longest backing chain [`Qcow2::info_chain`] follows (the image itself counts as one).
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+/// True when qemu-img would read `name` as something other than a plain file name: a `json:` pseudo
+/// protocol or any `scheme:` prefix (`nbd:`, `http:`, `file:`, …). qemu-img's own rule: a `:` before the
+/// first `/`.
+pub fn names_a_protocol(name: &str) -> bool {
+    if name.starts_with("json:") {
+        return true;
+    }
+    match name.find(':') {
+        Some(i) => !name[..i].contains('/'),
+        None => false,
+    }
 }
 
 impl ImageInfo {
@@ -108,6 +128,11 @@ impl ImageInfo {
     /// [`ImageInfo::format`] as an [`ImageFormat`]; [`ClonerError::UnsupportedFormat`] for any other.
     pub fn image_format(&self) -> Result<ImageFormat, ClonerError> {
         self.format.parse()
+    }
+
+    /// The external data file a qcow2 header names (`data-file`), if any.
+    pub fn data_file(&self) -> Option<&str> {
+        self.format_specific.as_ref()?["data"]["data-file"].as_str()
     }
 }
 
@@ -238,9 +263,19 @@ impl Qcow2 {
         out.check(argv)
     }
 
-    async fn info_checked(&self, path: &Path) -> Result<ImageInfo, ClonerError> {
-        let argv = cmd::info(path, false)?;
-        let out = self.run_ok(&argv, None).await?;
+    /// `qemu-img info -f <format>` of an already checked path. A file that is not a `format` image is
+    /// [`ClonerError::UnsupportedFormat`] naming both.
+    async fn info_checked(&self, path: &Path, format: ImageFormat) -> Result<ImageInfo, ClonerError> {
+        let argv = cmd::info(path, format, false)?;
+        let out = match self.run_ok(&argv, None).await {
+            Err(ClonerError::CommandFailed { stderr, .. }) if stderr.contains("Image is not in") => {
+                return Err(ClonerError::UnsupportedFormat(format!(
+                    "{} is not a {format} image ({stderr})",
+                    path.display()
+                )));
+            }
+            r => r?,
+        };
         ImageInfo::parse(&out.stdout_text()).map_err(|e| match e {
             ClonerError::BadOutput { message, .. } => ClonerError::BadOutput {
                 command: shell_join(&argv),
@@ -268,37 +303,204 @@ impl Qcow2 {
         self.run_ok(&argv, None).await.map(|_| ())
     }
 
-    /// `qemu-img info --output=json -U <path>`: format (from the JSON, B32), virtual size, backing file.
-    /// Errors: path checks; [`ClonerError::CommandFailed`] (e.g. missing file); [`ClonerError::BadOutput`].
-    pub async fn info(&self, path: &Path) -> Result<ImageInfo, ClonerError> {
+    /// `qemu-img info --output=json -U -f <format> <path>` of the image alone (its backing file is not
+    /// opened): virtual size, backing file. `format` is the one PVE's volume config states; it is never
+    /// probed. Errors: path checks; [`ClonerError::UnsupportedFormat`] when the file is not a `format`
+    /// image; [`ClonerError::CommandFailed`] (e.g. missing file); [`ClonerError::BadOutput`].
+    pub async fn info(&self, path: &Path, format: ImageFormat) -> Result<ImageInfo, ClonerError> {
         let p = self.checked(&[path], false).await?;
-        self.info_checked(&p[0]).await
+        self.info_checked(&p[0], format).await
     }
 
-    /// `qemu-img info --output=json -U --backing-chain <path>`: the image first, then each backing file.
-    /// Errors as [`Qcow2::info`].
-    pub async fn info_chain(&self, path: &Path) -> Result<Vec<ImageInfo>, ClonerError> {
-        let p = self.checked(&[path], false).await?;
-        let argv = cmd::info(&p[0], true)?;
+    /// The image `path`, read as `format`, then each backing file — checked one element at a time BEFORE
+    /// qemu-img opens the next one (`qemu-img info -U --output=json -f <format>` per element, which does
+    /// not open backing files; `--backing-chain` would open a hostile reference before it could be
+    /// refused). Each element must be a qcow2 or raw file whose format is the stated one (for the image:
+    /// `format`; for a backing file: the format recorded in its overlay's header, which must be there);
+    /// its backing file must be a plain file name (no `json:`, no `nbd:`/`http:`/`file:`/any scheme)
+    /// inside the storage directories, lexically and after symlinks; no qcow2 may name an external data
+    /// file; at most [`MAX_CHAIN_DEPTH`] elements.
+    ///
+    /// Once every element passed, `qemu-img info --backing-chain -U --output=json -f <format>` (which
+    /// now opens only checked files) must report the same chain — formats and backing names element by
+    /// element — or the image is refused too.
+    ///
+    /// Every operation that makes qemu-img read an image's data (flatten, overlays, rebase) goes through
+    /// this first, so a template disk cannot make Proxlab copy a host file into a class base.
+    /// Errors: [`ClonerError::UnsafeImage`] naming the image and the offending backing or data file; path
+    /// checks of `path`; as [`Qcow2::info`].
+    pub async fn info_chain(&self, path: &Path, format: ImageFormat) -> Result<Vec<ImageInfo>, ClonerError> {
+        let top = self.checked(&[path], false).await?.remove(0);
+        let top_format = format;
+        let mut current = top.clone();
+        let mut format = format;
+        let mut chain: Vec<ImageInfo> = Vec::new();
+        loop {
+            let refuse = |image: &Path, reason: String| ClonerError::UnsafeImage {
+                image: image.to_path_buf(),
+                reason,
+            };
+            if !matches!(format, ImageFormat::Qcow2 | ImageFormat::Raw) {
+                return Err(refuse(
+                    &current,
+                    format!("it is stated to be {format}; only qcow2 and raw images are read"),
+                ));
+            }
+            if chain.len() >= MAX_CHAIN_DEPTH {
+                return Err(refuse(
+                    path,
+                    format!("its backing chain is longer than {MAX_CHAIN_DEPTH} images"),
+                ));
+            }
+            let info = self.info_checked(&current, format).await?;
+            if info.format != format.as_str() {
+                return Err(refuse(
+                    &current,
+                    format!("qemu-img read it as {}, not the stated {format}", info.format),
+                ));
+            }
+            if let Some(data) = info.data_file() {
+                return Err(refuse(
+                    &current,
+                    format!("its qcow2 header names an external data file {data}"),
+                ));
+            }
+            let backing = info.backing_filename.clone();
+            let full = info.full_backing_filename.clone();
+            let backing_format = info.backing_format.clone();
+            chain.push(info);
+            let Some(backing) = backing else {
+                self.same_chain_as_qemu_img(&top, top_format, &chain).await?;
+                return Ok(chain);
+            };
+            if let Some(name) = [Some(&backing), full.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|n| names_a_protocol(n))
+            {
+                return Err(refuse(
+                    &current,
+                    format!("its backing file {name} is a json: or protocol name, not a file in the storage"),
+                ));
+            }
+            let Some(full) = full.filter(|f| Path::new(f).is_absolute()) else {
+                return Err(refuse(
+                    &current,
+                    format!("its backing file {backing} does not resolve to an absolute path"),
+                ));
+            };
+            let next = match self.checked(&[Path::new(&full)], false).await {
+                Ok(mut v) => v.remove(0),
+                Err(ClonerError::PathOutsideStorage { path: resolved, .. }) => {
+                    let via = if resolved == Path::new(&full) {
+                        String::new()
+                    } else {
+                        format!(" (it resolves to {})", resolved.display())
+                    };
+                    return Err(refuse(
+                        &current,
+                        format!(
+                            "its backing file {full}{via} is outside the storage directories {}",
+                            self.roots_text()
+                        ),
+                    ));
+                }
+                Err(ClonerError::InvalidPath { reason, .. }) => {
+                    return Err(refuse(&current, format!("its backing file {full} {reason}")));
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(backing_format) = backing_format else {
+                return Err(refuse(
+                    &current,
+                    format!("its backing file {full} has no recorded format (qemu-img would guess it)"),
+                ));
+            };
+            format = backing_format.parse().map_err(|_| {
+                refuse(
+                    &current,
+                    format!(
+                        "its backing file {full} is recorded as {backing_format}; only qcow2 and raw are read"
+                    ),
+                )
+            })?;
+            current = next;
+        }
+    }
+
+    /// `qemu-img info --backing-chain` of an image whose chain [`Qcow2::info_chain`] has checked
+    /// element by element: it must agree (length, each format and backing name), else
+    /// [`ClonerError::UnsafeImage`].
+    async fn same_chain_as_qemu_img(
+        &self,
+        top: &Path,
+        format: ImageFormat,
+        checked: &[ImageInfo],
+    ) -> Result<(), ClonerError> {
+        let argv = cmd::info(top, format, true)?;
         let out = self.run_ok(&argv, None).await?;
-        ImageInfo::parse_chain(&out.stdout_text())
+        let seen = ImageInfo::parse_chain(&out.stdout_text())?;
+        let view = |c: &[ImageInfo]| -> Vec<String> {
+            c.iter()
+                .map(|i| {
+                    format!(
+                        "{} -> {}",
+                        i.format,
+                        i.full_backing_filename.as_deref().unwrap_or("(none)")
+                    )
+                })
+                .collect()
+        };
+        let agree = seen.len() == checked.len()
+            && seen.iter().zip(checked).all(|(a, b)| {
+                a.format == b.format
+                    && a.backing_filename == b.backing_filename
+                    && a.full_backing_filename == b.full_backing_filename
+                    && a.backing_format == b.backing_format
+                    && a.data_file().is_none()
+            });
+        if !agree {
+            return Err(ClonerError::UnsafeImage {
+                image: top.to_path_buf(),
+                reason: format!(
+                    "qemu-img's backing chain [{}] differs from the checked one [{}]",
+                    view(&seen).join(", "),
+                    view(checked).join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
-    /// Create `overlay` as a qcow2 backed by `base`: reads the base's real format with `qemu-img info`,
-    /// then — in one round trip, through [`cmd::guard_new_file`] — refuses an existing overlay, creates its
-    /// directory if needed and runs `qemu-img create -f qcow2 -F <format> -b <absolute base> <overlay>`
-    /// (B29, B32). Three commands in all: `realpath`, `qemu-img info`, the guarded create.
-    /// Errors: path checks; [`ClonerError::UnsupportedFormat`] for a base that is not qcow2/raw/vmdk;
-    /// [`ClonerError::AlreadyExists`] when `overlay` exists; [`ClonerError::CommandFailed`].
-    pub async fn create_overlay(&self, base: &Path, overlay: &Path) -> Result<(), ClonerError> {
+    fn roots_text(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Create `overlay` as a qcow2 backed by `base`, a `base_format` image (as its volume config states):
+    /// checks the base's whole chain with [`Qcow2::info_chain`], then — in one round trip, through
+    /// [`cmd::guard_new_file`] — refuses an existing overlay, creates its directory if needed and runs
+    /// `qemu-img create -f qcow2 -F <format> -b <absolute base> <overlay>`.
+    /// Errors: path checks; [`ClonerError::UnsafeImage`] and [`ClonerError::UnsupportedFormat`] from the
+    /// chain check; [`ClonerError::AlreadyExists`] when `overlay` exists; [`ClonerError::CommandFailed`].
+    pub async fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: ImageFormat,
+        overlay: &Path,
+    ) -> Result<(), ClonerError> {
         let p = self.checked(&[base, overlay], false).await?;
-        let format = self.info_checked(&p[0]).await?.image_format()?;
-        self.create_overlay_unchecked_format(&p[0], format, &p[1]).await
+        self.info_chain(&p[0], base_format).await?;
+        self.create_overlay_unchecked_format(&p[0], base_format, &p[1])
+            .await
     }
 
-    /// Like [`Qcow2::create_overlay`] with the base's format already known — it must be the `format` that
-    /// [`Qcow2::info`] reported for `base` (B32), e.g. when creating many overlays of one class base.
-    /// Saves the `qemu-img info` round trip: two commands per overlay. Errors as [`Qcow2::create_overlay`].
+    /// Like [`Qcow2::create_overlay`] for a base whose chain the caller has already checked with
+    /// [`Qcow2::info_chain`] as `base_format`, e.g. when creating many overlays of one class base. Saves
+    /// the chain check: two commands per overlay. Errors as [`Qcow2::create_overlay`].
     pub async fn create_overlay_with_format(
         &self,
         base: &Path,
@@ -343,16 +545,24 @@ impl Qcow2 {
         out.check(&argv)
     }
 
-    /// Flatten `src` (and its whole backing chain) into a new standalone qcow2 `dst`: `qemu-img convert -f
+    /// Flatten `src`, a `src_format` image as its volume config states (and its whole backing chain,
+    /// checked first with [`Qcow2::info_chain`]), into a new standalone qcow2 `dst`: `qemu-img convert -f
     /// <src format> -O qcow2` into `<dir>/.<name>.flatten-tmp`, then `mv` onto `dst`, so a crash never
     /// leaves a partial image under the final name (a stale temp file is replaced by the next attempt).
-    /// Returns `dst`'s info. Errors: path checks; [`ClonerError::AlreadyExists`] when `dst` exists;
-    /// [`ClonerError::UnsupportedFormat`]; [`ClonerError::CommandFailed`]; [`ClonerError::Timeout`] after
-    /// the long timeout.
-    pub async fn flatten(&self, src: &Path, dst: &Path) -> Result<ImageInfo, ClonerError> {
+    /// Returns `dst`'s info. Errors: path checks; [`ClonerError::UnsafeImage`] (a backing file outside
+    /// the storage, a protocol name, …: nothing is written); [`ClonerError::AlreadyExists`] when `dst`
+    /// exists; [`ClonerError::UnsupportedFormat`]; [`ClonerError::CommandFailed`];
+    /// [`ClonerError::Timeout`] after the long timeout.
+    pub async fn flatten(
+        &self,
+        src: &Path,
+        src_format: ImageFormat,
+        dst: &Path,
+    ) -> Result<ImageInfo, ClonerError> {
         let p = self.checked(&[src, dst], false).await?;
         let (src, dst) = (&p[0], &p[1]);
-        let format = self.info_checked(src).await?.image_format()?;
+        self.info_chain(src, src_format).await?;
+        let format = src_format;
         if self.exists_checked(dst).await? {
             return Err(ClonerError::AlreadyExists(dst.clone()));
         }
@@ -383,18 +593,26 @@ impl Qcow2 {
             let _ = self.exec.run(&["rm".into(), "-f".into(), tmp_s]).await;
             return Err(e);
         }
-        self.info_checked(dst).await
+        self.info_checked(dst, ImageFormat::Qcow2).await
     }
 
-    /// Safe rebase of the qcow2 `overlay` onto `new_base` (B30): `qemu-img rebase -f qcow2 -F <new base
-    /// format> -b <new base> <overlay>`; qemu-img keeps the guest-visible content. Errors: path checks;
-    /// [`ClonerError::UnsupportedFormat`] when the overlay is not qcow2 (per `qemu-img info`) or the new
-    /// base's format is not accepted; [`ClonerError::CommandFailed`]; [`ClonerError::Timeout`].
-    pub async fn rebase_safe(&self, overlay: &Path, new_base: &Path) -> Result<(), ClonerError> {
+    /// Safe rebase of the qcow2 `overlay` onto `new_base`, a `new_base_format` image: `qemu-img
+    /// rebase -f qcow2 -F <new base format> -b <new base> <overlay>`; qemu-img keeps the guest-visible
+    /// content. Both chains are checked with [`Qcow2::info_chain`] first (a rebase reads the old and the
+    /// new base). Errors: path checks; [`ClonerError::UnsafeImage`]; [`ClonerError::UnsupportedFormat`]
+    /// when the overlay is not qcow2 or the new base is not `new_base_format`;
+    /// [`ClonerError::CommandFailed`]; [`ClonerError::Timeout`].
+    pub async fn rebase_safe(
+        &self,
+        overlay: &Path,
+        new_base: &Path,
+        new_base_format: ImageFormat,
+    ) -> Result<(), ClonerError> {
         let p = self.checked(&[overlay, new_base], false).await?;
         let (overlay, new_base) = (&p[0], &p[1]);
         self.require_qcow2(overlay).await?;
-        let format = self.info_checked(new_base).await?.image_format()?;
+        self.info_chain(new_base, new_base_format).await?;
+        let format = new_base_format;
         let argv = cmd::rebase(overlay, new_base, format, RebaseMode::Safe)?;
         tracing::debug!(overlay = %overlay.display(), new_base = %new_base.display(), "safe rebase");
         self.run_ok(&argv, Some(self.long_timeout)).await.map(|_| ())
@@ -406,7 +624,12 @@ impl Qcow2 {
     /// another path or storage without copying data; never onto different content.
     /// Errors: [`ClonerError::NotIdentical`]; [`ClonerError::NotFound`] when the overlay has no backing
     /// file; otherwise as [`Qcow2::rebase_safe`].
-    pub async fn rebase_unsafe_identical(&self, overlay: &Path, new_base: &Path) -> Result<(), ClonerError> {
+    pub async fn rebase_unsafe_identical(
+        &self,
+        overlay: &Path,
+        new_base: &Path,
+        new_base_format: ImageFormat,
+    ) -> Result<(), ClonerError> {
         let p = self.checked(&[overlay, new_base], false).await?;
         let (overlay, new_base) = (&p[0], &p[1]);
         let info = self.require_qcow2(overlay).await?;
@@ -417,7 +640,8 @@ impl Qcow2 {
             ))));
         };
         let current = self.checked(&[Path::new(&current)], false).await?.remove(0);
-        let format = self.info_checked(new_base).await?.image_format()?;
+        self.info_chain(new_base, new_base_format).await?;
+        let format = new_base_format;
         let differs = |detail: String| ClonerError::NotIdentical {
             current: current.clone(),
             new_base: new_base.clone(),
@@ -436,16 +660,10 @@ impl Qcow2 {
         self.run_ok(&argv, None).await.map(|_| ())
     }
 
+    /// The overlay's info, after checking its whole chain as a qcow2 image.
     async fn require_qcow2(&self, overlay: &Path) -> Result<ImageInfo, ClonerError> {
-        let info = self.info_checked(overlay).await?;
-        if info.format != "qcow2" {
-            return Err(ClonerError::UnsupportedFormat(format!(
-                "{} is {}, only a qcow2 overlay can be rebased",
-                overlay.display(),
-                info.format
-            )));
-        }
-        Ok(info)
+        let mut chain = self.info_chain(overlay, ImageFormat::Qcow2).await?;
+        Ok(chain.remove(0))
     }
 
     async fn size_of(&self, path: &Path) -> Result<u64, ClonerError> {
