@@ -413,6 +413,10 @@ fn no_secret_appears_in_the_output_of_check_serve_or_the_cli() {
     let cfg = write_config(dir.path(), "127.0.0.1:0", &[("lab", &fake)], "");
     let out = run(&cfg, &["check"]);
     assert!(out.contains("connected"), "{out}");
+    assert!(
+        out.contains("guest_networks is empty"),
+        "check warns about empty guest networks: {out}"
+    );
     assert_clean("check", &out, &[&secret]);
     assert_clean("sync --once", &run(&cfg, &["sync", "--once"]), &[&secret]);
     assert_clean("user list", &run(&cfg, &["user", "list"]), &[&secret]);

@@ -134,6 +134,25 @@ async fn console_relays_pve_vnc_end_to_end_without_handing_out_the_ticket() {
     // Several offers including binary: binary chosen.
     let (_, chosen) = console(&p, "stud", Some("base64, binary")).await.unwrap();
     assert_eq!(chosen.as_deref(), Some("binary"));
+
+    // A message over 64 KiB from the browser closes the console with 1009; the portal keeps serving.
+    let (mut rfb, _) = console(&p, "stud", Some("binary")).await.unwrap();
+    rfb.handshake().await;
+    let _ = rfb.ws.send(Message::binary(vec![0u8; 1024 * 1024])).await;
+    let mut code = None;
+    while let Ok(Some(m)) = tokio::time::timeout(SECS, rfb.ws.next()).await {
+        match m {
+            Ok(Message::Close(Some(f))) => {
+                code = Some(u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(code, Some(1009));
+    let (status, _, _) = p.get(None, "/health").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
