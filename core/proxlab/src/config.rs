@@ -109,8 +109,13 @@ pub struct AuthSection {
     pub throttle_account_max_ms: u64,
     /// Failed sign-ins from one address before it is refused for a while (429).
     pub throttle_address_free: u32,
-    /// Longest refusal of one address (seconds).
+    /// Longest refusal of one address or network (seconds).
     pub throttle_address_max_secs: u64,
+    /// Failed sign-ins from one network (/24 for IPv4, /64 for IPv6) before it is refused for a while.
+    pub throttle_network_free: u32,
+    /// Failed sign-ins per minute across everyone after which every sign-in is refused (429) until the
+    /// minute has passed; 0 turns the ceiling off.
+    pub throttle_global_failures_per_minute: u32,
 }
 
 impl Default for AuthSection {
@@ -129,6 +134,8 @@ impl Default for AuthSection {
             throttle_account_max_ms: 5000,
             throttle_address_free: 20,
             throttle_address_max_secs: 300,
+            throttle_network_free: 60,
+            throttle_global_failures_per_minute: 300,
         }
     }
 }

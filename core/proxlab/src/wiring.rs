@@ -221,6 +221,8 @@ pub fn auth_config(cfg: &Config) -> web::auth::AuthConfig {
         account_max_delay: Duration::from_millis(a.throttle_account_max_ms),
         address_free: a.throttle_address_free,
         address_max_lockout: Duration::from_secs(a.throttle_address_max_secs),
+        network_free: a.throttle_network_free,
+        global_failures_per_minute: a.throttle_global_failures_per_minute,
         ..web::auth::ThrottleConfig::default()
     };
     web::auth::AuthConfig {

@@ -182,7 +182,8 @@ async fn hundred_wrong_passwords_slow_the_account_but_lock_nothing() {
         let (s, _, _) = fx
             .send_from(
                 login_json("stud", "wrong password"),
-                &format!("127.1.{}.{}", i / 200, i % 200 + 1),
+                // Each from its own /24, so only the account is throttled.
+                &format!("127.1.{i}.1"),
             )
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
@@ -227,6 +228,109 @@ async fn hundred_wrong_passwords_slow_the_account_but_lock_nothing() {
             .count()
             >= 100
     );
+}
+
+/// The attack: one IPv6 host owns a whole /64 (and an attacker with a cloud or NAT range a /24) and
+/// takes a fresh source address for every guess, so the refusal of one address never triggers. Failures
+/// from anywhere in the network now count together: after the network's free failures every address in
+/// it is refused with a 429 that says why (even with the right password), and a neighbouring network is
+/// not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_source_addresses_inside_one_network_are_refused_together() {
+    let throttle = ThrottleConfig {
+        account_base_delay: Duration::from_millis(1),
+        account_max_delay: Duration::from_millis(2),
+        // The network's free failures are the default (60).
+        ..ThrottleConfig::default()
+    };
+    let fx = fixture(AuthConfig {
+        throttle,
+        ..Default::default()
+    })
+    .await;
+    let inside_64 = |i: u32| format!("[2001:db8:5:7:{i:x}:{:x}::1]", i * 7 + 1);
+    let inside_24 = |i: u32| format!("198.51.100.{}", i + 1);
+    for (net, inside, neighbour) in [
+        ("/64", &inside_64 as &dyn Fn(u32) -> String, "[2001:db8:5:8::1]"),
+        ("/24", &inside_24, "198.51.101.1"),
+    ] {
+        let mut refused = None;
+        for i in 0..70 {
+            let (s, h, b) = fx
+                .send_from(login_json(&format!("guess{i}"), "wrong"), &inside(i))
+                .await;
+            if s == StatusCode::TOO_MANY_REQUESTS {
+                refused = Some((i, h.get("retry-after").cloned(), json_of(&b)));
+                break;
+            }
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{net} attempt {i}");
+        }
+        let (after, retry, body) = refused.unwrap_or_else(|| panic!("the {net} was never refused"));
+        assert_eq!(after, 60, "{net}: refused after the network's free failures");
+        assert!(retry.is_some(), "{net}: Retry-After");
+        assert_eq!(body["error"]["code"], "too_many_requests");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from this network"),
+            "{body}"
+        );
+        // A fresh address inside the network is refused too, even with the right password...
+        let (s, _, _) = fx.send_from(login_json("stud", STUDENT_PW), &inside(99)).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{net}");
+        // ...while the neighbouring network signs in.
+        let (s, _, b) = fx.send_from(login_json("stud", STUDENT_PW), neighbour).await;
+        assert_eq!(s, StatusCode::OK, "{net}: {}", String::from_utf8_lossy(&b));
+    }
+}
+
+/// The attack: guesses spread over many networks and names (each below its own address, network and
+/// account limits; sent in parallel, the per-account delays would not slow them either). A ceiling of failed sign-ins per minute across everyone
+/// refuses every sign-in with a clear 429 once it is reached, until the minute has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_from_many_networks_hit_a_ceiling_per_minute_across_everyone() {
+    let throttle = ThrottleConfig {
+        account_base_delay: Duration::from_millis(1),
+        account_max_delay: Duration::from_millis(2),
+        global_failures_per_minute: 12,
+        ..ThrottleConfig::default()
+    };
+    let fx = fixture(AuthConfig {
+        throttle,
+        ..Default::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..12u32 {
+        let from = format!("203.0.{i}.9");
+        all.push(
+            fx.send_from(login_json(&format!("guess{i}"), "wrong"), &from)
+                .await
+                .0,
+        );
+    }
+    assert!(all.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{all:?}");
+    // The 13th attempt, from a network that never failed, with the right password: refused for now.
+    let (s, h, b) = fx
+        .send_from(login_json("stud", STUDENT_PW), "[2001:db8:77::1]")
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let message = json_of(&b)["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("in the last minute"), "{message}");
+    let retry: u64 = h.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // A minute later sign-in works again.
+    fx.clock.advance(Duration::from_secs(61));
+    let (s, _, b) = fx
+        .send_from(login_json("stud", STUDENT_PW), "[2001:db8:77::1]")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

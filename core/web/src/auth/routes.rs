@@ -55,6 +55,17 @@ fn busy() -> Response {
     r
 }
 
+/// The 429 of a throttled sign-in or registration: the reason in plain words and `Retry-After` (whole
+/// seconds, at least 1).
+fn throttled((wait, scope): (std::time::Duration, super::throttle::Scope)) -> Response {
+    let mut r = AppError::TooManyRequests(scope.message().into()).into_response();
+    let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
+    if let Ok(v) = HeaderValue::from_str(&secs) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// `POST /login`: form or JSON `{username, password, next}`.
 ///
 /// Success: a new session (fresh id; any session the request carried is deleted — no fixation), the
@@ -62,7 +73,8 @@ fn busy() -> Response {
 /// `200 {user, role, csrf_token, next}` for JSON. Failure answers the same for an unknown user, a wrong
 /// password and a disabled account: `401 invalid_credentials` (JSON) or `303 /login?error=invalid`
 /// (form). 400 for a password over 1,024 bytes (before hashing), 413 over the 4 KiB body limit, 429 with
-/// `Retry-After` while the client address is throttled, 503 with `Retry-After` when hashing is saturated.
+/// `Retry-After` while the client address, its network (/24, /64) or the whole portal is throttled
+/// ([`super::throttle`]), 503 with `Retry-After` when hashing is saturated.
 ///
 /// Local names are matched lower-case; names with `@` are Proxmox realm users checked against the realm
 /// cluster's `POST /access/ticket`.
@@ -82,15 +94,8 @@ pub async fn login(State(st): State<AppState>, authn: Authn, headers: HeaderMap,
     }
     let next = safe_next(input.next.as_deref());
     let auth = st.auth.clone();
-    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
-        let mut r =
-            AppError::TooManyRequests("too many failed sign-ins from this address; wait a moment".into())
-                .into_response();
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+    if let Some(refused) = auth.throttle.refused(authn.addr) {
+        return throttled(refused);
     }
     let realm = name.contains('@');
     let account = if realm {
@@ -592,13 +597,8 @@ async fn register_inner(
     json_mode: bool,
 ) -> Response {
     let auth = st.auth.clone();
-    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
-        let mut r = AppError::TooManyRequests("too many attempts from this address; wait a moment".into())
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+    if let Some(refused) = auth.throttle.refused(authn.addr) {
+        return throttled(refused);
     }
     let allowed = st
         .deploy
