@@ -708,6 +708,118 @@ async fn events_stream_only_the_students_vms() {
     server.abort();
 }
 
+/// The attack: a student whose account is disabled (or a teacher who is demoted, or anyone whose session
+/// is signed out) keeps an open `/api/events` stream and goes on reading live events. Each stream ends
+/// within a second of the change, with a last `signed_out` event; a stream of another user stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_event_streams_end_within_a_second_of_disable_demotion_or_sign_out() {
+    let fx = fixture(AuthConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = fx.app.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let http = testkit::http_client();
+    let base = format!("http://{addr}");
+    let (admin_cookie, admin_csrf) = fx.session("root");
+    let open = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{base}/api/events");
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    // Reads `sse` until it ends (Some(text)) or `limit` passes (None).
+    async fn ends_within(sse: &mut reqwest::Response, limit: Duration) -> Option<String> {
+        let mut buf = String::new();
+        tokio::time::timeout(limit, async {
+            while let Ok(Some(chunk)) = sse.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .ok()
+        .map(|_| buf)
+    }
+    let admin_put = |name: &str, body: Value| {
+        http.put(format!("{base}/api/users/{name}"))
+            .header("cookie", &admin_cookie)
+            .header("x-csrf-token", &admin_csrf)
+            .json(&body)
+            .send()
+    };
+
+    let (stud_cookie, _) = fx.session("stud");
+    let (teach_cookie, _) = fx.session("teach");
+    let (stud2_cookie, stud2_csrf) = fx.session("stud2");
+    let (co_cookie, _) = fx.session("co");
+    let mut stud = open(stud_cookie.clone()).await;
+    let mut teach = open(teach_cookie).await;
+    let mut stud2 = open(stud2_cookie.clone()).await;
+    let mut bystander = open(co_cookie).await;
+
+    // Disabled by an admin.
+    let r = admin_put("stud", json!({"disabled": true})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t = Instant::now();
+    let tail = ends_within(&mut stud, Duration::from_millis(1500))
+        .await
+        .expect("the disabled student's stream must end");
+    assert!(tail.contains("event: signed_out"), "{tail}");
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // Demoted by an admin.
+    let r = admin_put("teach", json!({"role": "student"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        ends_within(&mut teach, Duration::from_millis(1500))
+            .await
+            .is_some(),
+        "the demoted teacher's stream must end"
+    );
+    // Signed out from another tab (the session is revoked).
+    let r = http
+        .post(format!("{base}/logout"))
+        .header("cookie", &stud2_cookie)
+        .header("x-csrf-token", &stud2_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    assert!(
+        ends_within(&mut stud2, Duration::from_millis(1500))
+            .await
+            .is_some(),
+        "the signed-out session's stream must end"
+    );
+    // The co-owner was not touched: their stream is still open.
+    assert!(
+        ends_within(&mut bystander, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "another user's stream must stay open"
+    );
+    // And the disabled student cannot open a new one.
+    let r = http
+        .get(format!("{base}/api/events"))
+        .header("cookie", &stud_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_origin_must_be_exactly_ours_and_connect_tokens_are_one_time() {
     let fx = fixture(AuthConfig {

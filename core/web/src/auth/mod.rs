@@ -68,6 +68,9 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const AUTH_BODY_LIMIT: usize = 4096;
 /// Lifetime of a one-time connect token for a WebSocket upgrade (C09).
 pub const CONNECT_TOKEN_TTL: Duration = Duration::from_secs(30);
+/// Open streams re-check their principal at least this often (expiry by time; changes are noticed at
+/// once through the tree watchers).
+pub const STREAM_RECHECK: Duration = Duration::from_secs(10);
 /// Sessions record `last_seen_at` at most this often (seconds), to keep writes off the read path.
 const TOUCH_EVERY_SECS: u64 = 60;
 
@@ -231,6 +234,9 @@ pub struct AuthState {
     index: ArcSwap<AccessIndex>,
     index_dirty: AtomicBool,
     connect: Mutex<HashMap<String, ConnectGrant>>,
+    /// Bumped whenever a credential may have lost its power (a user changed, a session removed, a token
+    /// changed); open streams re-check their principal on every bump ([`AuthState::until_revoked`]).
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -274,9 +280,108 @@ impl AuthState {
             index,
             index_dirty: AtomicBool::new(false),
             connect: Mutex::default(),
+            revocations: tokio::sync::watch::Sender::new(0),
         });
         st.watch_trees();
+        st.watch_credentials();
         st
+    }
+
+    /// Inside a Tokio runtime, watches the `users` and `api_tokens` trees (any write) and the `sessions`
+    /// tree (removals: sign-out, expiry, revocation) and bumps [`AuthState::revocations`], whoever wrote.
+    fn watch_credentials(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (raw, removals_only) in [
+            (self.store.users.raw().clone(), false),
+            (self.store.api_tokens.raw().clone(), false),
+            (self.store.sessions.raw().clone(), true),
+        ] {
+            let weak: Weak<AuthState> = Arc::downgrade(self);
+            let mut sub = raw.watch_prefix(Vec::<u8>::new());
+            rt.spawn(async move {
+                while let Some(ev) = (&mut sub).await {
+                    // A session written (sign-in, touch) revokes nothing; one gone does.
+                    if removals_only && raw.contains_key(ev.key()).unwrap_or(false) {
+                        continue;
+                    }
+                    let Some(st) = weak.upgrade() else { return };
+                    st.revocations.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            });
+        }
+    }
+
+    /// True while `p` may still act: its session exists, is within its idle and absolute limits and
+    /// belongs to an enabled user of the same session generation (or its token is neither revoked nor
+    /// expired and its user enabled), and the user's role is still the one `p` has. A demoted user's
+    /// principal is no longer valid (a promotion ends it too; the client reconnects with the new role).
+    /// Reads only: nothing is touched or deleted.
+    pub fn still_valid(&self, p: &Principal) -> bool {
+        let now = self.clock.now_secs();
+        let user = match &p.via {
+            Via::Session { key, .. } => {
+                let Some(s) = self.store.session(key).ok().flatten() else {
+                    return false;
+                };
+                let expired = now.saturating_sub(s.last_seen_at) > self.config.session_idle_secs
+                    || now.saturating_sub(s.created_at) > self.config.session_absolute_secs;
+                let user = self.store.user(&s.user).ok().flatten();
+                match user {
+                    Some(u) if !expired && u.session_generation == s.session_generation => u,
+                    _ => return false,
+                }
+            }
+            Via::Token { id } => {
+                let Some(t) = self
+                    .store
+                    .tokens_all()
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|t| &t.id == id))
+                else {
+                    return false;
+                };
+                if t.revoked || t.expires_at.is_some_and(|e| e <= now) {
+                    return false;
+                }
+                match self.store.user(&t.user).ok().flatten() {
+                    Some(u) => u,
+                    None => return false,
+                }
+            }
+        };
+        user.name == p.name && !user.disabled && self.effective_role(&user) == p.role
+    }
+
+    /// A future that completes as soon as `p` is no longer [`AuthState::still_valid`]: the user was
+    /// disabled or changed role, the session was signed out, expired or revoked (password change), the
+    /// token revoked. Streams (SSE, WebSockets) select on it and end; a change is noticed at once
+    /// through the store's tree watchers, and in any case within [`STREAM_RECHECK`].
+    pub fn until_revoked(
+        self: &Arc<Self>,
+        p: &Principal,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(self);
+        let mut rx = self.revocations.subscribe();
+        let p = p.clone();
+        async move {
+            loop {
+                rx.borrow_and_update();
+                match weak.upgrade() {
+                    Some(st) if st.still_valid(&p) => {}
+                    _ => return,
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(STREAM_RECHECK).await;
+                        }
+                    }
+                    _ = tokio::time::sleep(STREAM_RECHECK) => {}
+                }
+            }
+        }
     }
 
     fn watch_trees(self: &Arc<Self>) {
@@ -643,10 +748,18 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         }
     }
     let authed = principal.is_some();
+    let streamer = principal.clone();
     req.extensions_mut().insert(Authn { principal, addr });
     req.extensions_mut()
         .insert(PageThemes(crate::pages::themes_of(&st)));
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // Every event stream of a signed-in caller ends when its session does (disabled, signed out,
+    // demoted, password changed): nothing keeps flowing to a credential that no longer counts.
+    if let Some(p) = streamer
+        && is_event_stream(&resp)
+    {
+        resp = end_stream_when(resp, auth.until_revoked(&p));
+    }
     // A successful write is on disk before it is answered: a crash right after a 2xx (kill -9, power
     // loss) must not lose an account, an assignment or a password change the caller was told about.
     if !safe
@@ -660,6 +773,41 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         );
     }
     finish(resp, authed)
+}
+
+fn is_event_stream(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Last event of a stream cut by [`end_stream_when`]: `event: signed_out` (the client should not
+/// reconnect with the same session; doing so answers 401).
+pub const SIGNED_OUT_EVENT: &str = "event: signed_out\ndata: {}\n\n";
+
+/// Ends the body of `resp` (an SSE stream) as soon as `until` completes, after a last
+/// [`SIGNED_OUT_EVENT`].
+fn end_stream_when(
+    resp: Response,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
+    use futures::StreamExt as _;
+    let (parts, body) = resp.into_parts();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let until = async move {
+        until.await;
+        let _ = tx.send(());
+    };
+    let cut = body.into_data_stream().take_until(until);
+    let last = futures::stream::once(async move {
+        match rx.await {
+            Ok(()) => Some(Ok(axum::body::Bytes::from_static(SIGNED_OUT_EVENT.as_bytes()))),
+            Err(_) => None,
+        }
+    })
+    .filter_map(futures::future::ready);
+    Response::from_parts(parts, axum::body::Body::from_stream(cut.chain(last)))
 }
 
 /// Flushes the database off the async workers; concurrent callers share flushes

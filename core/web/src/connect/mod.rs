@@ -60,7 +60,12 @@ pub mod close {
     pub const VM_GONE: u16 = 4007;
     /// The first message was not a `hello` / the protocol was broken by the client.
     pub const PROTOCOL: u16 = 4008;
+    /// The user's session ended while connected: signed out, disabled, role changed, password changed.
+    pub const SIGNED_OUT: u16 = 4009;
 }
+
+/// Close reason of [`close::SIGNED_OUT`].
+pub const SIGNED_OUT_REASON: &str = "your session ended (signed out, disabled or changed); sign in again";
 
 /// Settings of the connect features (`[connect]` in `proxlab.toml`).
 #[derive(Clone, Debug)]
