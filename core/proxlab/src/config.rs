@@ -88,6 +88,8 @@ pub struct AuthSection {
     pub session_idle_secs: u64,
     /// A session ends this long after sign-in (seconds, default 604,800 = 7 days).
     pub session_absolute_secs: u64,
+    /// Expired sessions are deleted from the database this often (seconds, default 300).
+    pub session_sweep_secs: u64,
     /// Realm users that are admins, e.g. `["root@pam", "alice@LDAP-School"]` (exact, case-sensitive).
     /// A realm user is never an admin just because Proxmox accepted the password.
     pub realm_admins: Vec<String>,
@@ -123,6 +125,7 @@ impl Default for AuthSection {
         AuthSection {
             session_idle_secs: 8 * 3600,
             session_absolute_secs: 7 * 24 * 3600,
+            session_sweep_secs: 300,
             realm_admins: Vec::new(),
             realm_admin_groups: Vec::new(),
             realm_default_role: "student".into(),

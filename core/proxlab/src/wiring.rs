@@ -240,6 +240,7 @@ pub fn auth_config(cfg: &Config) -> web::auth::AuthConfig {
         realm_cluster: a.realm_cluster.clone(),
         trusted_proxies: a.trusted_proxies.clone(),
         throttle,
+        session_sweep_every: Duration::from_secs(a.session_sweep_secs.max(1)),
         ..web::auth::AuthConfig::default()
     }
 }
@@ -264,10 +265,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .map(|c| c.id.clone())
         .unwrap_or_default();
     let auth = web::auth::AuthState::new(sys.store.clone(), auth_config(&cfg));
-    let purged = sys.store.purge_sessions(
-        sync::now_secs().saturating_sub(cfg.auth.session_idle_secs),
-        sync::now_secs().saturating_sub(cfg.auth.session_absolute_secs),
-    )?;
+    // Expired sessions go now, then every `session_sweep_secs` (a background task of the auth state).
+    let purged = auth.purge_expired_sessions()?;
     tracing::info!(purged, "expired sessions removed");
     let state = web::AppState::new(
         sys.inventory.clone(),

@@ -333,6 +333,119 @@ async fn failed_sign_ins_from_many_networks_hit_a_ceiling_per_minute_across_ever
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
 }
 
+/// The attack on the log: people type their password into the name field, and attackers probe names.
+/// A failed sign-in whose typed name matches no account is logged as "unknown account", never with the
+/// typed text; a failure of a real account names the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_never_records_a_typed_name_that_matches_no_account() {
+    let fx = fixture(AuthConfig::default()).await;
+    let typed = "Hunter2-my-real-password";
+    let (s, _, _) = fx.send(login_json(typed, "whatever")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = fx.send(login_json("stud", "wrong password")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let fails: Vec<_> = fx
+        .store
+        .audit_recent(100)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action == "login" && a.result == "fail")
+        .collect();
+    let users: Vec<&str> = fails.iter().map(|a| a.user.as_str()).collect();
+    assert!(users.contains(&"unknown account"), "{users:?}");
+    assert!(users.contains(&"stud"), "{users:?}");
+    for a in fx.store.audit_recent(100).unwrap() {
+        let all = format!("{} {} {} {}", a.user, a.action, a.target, a.result);
+        assert!(
+            !all.to_lowercase().contains("hunter2"),
+            "the typed name was logged: {all}"
+        );
+    }
+}
+
+/// Sessions nobody comes back with are deleted by a background task, not only at the next start (a
+/// stolen but unused session id must not stay valid-looking in the database for weeks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_are_swept_in_the_background_without_any_request() {
+    let fx = fixture(AuthConfig {
+        session_idle_secs: 3600,
+        session_sweep_every: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let key_of = |cookie: &str| web::auth::sha256_hex(cookie.split_once('=').unwrap().1);
+    let (old, _) = fx.session("stud");
+    fx.clock.advance(Duration::from_secs(3601));
+    let (fresh, _) = fx.session("stud2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fx.store.session(&key_of(&old)).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the idle session was never swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        fx.store.session(&key_of(&fresh)).unwrap().is_some(),
+        "a live session stays"
+    );
+}
+
+/// A portal reached over https tells browsers never to use plain HTTP for it (a network attacker
+/// cannot strip TLS on a later visit); a plain-HTTP portal sends no such header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_transport_security_is_sent_only_when_the_public_url_is_https() {
+    for (origin, want) in [
+        (Some("https://portal.example.test"), Some("max-age=31536000")),
+        (Some("http://portal.example.test"), None),
+        (None, None),
+    ] {
+        let fx = fixture(AuthConfig {
+            public_origin: origin.map(str::to_string),
+            ..Default::default()
+        })
+        .await;
+        let (_, h, _) = fx.send(Request::get("/login").body(Body::empty()).unwrap()).await;
+        let got = h
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(got.as_deref(), want, "{origin:?}");
+        let (_, h, _) = fx.send(login_json("stud", "wrong password")).await;
+        assert_eq!(
+            h.get("strict-transport-security").is_some(),
+            want.is_some(),
+            "{origin:?}: error answers too"
+        );
+    }
+}
+
+/// Answers that carry a secret are never stored by a browser or proxy cache: the sign-in answer (the
+/// session cookie and its CSRF token) although the request itself was anonymous, and the caller's own
+/// JSON. (Invite links and the join page are checked in tests/classes.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_carry_a_session_or_csrf_token_are_never_cached() {
+    let fx = fixture(AuthConfig::default()).await;
+    let (s, h, b) = fx.send(login_json("stud", STUDENT_PW)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(json_of(&b)["csrf_token"].is_string());
+    assert_eq!(
+        h.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    let cookie = set_cookie(&h).unwrap();
+    let (s, h, b) = fx
+        .send(
+            Request::get("/api/me")
+                .header("cookie", &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(json_of(&b)["csrf_token"].is_string());
+    assert_eq!(
+        h.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_passwords_and_bodies_are_refused_before_hashing() {
     let fx = fixture(AuthConfig::default()).await;

@@ -459,6 +459,24 @@ async fn a_student_registers_from_an_invite_only_when_the_class_allows_it_and_ge
         (st, loc),
         (StatusCode::SEE_OTHER, format!("/portal?joined={open_id}"))
     );
+    // The audit log names the invite by its public id and holds no part of its token.
+    let audit = w.fx.store.audit_recent(500).unwrap();
+    let reg = audit.iter().find(|a| a.action == "user.register").unwrap();
+    assert!(reg.target.starts_with("inv-"), "{reg:?}");
+    let join = audit.iter().find(|a| a.action == "class.join").unwrap();
+    assert!(join.target.contains(reg.target.as_str()), "{join:?}");
+    for a in &audit {
+        let all = format!("{} {} {}", a.user, a.target, a.result);
+        for t in [open_token.as_str(), closed_token.as_str()] {
+            for part in t.as_bytes().windows(8) {
+                let part = std::str::from_utf8(part).unwrap();
+                assert!(
+                    !all.contains(part),
+                    "part of an invite token in the audit log: {a:?}"
+                );
+            }
+        }
+    }
     // The name is now taken.
     let (st, _, _, _) = anonymous(
         &w,
@@ -485,15 +503,25 @@ async fn opening_an_invite_link_joins_no_one_and_joining_needs_the_pages_csrf_to
     let job = v["job"]["id"].as_str().unwrap().to_string();
     w.call("teach", "GET", &format!("/api/jobs/{job}/events"), None)
         .await;
-    let (st, _, inv) = w
-        .call(
-            "teach",
-            "POST",
-            &format!("/api/classes/{id}/invite"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{inv}");
+    // The invite link is a secret: its answer is never cached.
+    let (teach_cookie, teach_csrf) = w.fx.session("teach");
+    let inv = {
+        use tower::ServiceExt;
+        let mut req = Request::post(format!("/api/classes/{id}/invite"))
+            .header("cookie", &teach_cookie)
+            .header("x-csrf-token", &teach_csrf)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            "127.0.0.1:40004".parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let resp = w.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");
+        let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        json_of(&b)
+    };
     let token = inv["token"].as_str().unwrap().to_string();
     let path = format!("/join/{token}");
     let joined = |w: &Web| {

@@ -102,6 +102,9 @@ pub struct AuthConfig {
     pub hash_permits: usize,
     /// Longest wait for a hashing permit before 503 (default 2 s).
     pub hash_wait: Duration,
+    /// How often expired sessions (idle or absolute limit) are deleted from the store by a background
+    /// task (default 5 min); a request with an expired session deletes it at once anyway.
+    pub session_sweep_every: Duration,
 }
 
 impl Default for AuthConfig {
@@ -120,6 +123,7 @@ impl Default for AuthConfig {
             throttle: ThrottleConfig::default(),
             hash_permits: (cpus / 2).max(1),
             hash_wait: Duration::from_secs(2),
+            session_sweep_every: Duration::from_secs(300),
         }
     }
 }
@@ -284,7 +288,42 @@ impl AuthState {
         });
         st.watch_trees();
         st.watch_credentials();
+        st.sweep_sessions();
         st
+    }
+
+    /// Inside a Tokio runtime, deletes expired sessions every [`AuthConfig::session_sweep_every`] (off the
+    /// async workers), so sessions nobody comes back with do not pile up until the next restart.
+    fn sweep_sessions(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<AuthState> = Arc::downgrade(self);
+        let every = self.config.session_sweep_every.max(Duration::from_millis(10));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(st) = weak.upgrade() else { return };
+                let swept = tokio::task::spawn_blocking(move || st.purge_expired_sessions()).await;
+                match swept {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(sessions = n, "expired sessions removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired sessions failed"),
+                    Err(e) => tracing::warn!(error = %e, "the session sweep stopped"),
+                }
+            }
+        });
+    }
+
+    /// Deletes every session past its idle or absolute limit now; returns how many.
+    pub fn purge_expired_sessions(&self) -> Result<usize, store::StoreError> {
+        let now = self.clock.now_secs();
+        self.store.purge_sessions(
+            now.saturating_sub(self.config.session_idle_secs),
+            now.saturating_sub(self.config.session_absolute_secs),
+        )
     }
 
     /// Inside a Tokio runtime, watches the `users` and `api_tokens` trees (any write) and the `sessions`
@@ -729,7 +768,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             })
         );
         if !bearer && (origin.is_some_and(|o| !auth.origin_allowed(o, headers)) || cross_site) {
-            return finish(csrf_refused("cross-origin request refused"), false);
+            return finish(csrf_refused("cross-origin request refused"), false, &auth);
         }
         // Sign-in itself needs no session token (a planted or stale cookie must not block it); the
         // Origin check above covers login CSRF.
@@ -743,7 +782,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             let (ok, rebuilt) = csrf_ok(req, csrf.expose()).await;
             req = match (ok, rebuilt) {
                 (true, Some(r)) => r,
-                _ => return finish(csrf_refused("missing or wrong CSRF token"), false),
+                _ => return finish(csrf_refused("missing or wrong CSRF token"), false, &auth),
             };
         }
     }
@@ -770,9 +809,10 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         return finish(
             AppError::Internal("the change could not be written to disk".into()).into_response(),
             authed,
+            &auth,
         );
     }
-    finish(resp, authed)
+    finish(resp, authed, &auth)
 }
 
 fn is_event_stream(resp: &Response) -> bool {
@@ -867,7 +907,8 @@ pub const CSP_TERMINAL: &str = "default-src 'self'; script-src 'self'; style-src
 
 /// Adds the security headers: CSP ([`CSP`], unless the handler set its own, like [`CSP_TERMINAL`]),
 /// `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin`, `X-Frame-Options: DENY`; and
-/// `Cache-Control: no-store` on JSON and HTML answered to a signed-in user.
+/// `Cache-Control: no-store` on JSON and HTML answered to a signed-in user and on every response that
+/// sets a cookie (sign-in and registration answers carry the session and its CSRF token).
 pub fn security_headers(resp: &mut Response, authenticated: bool) {
     let h = resp.headers_mut();
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
@@ -883,13 +924,26 @@ pub fn security_headers(resp: &mut Response, authenticated: bool) {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
-    if authenticated && personal {
+    if (authenticated && personal) || h.contains_key(header::SET_COOKIE) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }
 
-fn finish(mut resp: Response, authenticated: bool) -> Response {
+/// `Strict-Transport-Security` of a portal whose public URL is https: browsers then refuse plain HTTP to
+/// it for a year (no `includeSubDomains`: other sites under the same domain are not ours to decide).
+pub const HSTS: &str = "max-age=31536000";
+
+fn finish(mut resp: Response, authenticated: bool, auth: &AuthState) -> Response {
     security_headers(&mut resp, authenticated);
+    if auth
+        .config
+        .public_origin
+        .as_deref()
+        .is_some_and(|o| o.len() > 8 && o[..8].eq_ignore_ascii_case("https://"))
+    {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
     resp
 }
 

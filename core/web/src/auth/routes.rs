@@ -55,6 +55,9 @@ fn busy() -> Response {
     r
 }
 
+/// What the audit log writes as the user of a failed sign-in whose typed name matches no account.
+pub const UNKNOWN_ACCOUNT: &str = "unknown account";
+
 /// The 429 of a throttled sign-in or registration: the reason in plain words and `Retry-After` (whole
 /// seconds, at least 1).
 fn throttled((wait, scope): (std::time::Duration, super::throttle::Scope)) -> Response {
@@ -118,7 +121,11 @@ pub async fn login(State(st): State<AppState>, authn: Authn, headers: HeaderMap,
     };
     let Some(user) = user else {
         auth.throttle.record_failure(&account, authn.addr);
-        auth.audit(&account, authn.addr, "login", "", "fail");
+        // A typed name that matches no account is not written down: it is often a password typed
+        // into the wrong field, or a name an attacker is probing.
+        let known = auth.store.user(&account).ok().flatten().is_some();
+        let who = if known { account.as_str() } else { UNKNOWN_ACCOUNT };
+        auth.audit(who, authn.addr, "login", "", "fail");
         return if json_mode {
             let body =
                 json!({"error": {"code": "invalid_credentials", "message": "wrong user name or password"}});
@@ -662,13 +669,14 @@ async fn register_inner(
         }
         Err(e) => return AppError::from(e).into_response(),
     };
-    auth.audit(
-        &user.name,
-        authn.addr,
-        "user.register",
-        &input.invite.chars().take(8).collect::<String>(),
-        "ok",
-    );
+    // The invite by its public id: no part of the token (a secret that opens the class) is logged.
+    let invite_id = st
+        .deploy
+        .as_ref()
+        .and_then(|d| d.invite_record(&input.invite).ok())
+        .map(|i| i.id)
+        .unwrap_or_else(|| "unknown invite".into());
+    auth.audit(&user.name, authn.addr, "user.register", &invite_id, "ok");
     let old = auth.session_id_from(headers).map(|raw| sha256_hex(&raw));
     let (raw, session) = match auth.start_session(&user, authn.addr, old.as_deref()) {
         Ok(s) => s,
