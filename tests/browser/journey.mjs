@@ -13,9 +13,10 @@
 //   setup    {admin, teacher, teacher_password, template_vmid, class_name, pool_size}: the admin registers
 //            the template on /classes; the teacher creates the class, watches the deployment to the end,
 //            creates an invite link and copies it.
-//   students {invite, students: [{user, display, password}]}: each registers through the invite link, lands
-//            on the portal with a "joined" notice and one VM, starts it, sees its IP appear without a
-//            reload, opens Connect and downloads the .rdp file.
+//   students {invite, students: [{user, display, password}]}: each registers through the invite link, sees
+//            the join page (opening the link joins no one), clicks Join, lands on the portal with a
+//            "joined" notice and one VM, starts it, sees its IP appear without a reload, opens Connect
+//            and downloads the .rdp file.
 //   terminal {students: [{user, vmid}], guest_user, guest_password}: each opens the SSH terminal of their
 //            VM, logs in, runs a command and sees its output, then reverts the VM in the portal.
 //   publish  {teacher, class_id, student: {user, vmid}}: the teacher publishes the teacher VM as a new
@@ -237,8 +238,16 @@ async function phaseStudents() {
       await page.locator("#reg-display").fill(s.display);
       await page.locator("#reg-password").fill(s.password);
       await Promise.all([
-        page.waitForURL((u) => new URL(u).pathname === "/portal", { timeout: 20000 }),
+        page.waitForURL((u) => new URL(u).pathname.startsWith("/join/"), { timeout: 20000 }),
         page.getByRole("button", { name: "Create account and join" }).click(),
+      ]);
+      // The invite link only shows the class; joining is the Join button's form post.
+      me.join_title = (await page.locator("h1").first().textContent({ timeout: 5000 })).trim();
+      if (!me.join_title.startsWith("Join ")) { throw new Error("join page title: " + me.join_title); }
+      await screenshot(page, `${s.user}-join-page`);
+      await Promise.all([
+        page.waitForURL((u) => new URL(u).pathname === "/portal", { timeout: 20000 }),
+        page.getByRole("button", { name: "Join", exact: true }).click(),
       ]);
       me.notice = (await page.locator("#notice").textContent({ timeout: 5000 })).trim();
       if (!me.notice.startsWith("You joined")) { throw new Error("notice: " + me.notice); }

@@ -191,6 +191,12 @@ impl Deployer {
         self.class(&inv.class_id).map_err(|_| DeployError::InviteInvalid)
     }
 
+    /// The record of a valid invite token: its public id (`inv-…`) is what logs name, never the token.
+    /// Errors: [`DeployError::InviteInvalid`] for unknown, revoked and expired tokens alike.
+    pub fn invite_record(&self, token: &str) -> Result<InviteRecord> {
+        self.valid_invite(token).map(|(_, inv)| inv)
+    }
+
     fn valid_invite(&self, token: &str) -> Result<(String, InviteRecord)> {
         if token.is_empty() || token.len() > 128 {
             return Err(DeployError::InviteInvalid);

@@ -88,6 +88,8 @@ pub struct AuthSection {
     pub session_idle_secs: u64,
     /// A session ends this long after sign-in (seconds, default 604,800 = 7 days).
     pub session_absolute_secs: u64,
+    /// Expired sessions are deleted from the database this often (seconds, default 300).
+    pub session_sweep_secs: u64,
     /// Realm users that are admins, e.g. `["root@pam", "alice@LDAP-School"]` (exact, case-sensitive).
     /// A realm user is never an admin just because Proxmox accepted the password.
     pub realm_admins: Vec<String>,
@@ -109,8 +111,13 @@ pub struct AuthSection {
     pub throttle_account_max_ms: u64,
     /// Failed sign-ins from one address before it is refused for a while (429).
     pub throttle_address_free: u32,
-    /// Longest refusal of one address (seconds).
+    /// Longest refusal of one address or network (seconds).
     pub throttle_address_max_secs: u64,
+    /// Failed sign-ins from one network (/24 for IPv4, /64 for IPv6) before it is refused for a while.
+    pub throttle_network_free: u32,
+    /// Failed sign-ins per minute across everyone after which every sign-in is refused (429) until the
+    /// minute has passed; 0 turns the ceiling off.
+    pub throttle_global_failures_per_minute: u32,
 }
 
 impl Default for AuthSection {
@@ -118,6 +125,7 @@ impl Default for AuthSection {
         AuthSection {
             session_idle_secs: 8 * 3600,
             session_absolute_secs: 7 * 24 * 3600,
+            session_sweep_secs: 300,
             realm_admins: Vec::new(),
             realm_admin_groups: Vec::new(),
             realm_default_role: "student".into(),
@@ -129,6 +137,8 @@ impl Default for AuthSection {
             throttle_account_max_ms: 5000,
             throttle_address_free: 20,
             throttle_address_max_secs: 300,
+            throttle_network_free: 60,
+            throttle_global_failures_per_minute: 300,
         }
     }
 }

@@ -268,6 +268,8 @@ pub fn auth_config(cfg: &Config) -> web::auth::AuthConfig {
         account_max_delay: Duration::from_millis(a.throttle_account_max_ms),
         address_free: a.throttle_address_free,
         address_max_lockout: Duration::from_secs(a.throttle_address_max_secs),
+        network_free: a.throttle_network_free,
+        global_failures_per_minute: a.throttle_global_failures_per_minute,
         ..web::auth::ThrottleConfig::default()
     };
     web::auth::AuthConfig {
@@ -285,6 +287,7 @@ pub fn auth_config(cfg: &Config) -> web::auth::AuthConfig {
         realm_cluster: a.realm_cluster.clone(),
         trusted_proxies: a.trusted_proxies.clone(),
         throttle,
+        session_sweep_every: Duration::from_secs(a.session_sweep_secs.max(1)),
         ..web::auth::AuthConfig::default()
     }
 }
@@ -309,10 +312,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .map(|c| c.id.clone())
         .unwrap_or_default();
     let auth = web::auth::AuthState::new(sys.store.clone(), auth_config(&cfg));
-    let purged = sys.store.purge_sessions(
-        sync::now_secs().saturating_sub(cfg.auth.session_idle_secs),
-        sync::now_secs().saturating_sub(cfg.auth.session_absolute_secs),
-    )?;
+    // Expired sessions go now, then every `session_sweep_secs` (a background task of the auth state).
+    let purged = auth.purge_expired_sessions()?;
     tracing::info!(purged, "expired sessions removed");
     let state = web::AppState::new(
         sys.inventory.clone(),

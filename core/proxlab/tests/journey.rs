@@ -331,6 +331,11 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     for s in got {
         let vmid = s["vmid"].as_u64().unwrap();
         assert!((RANGE.0..=RANGE.1).contains(&vmid), "{s}");
+        assert_eq!(
+            s["join_title"],
+            format!("Join {CLASS_NAME}"),
+            "the link shows a join page: {s}"
+        );
         assert!(s["notice"].as_str().unwrap().contains(CLASS_NAME), "{s}");
         assert_eq!(s["class_label"], CLASS_NAME, "{s}");
         let ip = s["ip"].as_str().unwrap().to_string();

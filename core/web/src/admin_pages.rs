@@ -263,7 +263,8 @@ struct UserChange {
 
 /// `PUT /api/users/{name}` `{display_name?, role?, disabled?}`: changes an account. Disabling ends
 /// its sessions at once (and its tokens stop working); enabling lets it sign in again. A role change
-/// takes effect on the user's next request. The caller cannot disable or demote their own account
+/// takes effect on the user's next request. Either ends the user's open event streams, terminals and
+/// consoles within a second ([`crate::auth::AuthState::until_revoked`]). The caller cannot disable or demote their own account
 /// (409), so a site always keeps an admin who can sign in. 200 with the [`UserRow`]; 404 for an
 /// unknown user; 400 for a bad role.
 pub async fn update_user(

@@ -8,13 +8,17 @@
 //!   delete. Kept current by `classes.js` over `GET /api/events` (inventory) and
 //!   `GET /api/classes/{id}/events` (job progress).
 //!
+//! - `GET /join/{token}` — [`join_page`], `join.html`: what an invite link opens, the class's name and a
+//!   "Join" button whose form posts (with the CSRF token) to `POST /join/{token}`
+//!   ([`crate::classes::join`]); every signed-in user may open it.
+//!
 //! Access: teachers of the class (owner, co-owners) and admins; everyone else gets the themed 404 page,
 //! so a class's existence is not revealed. Students get 403 on `/classes`. Without a deployer
 //! (`AppState::with_deployer`) both pages answer 503. The context is documented in `themes/README.md`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use deploy::Deployer;
 use minijinja::{Value, context};
 use serde::Serialize;
@@ -176,6 +180,37 @@ async fn page_error(st: &AppState, status: StatusCode, message: &str) -> Respons
 
 fn deployer_of(st: &AppState) -> Option<Deployer> {
     st.deploy.clone()
+}
+
+/// `GET /join/{token}` (signed in; anonymous callers are sent to sign in first): `join.html`, the
+/// confirmation page of an invite link, with `class` (`id`, `name`, `description`) and `join_action`
+/// (the path its "Join" form posts to, with the page's `csrf_token`). Showing it changes nothing: a
+/// link opened by a preview bot, a prefetch or an `<img>` on another site joins no one. An unknown,
+/// revoked or expired link is sent to `/portal?join=invalid`; no deployer: 503.
+pub async fn join_page(State(st): State<AppState>, p: Principal, Path(token): Path<String>) -> Response {
+    let Some(d) = deployer_of(&st) else {
+        return page_error(
+            &st,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Classes are not configured on this server.",
+        )
+        .await;
+    };
+    let Ok(class) = d.invite_class(&token) else {
+        return Redirect::to("/portal?join=invalid").into_response();
+    };
+    let action = format!(
+        "/join/{}",
+        url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+    );
+    let title = format!("Join {}", class.name);
+    render_page(&st, Some(&p), "join", "join.html", title, move || {
+        context! {
+            class => context! { id => class.id, name => class.name, description => class.description },
+            join_action => action,
+        }
+    })
+    .await
 }
 
 /// `GET /classes` (teachers, admins): `classes.html` with `classes` ([`ClassRow`]s by name: owned and

@@ -459,15 +459,21 @@ pub async fn revoke_invite(
     Ok(Json(json!({"invite": r?})).into_response())
 }
 
-/// `GET /join/{token}` (signed in; anonymous callers are sent to sign in first): joins the class and
-/// redirects to the portal: `/portal?joined=<class>`, `/portal?join=full&class=<class>&position=N`
-/// (on the waiting list), or `/portal?join=invalid` (unknown, revoked or expired link).
+/// `POST /join/{token}` (signed in; the form of the join page [`crate::class_pages::join_page`], so the
+/// CSRF token and Origin checks of every state-changing request apply): joins the class and redirects to
+/// the portal: `/portal?joined=<class>`, `/portal?join=full&class=<class>&position=N` (on the waiting
+/// list), or `/portal?join=invalid` (unknown, revoked or expired link). The audit log names the invite
+/// by its public id, never by the token.
 pub async fn join(State(st): State<AppState>, p: Principal, authn: Authn, Path(token): Path<String>) -> Res {
     let d = deployer(&st)?;
+    let invite = d.invite_record(&token).ok();
     let r = d.join(&token, &p.name);
-    let class = d.invite_class(&token).map(|c| c.id).unwrap_or_default();
+    let (class, target) = match &invite {
+        Some(inv) => (inv.class_id.clone(), format!("{} via {}", inv.class_id, inv.id)),
+        None => (String::new(), "unknown invite".to_string()),
+    };
     st.auth
-        .audit(&p.name, authn.addr, "class.join", &class, &audit_result(&r));
+        .audit(&p.name, authn.addr, "class.join", &target, &audit_result(&r));
     let to = match r {
         Ok(_) => {
             st.auth.rebuild_index();

@@ -84,6 +84,7 @@ pub static EMBEDDED_DEFAULT: &[(&str, &[u8])] = embedded_theme![
     "templates/classes.html",
     "templates/class.html",
     "static/classes.js",
+    "templates/join.html",
 ];
 
 /// Settings of the theme layer.

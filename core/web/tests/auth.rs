@@ -182,7 +182,8 @@ async fn hundred_wrong_passwords_slow_the_account_but_lock_nothing() {
         let (s, _, _) = fx
             .send_from(
                 login_json("stud", "wrong password"),
-                &format!("127.1.{}.{}", i / 200, i % 200 + 1),
+                // Each from its own /24, so only the account is throttled.
+                &format!("127.1.{i}.1"),
             )
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
@@ -226,6 +227,222 @@ async fn hundred_wrong_passwords_slow_the_account_but_lock_nothing() {
             .filter(|a| a.action == "login" && a.result == "fail")
             .count()
             >= 100
+    );
+}
+
+/// The attack: one IPv6 host owns a whole /64 (and an attacker with a cloud or NAT range a /24) and
+/// takes a fresh source address for every guess, so the refusal of one address never triggers. Failures
+/// from anywhere in the network now count together: after the network's free failures every address in
+/// it is refused with a 429 that says why (even with the right password), and a neighbouring network is
+/// not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_source_addresses_inside_one_network_are_refused_together() {
+    let throttle = ThrottleConfig {
+        account_base_delay: Duration::from_millis(1),
+        account_max_delay: Duration::from_millis(2),
+        // The network's free failures are the default (60).
+        ..ThrottleConfig::default()
+    };
+    let fx = fixture(AuthConfig {
+        throttle,
+        ..Default::default()
+    })
+    .await;
+    let inside_64 = |i: u32| format!("[2001:db8:5:7:{i:x}:{:x}::1]", i * 7 + 1);
+    let inside_24 = |i: u32| format!("198.51.100.{}", i + 1);
+    for (net, inside, neighbour) in [
+        ("/64", &inside_64 as &dyn Fn(u32) -> String, "[2001:db8:5:8::1]"),
+        ("/24", &inside_24, "198.51.101.1"),
+    ] {
+        let mut refused = None;
+        for i in 0..70 {
+            let (s, h, b) = fx
+                .send_from(login_json(&format!("guess{i}"), "wrong"), &inside(i))
+                .await;
+            if s == StatusCode::TOO_MANY_REQUESTS {
+                refused = Some((i, h.get("retry-after").cloned(), json_of(&b)));
+                break;
+            }
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{net} attempt {i}");
+        }
+        let (after, retry, body) = refused.unwrap_or_else(|| panic!("the {net} was never refused"));
+        assert_eq!(after, 60, "{net}: refused after the network's free failures");
+        assert!(retry.is_some(), "{net}: Retry-After");
+        assert_eq!(body["error"]["code"], "too_many_requests");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from this network"),
+            "{body}"
+        );
+        // A fresh address inside the network is refused too, even with the right password...
+        let (s, _, _) = fx.send_from(login_json("stud", STUDENT_PW), &inside(99)).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{net}");
+        // ...while the neighbouring network signs in.
+        let (s, _, b) = fx.send_from(login_json("stud", STUDENT_PW), neighbour).await;
+        assert_eq!(s, StatusCode::OK, "{net}: {}", String::from_utf8_lossy(&b));
+    }
+}
+
+/// The attack: guesses spread over many networks and names (each below its own address, network and
+/// account limits; sent in parallel, the per-account delays would not slow them either). A ceiling of failed sign-ins per minute across everyone
+/// refuses every sign-in with a clear 429 once it is reached, until the minute has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_from_many_networks_hit_a_ceiling_per_minute_across_everyone() {
+    let throttle = ThrottleConfig {
+        account_base_delay: Duration::from_millis(1),
+        account_max_delay: Duration::from_millis(2),
+        global_failures_per_minute: 12,
+        ..ThrottleConfig::default()
+    };
+    let fx = fixture(AuthConfig {
+        throttle,
+        ..Default::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..12u32 {
+        let from = format!("203.0.{i}.9");
+        all.push(
+            fx.send_from(login_json(&format!("guess{i}"), "wrong"), &from)
+                .await
+                .0,
+        );
+    }
+    assert!(all.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{all:?}");
+    // The 13th attempt, from a network that never failed, with the right password: refused for now.
+    let (s, h, b) = fx
+        .send_from(login_json("stud", STUDENT_PW), "[2001:db8:77::1]")
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let message = json_of(&b)["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("in the last minute"), "{message}");
+    let retry: u64 = h.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // A minute later sign-in works again.
+    fx.clock.advance(Duration::from_secs(61));
+    let (s, _, b) = fx
+        .send_from(login_json("stud", STUDENT_PW), "[2001:db8:77::1]")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
+
+/// The attack on the log: people type their password into the name field, and attackers probe names.
+/// A failed sign-in whose typed name matches no account is logged as "unknown account", never with the
+/// typed text; a failure of a real account names the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_never_records_a_typed_name_that_matches_no_account() {
+    let fx = fixture(AuthConfig::default()).await;
+    let typed = "Hunter2-my-real-password";
+    let (s, _, _) = fx.send(login_json(typed, "whatever")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = fx.send(login_json("stud", "wrong password")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let fails: Vec<_> = fx
+        .store
+        .audit_recent(100)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action == "login" && a.result == "fail")
+        .collect();
+    let users: Vec<&str> = fails.iter().map(|a| a.user.as_str()).collect();
+    assert!(users.contains(&"unknown account"), "{users:?}");
+    assert!(users.contains(&"stud"), "{users:?}");
+    for a in fx.store.audit_recent(100).unwrap() {
+        let all = format!("{} {} {} {}", a.user, a.action, a.target, a.result);
+        assert!(
+            !all.to_lowercase().contains("hunter2"),
+            "the typed name was logged: {all}"
+        );
+    }
+}
+
+/// Sessions nobody comes back with are deleted by a background task, not only at the next start (a
+/// stolen but unused session id must not stay valid-looking in the database for weeks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_are_swept_in_the_background_without_any_request() {
+    let fx = fixture(AuthConfig {
+        session_idle_secs: 3600,
+        session_sweep_every: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let key_of = |cookie: &str| web::auth::sha256_hex(cookie.split_once('=').unwrap().1);
+    let (old, _) = fx.session("stud");
+    fx.clock.advance(Duration::from_secs(3601));
+    let (fresh, _) = fx.session("stud2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fx.store.session(&key_of(&old)).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the idle session was never swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        fx.store.session(&key_of(&fresh)).unwrap().is_some(),
+        "a live session stays"
+    );
+}
+
+/// A portal reached over https tells browsers never to use plain HTTP for it (a network attacker
+/// cannot strip TLS on a later visit); a plain-HTTP portal sends no such header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_transport_security_is_sent_only_when_the_public_url_is_https() {
+    for (origin, want) in [
+        (Some("https://portal.example.test"), Some("max-age=31536000")),
+        (Some("http://portal.example.test"), None),
+        (None, None),
+    ] {
+        let fx = fixture(AuthConfig {
+            public_origin: origin.map(str::to_string),
+            ..Default::default()
+        })
+        .await;
+        let (_, h, _) = fx.send(Request::get("/login").body(Body::empty()).unwrap()).await;
+        let got = h
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(got.as_deref(), want, "{origin:?}");
+        let (_, h, _) = fx.send(login_json("stud", "wrong password")).await;
+        assert_eq!(
+            h.get("strict-transport-security").is_some(),
+            want.is_some(),
+            "{origin:?}: error answers too"
+        );
+    }
+}
+
+/// Answers that carry a secret are never stored by a browser or proxy cache: the sign-in answer (the
+/// session cookie and its CSRF token) although the request itself was anonymous, and the caller's own
+/// JSON. (Invite links and the join page are checked in tests/classes.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_carry_a_session_or_csrf_token_are_never_cached() {
+    let fx = fixture(AuthConfig::default()).await;
+    let (s, h, b) = fx.send(login_json("stud", STUDENT_PW)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(json_of(&b)["csrf_token"].is_string());
+    assert_eq!(
+        h.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    let cookie = set_cookie(&h).unwrap();
+    let (s, h, b) = fx
+        .send(
+            Request::get("/api/me")
+                .header("cookie", &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(json_of(&b)["csrf_token"].is_string());
+    assert_eq!(
+        h.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
     );
 }
 
@@ -631,6 +848,118 @@ async fn events_stream_only_the_students_vms() {
             "{internal} reached a student: {cluster}"
         );
     }
+    server.abort();
+}
+
+/// The attack: a student whose account is disabled (or a teacher who is demoted, or anyone whose session
+/// is signed out) keeps an open `/api/events` stream and goes on reading live events. Each stream ends
+/// within a second of the change, with a last `signed_out` event; a stream of another user stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_event_streams_end_within_a_second_of_disable_demotion_or_sign_out() {
+    let fx = fixture(AuthConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = fx.app.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let http = testkit::http_client();
+    let base = format!("http://{addr}");
+    let (admin_cookie, admin_csrf) = fx.session("root");
+    let open = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{base}/api/events");
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    // Reads `sse` until it ends (Some(text)) or `limit` passes (None).
+    async fn ends_within(sse: &mut reqwest::Response, limit: Duration) -> Option<String> {
+        let mut buf = String::new();
+        tokio::time::timeout(limit, async {
+            while let Ok(Some(chunk)) = sse.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .ok()
+        .map(|_| buf)
+    }
+    let admin_put = |name: &str, body: Value| {
+        http.put(format!("{base}/api/users/{name}"))
+            .header("cookie", &admin_cookie)
+            .header("x-csrf-token", &admin_csrf)
+            .json(&body)
+            .send()
+    };
+
+    let (stud_cookie, _) = fx.session("stud");
+    let (teach_cookie, _) = fx.session("teach");
+    let (stud2_cookie, stud2_csrf) = fx.session("stud2");
+    let (co_cookie, _) = fx.session("co");
+    let mut stud = open(stud_cookie.clone()).await;
+    let mut teach = open(teach_cookie).await;
+    let mut stud2 = open(stud2_cookie.clone()).await;
+    let mut bystander = open(co_cookie).await;
+
+    // Disabled by an admin.
+    let r = admin_put("stud", json!({"disabled": true})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t = Instant::now();
+    let tail = ends_within(&mut stud, Duration::from_millis(1500))
+        .await
+        .expect("the disabled student's stream must end");
+    assert!(tail.contains("event: signed_out"), "{tail}");
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // Demoted by an admin.
+    let r = admin_put("teach", json!({"role": "student"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        ends_within(&mut teach, Duration::from_millis(1500))
+            .await
+            .is_some(),
+        "the demoted teacher's stream must end"
+    );
+    // Signed out from another tab (the session is revoked).
+    let r = http
+        .post(format!("{base}/logout"))
+        .header("cookie", &stud2_cookie)
+        .header("x-csrf-token", &stud2_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    assert!(
+        ends_within(&mut stud2, Duration::from_millis(1500))
+            .await
+            .is_some(),
+        "the signed-out session's stream must end"
+    );
+    // The co-owner was not touched: their stream is still open.
+    assert!(
+        ends_within(&mut bystander, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "another user's stream must stay open"
+    );
+    // And the disabled student cannot open a new one.
+    let r = http
+        .get(format!("{base}/api/events"))
+        .header("cookie", &stud_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     server.abort();
 }
 

@@ -102,6 +102,7 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("GET",    "/api/classes/{id}/invites",      Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("DELETE", "/api/classes/{id}/invites/{invite}", Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("GET",    "/join/{token}",                  Html, [303, 503, 503, 503, 503, 503, 503, 503, 303]),
+        ("POST",   "/join/{token}",                  Html, [303, 503, 503, 503, 503, 503, 503, 503, 303]),
         ("POST",   "/api/class/{id}/assign",         Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("DELETE", "/api/class/{id}/assign/{user}",  Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("GET",    "/api/classes/{id}/co-owners",    Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
@@ -359,8 +360,12 @@ async fn api_vms_lists_exactly_what_each_caller_may_see() {
 fn route_kinds_and_methods_are_well_formed() {
     for r in web::routes() {
         assert!(r.path.starts_with('/'), "{}", r.path);
-        if r.kind == RouteKind::Sse || r.kind == RouteKind::Html {
+        if r.kind == RouteKind::Sse {
             assert_eq!(r.method, HttpMethod::Get, "{}", r.path);
+        }
+        // Pages are GETs; the one page route that posts is a form that answers with a redirect.
+        if r.kind == RouteKind::Html && r.method != HttpMethod::Get {
+            assert_eq!((r.method, r.path), (HttpMethod::Post, "/join/{token}"));
         }
     }
 }

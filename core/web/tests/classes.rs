@@ -148,7 +148,7 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
     assert_eq!(st, StatusCode::CREATED, "{inv}");
     let token = inv["token"].as_str().unwrap();
     assert!(token.len() >= 43, "256-bit token");
-    let (st, loc, _) = w.call("stud", "GET", &format!("/join/{token}"), None).await;
+    let (st, loc, _) = w.call("stud", "POST", &format!("/join/{token}"), None).await;
     assert_eq!(
         (st, loc.as_str()),
         (StatusCode::SEE_OTHER, format!("/portal?joined={id}").as_str())
@@ -213,7 +213,7 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
         );
     }
     assert_eq!(c["invites"].as_array().unwrap().len(), 1);
-    let (st, loc, _) = w.call("stud2", "GET", "/join/not-a-real-token", None).await;
+    let (st, loc, _) = w.call("stud2", "POST", "/join/not-a-real-token", None).await;
     assert_eq!(
         (st, loc.as_str()),
         (StatusCode::SEE_OTHER, "/portal?join=invalid")
@@ -308,6 +308,53 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
     assert!(text.contains("\"state\":\"done\""), "{text}");
     let (st, _, _) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// A signed-in GET of a page; returns (status, headers, body text).
+async fn get_page(w: &Web, path: &str, cookie: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    use tower::ServiceExt;
+    let mut req = Request::get(path)
+        .header("cookie", cookie)
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        "127.0.0.1:40003".parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    let resp = w.app.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A form post (`application/x-www-form-urlencoded`, as the join page's form sends it) with `cookie`
+/// and an optional `Origin`; returns (status, location, body).
+async fn post_form(
+    w: &Web,
+    path: &str,
+    cookie: &str,
+    form: &str,
+    origin: Option<&str>,
+) -> (StatusCode, String, String) {
+    use tower::ServiceExt;
+    let mut b = Request::post(path)
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(o) = origin {
+        b = b.header("origin", o);
+    }
+    let mut req = b.body(Body::from(form.to_string())).unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        "127.0.0.1:40002".parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    let resp = w.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, location, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// An anonymous request through the real router; returns (status, location, set-cookie, body).
@@ -419,11 +466,40 @@ async fn a_student_registers_from_an_invite_only_when_the_class_allows_it_and_ge
     assert_eq!(user.role, store::Role::Student);
     assert_eq!(user.display_name, "Wälk In");
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let (st, loc, _, _) = anonymous(&w, "GET", &format!("/join/{open_token}"), None, Some(&cookie)).await;
+    let csrf = v["csrf_token"].as_str().unwrap();
+    let (st, _, html) = get_page(&w, &format!("/join/{open_token}"), &cookie).await;
+    assert_eq!(st, StatusCode::OK, "the invite link opens the join page");
+    assert!(html.contains("Join Open class"), "{html}");
+    let (st, loc, _) = post_form(
+        &w,
+        &format!("/join/{open_token}"),
+        &cookie,
+        &format!("_csrf={csrf}"),
+        None,
+    )
+    .await;
     assert_eq!(
         (st, loc),
         (StatusCode::SEE_OTHER, format!("/portal?joined={open_id}"))
     );
+    // The audit log names the invite by its public id and holds no part of its token.
+    let audit = w.fx.store.audit_recent(500).unwrap();
+    let reg = audit.iter().find(|a| a.action == "user.register").unwrap();
+    assert!(reg.target.starts_with("inv-"), "{reg:?}");
+    let join = audit.iter().find(|a| a.action == "class.join").unwrap();
+    assert!(join.target.contains(reg.target.as_str()), "{join:?}");
+    for a in &audit {
+        let all = format!("{} {} {}", a.user, a.target, a.result);
+        for t in [open_token.as_str(), closed_token.as_str()] {
+            for part in t.as_bytes().windows(8) {
+                let part = std::str::from_utf8(part).unwrap();
+                assert!(
+                    !all.contains(part),
+                    "part of an invite token in the audit log: {a:?}"
+                );
+            }
+        }
+    }
     // The name is now taken.
     let (st, _, _, _) = anonymous(
         &w,
@@ -434,4 +510,86 @@ async fn a_student_registers_from_an_invite_only_when_the_class_allows_it_and_ge
     )
     .await;
     assert_eq!(st, StatusCode::CONFLICT);
+}
+
+/// The attack: a hostile page makes a signed-in student's browser open an invite link (an `<img>`, a
+/// link preview, a prefetch) or post to it without the page's CSRF token. Opening the link only shows
+/// the class and a "Join" button; a post without the session's CSRF token (or from another origin) is
+/// refused and joins no one; the page's own form post joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_an_invite_link_joins_no_one_and_joining_needs_the_pages_csrf_token() {
+    let w = web_in(3800, 3849).await;
+    let body = json!({"name": "Confirm class", "template_vmid": 9000, "pool_size": 1, "node": "pve3"});
+    let (st, _, v) = w.call("teach", "POST", "/api/classes", Some(body)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let id = v["class"]["id"].as_str().unwrap().to_string();
+    let job = v["job"]["id"].as_str().unwrap().to_string();
+    w.call("teach", "GET", &format!("/api/jobs/{job}/events"), None)
+        .await;
+    // The invite link is a secret: its answer is never cached.
+    let (teach_cookie, teach_csrf) = w.fx.session("teach");
+    let inv = {
+        use tower::ServiceExt;
+        let mut req = Request::post(format!("/api/classes/{id}/invite"))
+            .header("cookie", &teach_cookie)
+            .header("x-csrf-token", &teach_csrf)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            "127.0.0.1:40004".parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let resp = w.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");
+        let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        json_of(&b)
+    };
+    let token = inv["token"].as_str().unwrap().to_string();
+    let path = format!("/join/{token}");
+    let joined = |w: &Web| {
+        w.fx.store
+            .assignments_all()
+            .unwrap()
+            .into_iter()
+            .any(|a| a.user == "stud2" && a.class_id.as_deref() == Some(id.as_str()))
+    };
+
+    // GET (what an <img>, a preview bot or a prefetch does): the confirm page, nothing changed.
+    let (cookie, csrf) = w.fx.session("stud2");
+    let (st, headers, html) = get_page(&w, &path, &cookie).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+    assert!(html.contains("Join Confirm class"), "{html}");
+    // (MiniJinja's HTML escaping writes `/` as `&#x2f;` in attributes.)
+    let action = path.replace('/', "&#x2f;");
+    assert!(html.contains(&format!(r#"action="{action}""#)), "{html}");
+    assert!(
+        html.contains(&format!(r#"name="_csrf" value="{csrf}""#)),
+        "{html}"
+    );
+    assert!(!joined(&w), "opening the link must not join");
+    let (_, _, c) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
+    assert_eq!(c["invites"][0]["uses"], 0, "{c}");
+
+    // POST without the CSRF token, with a wrong one, or from another site: refused, nothing changed.
+    for (form, origin) in [
+        (String::new(), None),
+        ("_csrf=forged".to_string(), None),
+        (format!("_csrf={csrf}"), Some("http://evil.example.net")),
+    ] {
+        let (st, loc, body) = post_form(&w, &path, &cookie, &form, origin).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{form} {origin:?}: {loc} {body}");
+        assert!(body.contains("csrf"), "{body}");
+        assert!(!joined(&w), "a refused post must not join");
+    }
+
+    // The join page's own form: joined.
+    let (st, loc, body) = post_form(&w, &path, &cookie, &format!("_csrf={csrf}"), None).await;
+    assert_eq!(
+        (st, loc.as_str()),
+        (StatusCode::SEE_OTHER, format!("/portal?joined={id}").as_str()),
+        "{body}"
+    );
+    assert!(joined(&w));
 }

@@ -235,3 +235,24 @@ async fn c08_shutdown_closes_an_open_console_with_1001() {
     };
     assert_eq!(closed, (1001, "server restarting".to_string()));
 }
+
+/// The attack: a student keeps a VM console open after being signed out everywhere (all their
+/// sessions revoked). The relay closes with 4009 within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_console_closes_with_4009_within_a_second_of_the_students_sessions_being_revoked() {
+    let p = portal(vec![], ConnectConfig::default(), None).await;
+    let (mut rfb, _) = console(&p, "stud", Some("binary")).await.unwrap();
+    rfb.handshake().await;
+    p.store.remove_user_sessions("stud").unwrap();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_millis(1500), rfb.ws.next())
+            .await
+            .expect("closed within 1.5 s")
+        {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(closed, web::connect::close::SIGNED_OUT);
+}

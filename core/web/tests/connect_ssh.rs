@@ -433,3 +433,20 @@ async fn c08_shutdown_closes_open_terminals_with_1001_and_refuses_new_ones() {
         .await;
     assert_eq!(refused.err(), Some(503));
 }
+
+/// The attack: a student keeps a terminal open after their account is disabled (or their session is
+/// signed out) and goes on using the VM. The relay closes with 4009 and a reason in plain words within a
+/// second of the change; a new terminal is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_terminal_closes_with_4009_within_a_second_of_the_student_being_disabled() {
+    let (p, _sshd) = setup(|_| {}).await;
+    let mut t = open(&p, None).await;
+    t.control(json!({"type": "hello", "cols": 80, "rows": 24})).await;
+    t.login(USER, PASSWORD).await;
+    assert!(t.run("echo before").await.contains("before"));
+    p.store.set_user_disabled("stud", true).unwrap();
+    let (code, reason) = t.closed(Duration::from_millis(1500)).await;
+    assert_eq!(code, web::connect::close::SIGNED_OUT, "{reason}");
+    assert!(reason.contains("session ended"), "{reason}");
+    assert_eq!(p.token("stud", VM, "ssh").await.err(), Some(401));
+}

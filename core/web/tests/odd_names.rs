@@ -598,7 +598,12 @@ async fn registration_sign_in_and_join_with_odd_input() {
         }
         let enc: String = url::form_urlencoded::byte_serialize(t.as_bytes()).collect();
         let a = w
-            .call("stud", "GET", &format!("/join/{}", enc.replace('+', "%20")), None)
+            .call(
+                "stud",
+                "POST",
+                &format!("/join/{}", enc.replace('+', "%20")),
+                None,
+            )
             .await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{t:?}: {}", a.text);
         assert_eq!(a.location(), "/portal?join=invalid", "{t:?}");

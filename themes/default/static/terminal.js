@@ -6,7 +6,7 @@
 //   {"type":"hello","cols":C,"rows":R}   first (the PTY gets this size before any input, B36)
 //   {"type":"resize","cols":C,"rows":R}  whenever the terminal is resized
 // as text frames and the keystrokes as binary frames. Output arrives as binary frames (whole UTF-8
-// characters), status as text JSON ({"type":"status"|"hostkey",...}). Close codes 4000–4008 carry a
+// characters), status as text JSON ({"type":"status"|"hostkey",...}). Close codes 4000–4009 carry a
 // reason that is shown; a reconnect always asks for a new token and sends a new hello.
 (function () {
   "use strict";

@@ -68,6 +68,9 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const AUTH_BODY_LIMIT: usize = 4096;
 /// Lifetime of a one-time connect token for a WebSocket upgrade (C09).
 pub const CONNECT_TOKEN_TTL: Duration = Duration::from_secs(30);
+/// Open streams re-check their principal at least this often (expiry by time; changes are noticed at
+/// once through the tree watchers).
+pub const STREAM_RECHECK: Duration = Duration::from_secs(10);
 /// Sessions record `last_seen_at` at most this often (seconds), to keep writes off the read path.
 const TOUCH_EVERY_SECS: u64 = 60;
 
@@ -99,6 +102,9 @@ pub struct AuthConfig {
     pub hash_permits: usize,
     /// Longest wait for a hashing permit before 503 (default 2 s).
     pub hash_wait: Duration,
+    /// How often expired sessions (idle or absolute limit) are deleted from the store by a background
+    /// task (default 5 min); a request with an expired session deletes it at once anyway.
+    pub session_sweep_every: Duration,
 }
 
 impl Default for AuthConfig {
@@ -117,6 +123,7 @@ impl Default for AuthConfig {
             throttle: ThrottleConfig::default(),
             hash_permits: (cpus / 2).max(1),
             hash_wait: Duration::from_secs(2),
+            session_sweep_every: Duration::from_secs(300),
         }
     }
 }
@@ -235,6 +242,9 @@ pub struct AuthState {
     index_stored: Mutex<u64>,
     index_dirty: AtomicBool,
     connect: Mutex<HashMap<String, ConnectGrant>>,
+    /// Bumped whenever a credential may have lost its power (a user changed, a session removed, a token
+    /// changed); open streams re-check their principal on every bump ([`AuthState::until_revoked`]).
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -280,9 +290,143 @@ impl AuthState {
             index_started: AtomicU64::new(0),
             index_stored: Mutex::new(0),
             connect: Mutex::default(),
+            revocations: tokio::sync::watch::Sender::new(0),
         });
         st.watch_trees();
+        st.watch_credentials();
+        st.sweep_sessions();
         st
+    }
+
+    /// Inside a Tokio runtime, deletes expired sessions every [`AuthConfig::session_sweep_every`] (off the
+    /// async workers), so sessions nobody comes back with do not pile up until the next restart.
+    fn sweep_sessions(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<AuthState> = Arc::downgrade(self);
+        let every = self.config.session_sweep_every.max(Duration::from_millis(10));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(st) = weak.upgrade() else { return };
+                let swept = tokio::task::spawn_blocking(move || st.purge_expired_sessions()).await;
+                match swept {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(sessions = n, "expired sessions removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired sessions failed"),
+                    Err(e) => tracing::warn!(error = %e, "the session sweep stopped"),
+                }
+            }
+        });
+    }
+
+    /// Deletes every session past its idle or absolute limit now; returns how many.
+    pub fn purge_expired_sessions(&self) -> Result<usize, store::StoreError> {
+        let now = self.clock.now_secs();
+        self.store.purge_sessions(
+            now.saturating_sub(self.config.session_idle_secs),
+            now.saturating_sub(self.config.session_absolute_secs),
+        )
+    }
+
+    /// Inside a Tokio runtime, watches the `users` and `api_tokens` trees (any write) and the `sessions`
+    /// tree (removals: sign-out, expiry, revocation) and bumps [`AuthState::revocations`], whoever wrote.
+    fn watch_credentials(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (raw, removals_only) in [
+            (self.store.users.raw().clone(), false),
+            (self.store.api_tokens.raw().clone(), false),
+            (self.store.sessions.raw().clone(), true),
+        ] {
+            let weak: Weak<AuthState> = Arc::downgrade(self);
+            let mut sub = raw.watch_prefix(Vec::<u8>::new());
+            rt.spawn(async move {
+                while let Some(ev) = (&mut sub).await {
+                    // A session written (sign-in, touch) revokes nothing; one gone does.
+                    if removals_only && raw.contains_key(ev.key()).unwrap_or(false) {
+                        continue;
+                    }
+                    let Some(st) = weak.upgrade() else { return };
+                    st.revocations.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            });
+        }
+    }
+
+    /// True while `p` may still act: its session exists, is within its idle and absolute limits and
+    /// belongs to an enabled user of the same session generation (or its token is neither revoked nor
+    /// expired and its user enabled), and the user's role is still the one `p` has. A demoted user's
+    /// principal is no longer valid (a promotion ends it too; the client reconnects with the new role).
+    /// Reads only: nothing is touched or deleted.
+    pub fn still_valid(&self, p: &Principal) -> bool {
+        let now = self.clock.now_secs();
+        let user = match &p.via {
+            Via::Session { key, .. } => {
+                let Some(s) = self.store.session(key).ok().flatten() else {
+                    return false;
+                };
+                let expired = now.saturating_sub(s.last_seen_at) > self.config.session_idle_secs
+                    || now.saturating_sub(s.created_at) > self.config.session_absolute_secs;
+                let user = self.store.user(&s.user).ok().flatten();
+                match user {
+                    Some(u) if !expired && u.session_generation == s.session_generation => u,
+                    _ => return false,
+                }
+            }
+            Via::Token { id } => {
+                let Some(t) = self
+                    .store
+                    .tokens_all()
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|t| &t.id == id))
+                else {
+                    return false;
+                };
+                if t.revoked || t.expires_at.is_some_and(|e| e <= now) {
+                    return false;
+                }
+                match self.store.user(&t.user).ok().flatten() {
+                    Some(u) => u,
+                    None => return false,
+                }
+            }
+        };
+        user.name == p.name && !user.disabled && self.effective_role(&user) == p.role
+    }
+
+    /// A future that completes as soon as `p` is no longer [`AuthState::still_valid`]: the user was
+    /// disabled or changed role, the session was signed out, expired or revoked (password change), the
+    /// token revoked. Streams (SSE, WebSockets) select on it and end; a change is noticed at once
+    /// through the store's tree watchers, and in any case within [`STREAM_RECHECK`].
+    pub fn until_revoked(
+        self: &Arc<Self>,
+        p: &Principal,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(self);
+        let mut rx = self.revocations.subscribe();
+        let p = p.clone();
+        async move {
+            loop {
+                rx.borrow_and_update();
+                match weak.upgrade() {
+                    Some(st) if st.still_valid(&p) => {}
+                    _ => return,
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(STREAM_RECHECK).await;
+                        }
+                    }
+                    _ = tokio::time::sleep(STREAM_RECHECK) => {}
+                }
+            }
+        }
     }
 
     fn watch_trees(self: &Arc<Self>) {
@@ -636,7 +780,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             })
         );
         if !bearer && (origin.is_some_and(|o| !auth.origin_allowed(o, headers)) || cross_site) {
-            return finish(csrf_refused("cross-origin request refused"), false);
+            return finish(csrf_refused("cross-origin request refused"), false, &auth);
         }
         // Sign-in itself needs no session token (a planted or stale cookie must not block it); the
         // Origin check above covers login CSRF.
@@ -650,15 +794,23 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             let (ok, rebuilt) = csrf_ok(req, csrf.expose()).await;
             req = match (ok, rebuilt) {
                 (true, Some(r)) => r,
-                _ => return finish(csrf_refused("missing or wrong CSRF token"), false),
+                _ => return finish(csrf_refused("missing or wrong CSRF token"), false, &auth),
             };
         }
     }
     let authed = principal.is_some();
+    let streamer = principal.clone();
     req.extensions_mut().insert(Authn { principal, addr });
     req.extensions_mut()
         .insert(PageThemes(crate::pages::themes_of(&st)));
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // Every event stream of a signed-in caller ends when its session does (disabled, signed out,
+    // demoted, password changed): nothing keeps flowing to a credential that no longer counts.
+    if let Some(p) = streamer
+        && is_event_stream(&resp)
+    {
+        resp = end_stream_when(resp, auth.until_revoked(&p));
+    }
     // A successful write is on disk before it is answered: a crash right after a 2xx (kill -9, power
     // loss) must not lose an account, an assignment or a password change the caller was told about.
     if !safe
@@ -669,9 +821,45 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         return finish(
             AppError::Internal("the change could not be written to disk".into()).into_response(),
             authed,
+            &auth,
         );
     }
-    finish(resp, authed)
+    finish(resp, authed, &auth)
+}
+
+fn is_event_stream(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Last event of a stream cut by [`end_stream_when`]: `event: signed_out` (the client should not
+/// reconnect with the same session; doing so answers 401).
+pub const SIGNED_OUT_EVENT: &str = "event: signed_out\ndata: {}\n\n";
+
+/// Ends the body of `resp` (an SSE stream) as soon as `until` completes, after a last
+/// [`SIGNED_OUT_EVENT`].
+fn end_stream_when(
+    resp: Response,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
+    use futures::StreamExt as _;
+    let (parts, body) = resp.into_parts();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let until = async move {
+        until.await;
+        let _ = tx.send(());
+    };
+    let cut = body.into_data_stream().take_until(until);
+    let last = futures::stream::once(async move {
+        match rx.await {
+            Ok(()) => Some(Ok(axum::body::Bytes::from_static(SIGNED_OUT_EVENT.as_bytes()))),
+            Err(_) => None,
+        }
+    })
+    .filter_map(futures::future::ready);
+    Response::from_parts(parts, axum::body::Body::from_stream(cut.chain(last)))
 }
 
 /// Flushes the database off the async workers; concurrent callers share flushes
@@ -731,7 +919,8 @@ pub const CSP_TERMINAL: &str = "default-src 'self'; script-src 'self'; style-src
 
 /// Adds the security headers: CSP ([`CSP`], unless the handler set its own, like [`CSP_TERMINAL`]),
 /// `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin`, `X-Frame-Options: DENY`; and
-/// `Cache-Control: no-store` on JSON and HTML answered to a signed-in user.
+/// `Cache-Control: no-store` on JSON and HTML answered to a signed-in user and on every response that
+/// sets a cookie (sign-in and registration answers carry the session and its CSRF token).
 pub fn security_headers(resp: &mut Response, authenticated: bool) {
     let h = resp.headers_mut();
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
@@ -747,13 +936,26 @@ pub fn security_headers(resp: &mut Response, authenticated: bool) {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
-    if authenticated && personal {
+    if (authenticated && personal) || h.contains_key(header::SET_COOKIE) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }
 
-fn finish(mut resp: Response, authenticated: bool) -> Response {
+/// `Strict-Transport-Security` of a portal whose public URL is https: browsers then refuse plain HTTP to
+/// it for a year (no `includeSubDomains`: other sites under the same domain are not ours to decide).
+pub const HSTS: &str = "max-age=31536000";
+
+fn finish(mut resp: Response, authenticated: bool, auth: &AuthState) -> Response {
     security_headers(&mut resp, authenticated);
+    if auth
+        .config
+        .public_origin
+        .as_deref()
+        .is_some_and(|o| o.len() > 8 && o[..8].eq_ignore_ascii_case("https://"))
+    {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
     resp
 }
 

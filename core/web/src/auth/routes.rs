@@ -55,6 +55,20 @@ fn busy() -> Response {
     r
 }
 
+/// What the audit log writes as the user of a failed sign-in whose typed name matches no account.
+pub const UNKNOWN_ACCOUNT: &str = "unknown account";
+
+/// The 429 of a throttled sign-in or registration: the reason in plain words and `Retry-After` (whole
+/// seconds, at least 1).
+fn throttled((wait, scope): (std::time::Duration, super::throttle::Scope)) -> Response {
+    let mut r = AppError::TooManyRequests(scope.message().into()).into_response();
+    let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
+    if let Ok(v) = HeaderValue::from_str(&secs) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// `POST /login`: form or JSON `{username, password, next}`.
 ///
 /// Success: a new session (fresh id; any session the request carried is deleted — no fixation), the
@@ -62,7 +76,8 @@ fn busy() -> Response {
 /// `200 {user, role, csrf_token, next}` for JSON. Failure answers the same for an unknown user, a wrong
 /// password and a disabled account: `401 invalid_credentials` (JSON) or `303 /login?error=invalid`
 /// (form). 400 for a password over 1,024 bytes (before hashing), 413 over the 4 KiB body limit, 429 with
-/// `Retry-After` while the client address is throttled, 503 with `Retry-After` when hashing is saturated.
+/// `Retry-After` while the client address, its network (/24, /64) or the whole portal is throttled
+/// ([`super::throttle`]), 503 with `Retry-After` when hashing is saturated.
 ///
 /// Local names are matched lower-case; names with `@` are Proxmox realm users checked against the realm
 /// cluster's `POST /access/ticket`.
@@ -82,15 +97,8 @@ pub async fn login(State(st): State<AppState>, authn: Authn, headers: HeaderMap,
     }
     let next = safe_next(input.next.as_deref());
     let auth = st.auth.clone();
-    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
-        let mut r =
-            AppError::TooManyRequests("too many failed sign-ins from this address; wait a moment".into())
-                .into_response();
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+    if let Some(refused) = auth.throttle.refused(authn.addr) {
+        return throttled(refused);
     }
     let realm = name.contains('@');
     let account = if realm {
@@ -113,7 +121,11 @@ pub async fn login(State(st): State<AppState>, authn: Authn, headers: HeaderMap,
     };
     let Some(user) = user else {
         auth.throttle.record_failure(&account, authn.addr);
-        auth.audit(&account, authn.addr, "login", "", "fail");
+        // A typed name that matches no account is not written down: it is often a password typed
+        // into the wrong field, or a name an attacker is probing.
+        let known = auth.store.user(&account).ok().flatten().is_some();
+        let who = if known { account.as_str() } else { UNKNOWN_ACCOUNT };
+        auth.audit(who, authn.addr, "login", "", "fail");
         return if json_mode {
             let body =
                 json!({"error": {"code": "invalid_credentials", "message": "wrong user name or password"}});
@@ -592,13 +604,8 @@ async fn register_inner(
     json_mode: bool,
 ) -> Response {
     let auth = st.auth.clone();
-    if let Some(wait) = auth.throttle.address_refused_for(authn.addr) {
-        let mut r = AppError::TooManyRequests("too many attempts from this address; wait a moment".into())
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+    if let Some(refused) = auth.throttle.refused(authn.addr) {
+        return throttled(refused);
     }
     let allowed = st
         .deploy
@@ -662,13 +669,14 @@ async fn register_inner(
         }
         Err(e) => return AppError::from(e).into_response(),
     };
-    auth.audit(
-        &user.name,
-        authn.addr,
-        "user.register",
-        &input.invite.chars().take(8).collect::<String>(),
-        "ok",
-    );
+    // The invite by its public id: no part of the token (a secret that opens the class) is logged.
+    let invite_id = st
+        .deploy
+        .as_ref()
+        .and_then(|d| d.invite_record(&input.invite).ok())
+        .map(|i| i.id)
+        .unwrap_or_else(|| "unknown invite".into());
+    auth.audit(&user.name, authn.addr, "user.register", &invite_id, "ok");
     let old = auth.session_id_from(headers).map(|raw| sha256_hex(&raw));
     let (raw, session) = match auth.start_session(&user, authn.addr, old.as_deref()) {
         Ok(s) => s,

@@ -256,7 +256,9 @@ fn table() -> Vec<Route> {
             Authenticated,
             classes::revoke_invite,
         ),
-        r(Get, "/join/{token}", Html, Authenticated, classes::join),
+        // The join page only shows the class and a "Join" button; the form's POST (CSRF-checked) joins.
+        r(Get, "/join/{token}", Html, Authenticated, class_pages::join_page),
+        r(Post, "/join/{token}", Html, Authenticated, classes::join),
         r(
             Post,
             "/api/class/{id}/assign",

@@ -453,6 +453,9 @@ async fn run(socket: WebSocket, c: Console) {
     let (mut up_tx, mut up_rx) = up.ws.split();
     let shutdown = super::shutdown_requested(shutdown_rx);
     tokio::pin!(shutdown);
+    // The console ends within a second of the user's session ending (disabled, signed out, demoted).
+    let revoked = c.st.auth.until_revoked(&c.user);
+    tokio::pin!(revoked);
     let (code, reason) = loop {
         tokio::select! {
             m = down.rx.next() => match m {
@@ -498,6 +501,7 @@ async fn run(socket: WebSocket, c: Console) {
                 }
             }
             _ = &mut shutdown => break (close_code::AWAY, "server restarting".to_string()),
+            _ = &mut revoked => break (close::SIGNED_OUT, super::SIGNED_OUT_REASON.to_string()),
         }
     };
     tracing::info!(user = %c.user.name, vm = %target, code, reason = %reason, "console closed");

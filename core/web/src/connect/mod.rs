@@ -61,6 +61,8 @@ pub mod close {
     pub const VM_GONE: u16 = 4007;
     /// The first message was not a `hello` / the protocol was broken by the client.
     pub const PROTOCOL: u16 = 4008;
+    /// The user's session ended while connected: signed out, disabled, role changed, password changed.
+    pub const SIGNED_OUT: u16 = 4009;
 }
 
 /// Largest WebSocket message and frame a browser may send to a relay (64 KiB): keystrokes and RFB
@@ -87,6 +89,9 @@ pub fn is_too_big(e: &axum::Error) -> bool {
         Some(Error::Capacity(_))
     )
 }
+
+/// Close reason of [`close::SIGNED_OUT`].
+pub const SIGNED_OUT_REASON: &str = "your session ended (signed out, disabled or changed); sign in again";
 
 /// Settings of the connect features (`[connect]` in `proxlab.toml`).
 #[derive(Clone, Debug)]

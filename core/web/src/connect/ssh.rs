@@ -453,8 +453,13 @@ async fn run(socket: WebSocket, s: Session) {
         shutdown: s.st.connect.shutdown_signal(),
     };
     tracing::info!(user = %s.user.name, vm = %target, address = %s.address, port = s.port, "terminal opened");
-    let end = match session(&s, &mut term).await {
-        Ok(end) | Err(end) => end,
+    // The terminal ends within a second of the user's session ending (disabled, signed out, demoted).
+    let revoked = s.st.auth.until_revoked(&s.user);
+    let end = tokio::select! {
+        r = session(&s, &mut term) => match r {
+            Ok(end) | Err(end) => end,
+        },
+        _ = revoked => End::new(super::close::SIGNED_OUT, super::SIGNED_OUT_REASON),
     };
     tracing::info!(user = %s.user.name, vm = %target, code = end.code, reason = %end.reason, "terminal closed");
     let _ = term
