@@ -11,19 +11,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use pve::{GuestKind, PowerAction};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::auth::{Action, Authn, Principal};
 use crate::error::{AppError, AppResult};
-use crate::state::{AppState, OpResult};
+use crate::state::AppState;
 
 /// `?cluster=ID` on VM paths.
 #[derive(Debug, Default, Deserialize)]
@@ -282,11 +281,12 @@ fn not_found(cluster: &str, vmid: u32) -> AppError {
 
 /// `POST /api/vm/{vmid}/{action}` with action `start|stop|shutdown|reboot|resume|suspend|revert`.
 ///
-/// Sends the power request to PVE, waits for its task (`exitstatus`), refreshes the guest in the
-/// inventory at once and answers `{ok, action, upid, exitstatus, guest}`; a task error answers with
-/// PVE's own message (e.g. `VM is locked (backup)`). Identical requests for the same VM while one is in
-/// flight join it: ten clicks make one task. `revert` rolls back to the assignment's baseline snapshot
-/// ([`revert_op`]). A VM the caller may not operate answers 404. Every call is audited.
+/// Runs the operation through [`ops::Ops`] (one at a time per VM, in its own task following the PVE task
+/// by UPID, the guest refreshed at once) and answers `{ok, action, upid, exitstatus, guest}`; a task
+/// error answers with PVE's own message. Identical requests for the same VM while one is in flight
+/// join it; Stop always runs. `revert` rolls back to the assignment's baseline snapshot, or a class VM
+/// through the deployer. A guest Proxmox has locked is refused by name without asking PVE. A VM the
+/// caller may not operate answers 404. Every call is audited.
 pub async fn vm_power(
     State(st): State<AppState>,
     p: Principal,
@@ -312,306 +312,87 @@ pub async fn vm_power(
         ))
         .into_response();
     }
-    if let Some(g) = st.inventory.snapshot().guest(&cluster, vmid)
-        && let Some(lock) = blocking_lock(g)
-    {
-        let out = format!(
-            "VM is locked ({lock}): Proxmox holds VM {vmid} for a {lock}; try again when it has finished"
-        );
-        st.auth
-            .audit(&p.name, authn.addr, &format!("vm.{action}"), &target, &out);
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({"error": {"code": "locked", "message": out}})),
-        )
-            .into_response();
-    }
     let class_vm = match &st.deploy {
         Some(d) if action == "revert" => d.class_vm(&cluster, vmid).ok().flatten().map(|_| d.clone()),
         _ => None,
     };
-    let out = if let Some(deployer) = class_vm {
+    let out = if let Err(e) = st.ops.check_unlocked(&cluster, vmid) {
+        Err(e)
+    } else if let Some(deployer) = class_vm {
         // A class VM: the deployer rolls back to `baseline`, or re-makes it on a newer published base.
-        let (st2, c, actor) = (st.clone(), cluster.clone(), p.name.clone());
-        single_flight(&st, &cluster, vmid, "revert", async move {
-            match deployer.revert(&c, vmid, &actor).await {
-                Ok(outcome) => {
-                    let guest = st2.syncer.refresh_guest(&c, vmid).await.ok();
-                    Ok(json!({"ok": true, "action": "revert", "outcome": outcome, "guest": guest}))
+        let (syncer, c, actor) = (st.syncer.clone(), cluster.clone(), p.name.clone());
+        st.ops
+            .exclusive(&cluster, vmid, "revert", async move {
+                match deployer.revert(&c, vmid, &actor).await {
+                    Ok(outcome) => {
+                        let guest = syncer
+                            .refresh_guest(&c, vmid)
+                            .await
+                            .ok()
+                            .and_then(|g| serde_json::to_value(g.as_ref()).ok());
+                        Ok(ops::OpOutcome {
+                            ok: true,
+                            action: "revert".into(),
+                            outcome: serde_json::to_value(outcome).ok(),
+                            guest,
+                            ..Default::default()
+                        })
+                    }
+                    Err(e) => Err(ops::OpError::Service {
+                        status: e.http_status(),
+                        code: e.code().to_string(),
+                        message: e.to_string(),
+                    }),
                 }
-                Err(e) => Err((e.http_status(), e.code().to_string(), e.to_string())),
-            }
-        })
-        .await
+            })
+            .await
     } else if action == "revert" {
         let snapshot = st.auth.index().baseline_snapshot(&p.name, &cluster, vmid);
-        revert_op(&st, &cluster, vmid, snapshot).await
+        st.ops.revert_to_snapshot(&cluster, vmid, snapshot).await
     } else {
-        let Some(pa) = power_action(&action) else {
+        let Some(pa) = ops::power_action(&action) else {
             return AppError::NotFound(format!(
                 "unknown action {action:?}; use start, stop, shutdown, reboot, resume, suspend or revert"
             ))
             .into_response();
         };
-        power_op(&st, &cluster, vmid, pa).await
+        st.ops.power(&cluster, vmid, pa).await
     };
     let result = match &out {
         Ok(_) => "ok".to_string(),
-        Err((_, _, m)) => m.clone(),
+        Err(e) => e.to_string(),
     };
     st.auth
         .audit(&p.name, authn.addr, &format!("vm.{action}"), &target, &result);
     match out {
         Ok(v) => Json(v).into_response(),
-        Err((status, code, message)) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response(),
+        Err(e) => op_error_response(&e),
     }
 }
 
-fn power_action(action: &str) -> Option<PowerAction> {
-    Some(match action {
-        "start" => PowerAction::Start,
-        "stop" => PowerAction::Stop,
-        "shutdown" => PowerAction::Shutdown,
-        "reboot" => PowerAction::Reboot,
-        "resume" => PowerAction::Resume,
-        "suspend" => PowerAction::Suspend,
-        _ => return None,
-    })
-}
-
-/// Runs (or joins) one power operation; see [`vm_power`].
-pub async fn power_op(st: &AppState, cluster: &str, vmid: u32, action: PowerAction) -> OpResult {
-    let st2 = st.clone();
-    let c = cluster.to_string();
-    single_flight(st, cluster, vmid, action_name(action), async move {
-        run_power(st2, c, vmid, action).await
-    })
-    .await
-}
-
-/// Rolls VM `cluster`/`vmid` back to `snapshot` (the assignment's baseline), single-flight like
-/// [`power_op`]: `POST /nodes/{node}/{qemu|lxc}/{vmid}/snapshot/{snapshot}/rollback`, wait for the task,
-/// refresh the guest. `None` answers 409 "this VM has no baseline snapshot to revert to".
-pub async fn revert_op(st: &AppState, cluster: &str, vmid: u32, snapshot: Option<String>) -> OpResult {
-    let Some(snapshot) = snapshot else {
-        return Err((
-            409,
-            "no_baseline".into(),
-            "this VM has no baseline snapshot to revert to".into(),
-        ));
-    };
-    let st2 = st.clone();
-    let c = cluster.to_string();
-    single_flight(st, cluster, vmid, "revert", async move {
-        run_revert(st2, c, vmid, snapshot).await
-    })
-    .await
-}
-
-/// Joins the operation `name` already in flight for the VM, or starts `op`; a different operation in
-/// flight answers 409 — except Stop, which is always the way out of a hung start or shutdown: it
-/// replaces the entry and runs (PVE's `overrule-shutdown` aborts a pending shutdown task).
-///
-/// The operation runs in its own task, not in the request: a browser that drops the request, or a
-/// request that times out, leaves it to follow the PVE task by UPID to its end, and the in-flight entry
-/// is removed when the operation ends — never left behind.
-async fn single_flight(
-    st: &AppState,
-    cluster: &str,
-    vmid: u32,
-    name: &str,
-    op: impl std::future::Future<Output = OpResult> + Send + 'static,
-) -> OpResult {
-    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let name = name.to_string();
-    let key = (cluster.to_string(), vmid);
-    let fut = {
-        let mut map = st.in_flight.lock().await;
-        match map.get(&key) {
-            Some((running, _, fut)) if *running == name => fut.clone(),
-            Some((running, _, _)) if name != "stop" || running == "revert" => {
-                let hint = if running == "stop" || running == "revert" {
-                    ""
-                } else {
-                    "; Stop always works"
-                };
-                return Err((
-                    409,
-                    "conflict".into(),
-                    format!("a {running} of this VM is still in progress{hint}"),
-                ));
-            }
-            _ => {
-                let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let flights = st.in_flight.clone();
-                let key2 = key.clone();
-                let task = tokio::spawn(async move {
-                    let out = op.await;
-                    let mut map = flights.lock().await;
-                    if map.get(&key2).is_some_and(|(_, g, _)| *g == generation) {
-                        map.remove(&key2);
-                    }
-                    out
-                });
-                let fut = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err((500, "internal".into(), format!("the operation failed: {e}")))
-                    })
-                }
-                .boxed()
-                .shared();
-                map.insert(key, (name, generation, fut.clone()));
-                fut
-            }
+/// The HTTP answer for a failed operation: `{error: {code, message}}` with the status that fits.
+pub fn op_error_response(e: &ops::OpError) -> Response {
+    use ops::OpError;
+    let (status, code) = match e {
+        OpError::NotFound(_) => (StatusCode::NOT_FOUND, e.code()),
+        OpError::Busy { .. } | OpError::Locked { .. } | OpError::NotApplicable(_) | OpError::NoBaseline => {
+            (StatusCode::CONFLICT, e.code())
         }
+        OpError::Pve(pe) => {
+            let app = AppError::from(pe.as_ref());
+            (app.status(), app.code().to_string())
+        }
+        OpError::Service { status, code, .. } => (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+            code.clone(),
+        ),
+        OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, e.code()),
     };
-    fut.await
-}
-
-/// The lock that stops every power action and revert on a guest, if any: PVE refuses them anyway
-/// (`VM is locked (backup)`), so the portal says so without asking. `suspended` (a hibernated VM) is
-/// not such a lock: starting resumes it.
-pub fn blocking_lock(g: &store::GuestRecord) -> Option<&str> {
-    g.lock.as_deref().filter(|l| *l != "suspended")
-}
-
-fn action_name(a: PowerAction) -> &'static str {
-    match a {
-        PowerAction::Start => "start",
-        PowerAction::Stop => "stop",
-        PowerAction::Shutdown => "shutdown",
-        PowerAction::Reboot => "reboot",
-        PowerAction::Suspend => "suspend",
-        PowerAction::Resume => "resume",
-    }
-}
-
-async fn run_power(st: AppState, cluster: String, vmid: u32, action: PowerAction) -> OpResult {
-    let snap = st.inventory.snapshot();
-    let g = snap.guest(&cluster, vmid).cloned().ok_or_else(|| {
-        (
-            404,
-            "not_found".to_string(),
-            format!("no VM {vmid} in cluster {cluster}"),
-        )
-    })?;
-    if g.template {
-        return Err((
-            409,
-            "conflict".into(),
-            format!("{} is a template; templates cannot be started", g.name),
-        ));
-    }
-    let client = st
-        .syncer
-        .client(&cluster)
-        .cloned()
-        .ok_or_else(|| (404, "not_found".to_string(), format!("unknown cluster {cluster}")))?;
-    let kind = if g.kind == "lxc" {
-        GuestKind::Lxc
-    } else {
-        GuestKind::Qemu
-    };
-    // Nothing to do: answer at once, without a task.
-    let already = match action {
-        PowerAction::Start => g.status == "running" && g.state != "paused",
-        PowerAction::Stop | PowerAction::Shutdown => g.status == "stopped" && g.state != "hibernated",
-        _ => false,
-    };
-    if already {
-        return Ok(
-            json!({"ok": true, "action": action_name(action), "upid": null, "exitstatus": null,
-                         "message": format!("VM {vmid} is already {}", g.status), "guest": g}),
-        );
-    }
-    // A paused VM is resumed, not started (B14).
-    let action = if action == PowerAction::Start && g.state == "paused" {
-        PowerAction::Resume
-    } else {
-        action
-    };
-    let pve_err = |e: pve::PveError| {
-        let app: AppError = e.into();
-        (app.status().as_u16(), app.code().to_string(), app.to_string())
-    };
-    // Bounded towards PVE: a class pressing Start at once queues here, not on the cluster.
-    let _permit = st.power_permit(&cluster).await;
-    let upid = if action == PowerAction::Stop {
-        // Stop is the student's way out of a hung guest: it also aborts a pending shutdown task.
-        client.stop_overruling_shutdown(&g.node, kind, vmid).await
-    } else {
-        client.power(&g.node, kind, vmid, action).await
-    }
-    .map_err(pve_err)?;
-    let outcome = client
-        .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
-        .await;
-    // Refresh the guest whatever the outcome, so the inventory shows the truth at once.
-    let refreshed = st.syncer.refresh_guest(&cluster, vmid).await;
-    let outcome = outcome.map_err(pve_err)?;
-    let exitstatus = match outcome {
-        pve::TaskOutcome::Ok => "OK".to_string(),
-        pve::TaskOutcome::Warnings(n) => format!("WARNINGS: {n}"),
-    };
-    let guest = match refreshed {
-        Ok(g) => serde_json::to_value(g.as_ref()).unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    };
-    Ok(
-        json!({"ok": true, "action": action_name(action), "upid": upid.to_string(), "exitstatus": exitstatus,
-              "guest": guest}),
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": e.to_string()}})),
     )
-}
-
-async fn run_revert(st: AppState, cluster: String, vmid: u32, snapshot: String) -> OpResult {
-    let snap = st.inventory.snapshot();
-    let g = snap.guest(&cluster, vmid).cloned().ok_or_else(|| {
-        (
-            404,
-            "not_found".to_string(),
-            format!("no VM {vmid} in cluster {cluster}"),
-        )
-    })?;
-    let client = st
-        .syncer
-        .client(&cluster)
-        .cloned()
-        .ok_or_else(|| (404, "not_found".to_string(), format!("unknown cluster {cluster}")))?;
-    let kind = if g.kind == "lxc" {
-        GuestKind::Lxc
-    } else {
-        GuestKind::Qemu
-    };
-    let pve_err = |e: pve::PveError| {
-        let app: AppError = e.into();
-        (app.status().as_u16(), app.code().to_string(), app.to_string())
-    };
-    let _permit = st.power_permit(&cluster).await;
-    let upid = client
-        .snapshot_rollback(&g.node, kind, vmid, &snapshot)
-        .await
-        .map_err(pve_err)?;
-    let outcome = client
-        .wait_task(&upid, Duration::from_secs(st.config.task_timeout_secs))
-        .await;
-    let refreshed = st.syncer.refresh_guest(&cluster, vmid).await;
-    let outcome = outcome.map_err(pve_err)?;
-    let exitstatus = match outcome {
-        pve::TaskOutcome::Ok => "OK".to_string(),
-        pve::TaskOutcome::Warnings(n) => format!("WARNINGS: {n}"),
-    };
-    let guest = match refreshed {
-        Ok(g) => serde_json::to_value(g.as_ref()).unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    };
-    Ok(
-        json!({"ok": true, "action": "revert", "snapshot": snapshot, "upid": upid.to_string(),
-              "exitstatus": exitstatus, "guest": guest}),
-    )
+        .into_response()
 }
 
 /// `GET /api/events`: Server-Sent Events of inventory changes (`event: guest|guest_removed|cluster`,

@@ -82,8 +82,14 @@ impl IntoResponse for AppError {
 
 impl From<pve::PveError> for AppError {
     fn from(e: pve::PveError) -> Self {
+        AppError::from(&e)
+    }
+}
+
+impl From<&pve::PveError> for AppError {
+    fn from(e: &pve::PveError) -> Self {
         use pve::PveError as P;
-        match &e {
+        match e {
             P::Locked { .. } | P::LockTimeout(_) => AppError::Conflict(e.to_string()),
             P::NotFound(_) => AppError::NotFound(e.to_string()),
             P::Timeout | P::Connect(_) | P::NodeUnreachable { .. } | P::NoQuorum(_) => {

@@ -679,7 +679,7 @@ impl VmButtons {
     /// The buttons for display state `state` (`running`, `stopped`, `paused`, `hibernated`, `unknown`),
     /// for a template or not, with or without a baseline snapshot. A lock Proxmox holds (other than
     /// `suspended`) disables every button in the page, titled with the lock, and the API refuses the
-    /// operation by name ([`crate::api::blocking_lock`]).
+    /// operation by name ([`ops::blocking_lock`]).
     pub fn for_state(state: &str, template: bool, has_baseline: bool) -> VmButtons {
         if template {
             return VmButtons {

@@ -1,14 +1,11 @@
 //! Application state shared by every handler: cheap handles only.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, Shared};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sync::{Inventory, Syncer};
-use tokio::sync::Mutex;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -35,14 +32,6 @@ impl Default for WebConfig {
     }
 }
 
-/// Outcome of a power operation, shared by every caller that asked for the same operation at once.
-pub type OpResult = Result<serde_json::Value, (u16, String, String)>;
-
-/// Power operations in flight by `(cluster, vmid)`: the operation's name and its shared future.
-/// Operations in flight per VM: `(name, generation, shared result)`. The generation tells a finishing
-/// operation whether the entry is still its own (a Stop may have overruled it).
-pub type InFlight = HashMap<(String, u32), (String, u64, Shared<BoxFuture<'static, OpResult>>)>;
-
 /// Labels of the HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct HttpLabels {
@@ -57,11 +46,8 @@ pub struct AppState {
     pub syncer: Arc<Syncer>,
     pub config: Arc<WebConfig>,
     pub started: Instant,
-    /// Power operations in flight by `(cluster, vmid)`: concurrent identical requests join one task.
-    pub(crate) in_flight: Arc<Mutex<InFlight>>,
-    /// One semaphore of `config.power_concurrency` permits per cluster id: bounds power operations
-    /// towards each cluster.
-    pub(crate) power_permits: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    /// Power actions and reverts ([`ops`]): one at a time per VM, bounded per cluster, in their own tasks.
+    pub ops: ops::Ops,
     pub(crate) http_requests: Family<HttpLabels, Counter>,
     /// Page theme (see [`crate::pages`]); `None`: the embedded default theme, built on first use.
     /// Set with [`AppState::with_themes`].
@@ -96,34 +82,26 @@ impl AppState {
             Err(e) => panic!("cannot open a temporary account database: {e}"),
         };
         let auth = crate::auth::AuthState::new(store, crate::auth::AuthConfig::default());
+        let ops = ops::Ops::new(
+            syncer.clone(),
+            ops::OpsConfig {
+                task_timeout: Duration::from_secs(config.task_timeout_secs),
+                per_cluster: config.power_concurrency.max(1),
+            },
+        );
         AppState {
             auth,
             inventory,
             syncer,
             config: Arc::new(config),
             started: Instant::now(),
-            in_flight: Arc::default(),
-            power_permits: Arc::default(),
+            ops,
             http_requests: Family::default(),
             themes: None,
             reload_sources: Arc::default(),
             connect: Arc::default(),
             deploy: None,
         }
-    }
-
-    /// Waits for a permit to run one power operation against `cluster` (see
-    /// [`WebConfig::power_concurrency`]); hold it until the operation's task is done.
-    pub(crate) async fn power_permit(&self, cluster: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let sem = {
-            let mut map = self.power_permits.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(cluster.to_string())
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Semaphore::new(self.config.power_concurrency.max(1)))
-                })
-                .clone()
-        };
-        sem.acquire_owned().await.ok()
     }
 
     /// Sets the deployment service behind the class, template, invite and job routes.
