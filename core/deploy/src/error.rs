@@ -139,7 +139,9 @@ impl DeployError {
             DeployError::VmidsExhausted { .. } => 503,
             DeployError::Preflight(_) => 422,
             DeployError::ConfirmationRequired(_) => 428,
-            DeployError::Pve(_) | DeployError::Script(_) | DeployError::Host(_) => 502,
+            // A site script may say which status its refusal is (`throw #{status: 409, ...}`).
+            DeployError::Script(e) => e.thrown_status().map(|(s, _, _)| s).unwrap_or(502),
+            DeployError::Pve(_) | DeployError::Host(_) => 502,
             DeployError::Store(_) => 500,
         }
     }

@@ -185,10 +185,13 @@ pub enum ScriptError {
     /// `throw #{code: "x", message: "y"}` gives `code = "x"`; a plain `throw "text"` gives
     /// `code = "script_error"` and the text as message. Host functions throw codes such as
     /// `pve.locked`, `ssh.failed`, `net.invalid_address` (listed in `scripts/API.md`).
+    /// `throw #{status: 409, code, message}` also sets the HTTP status the user gets (400–599).
     #[error("{path}:{line}: {code}: {message}")]
     Thrown {
         /// Machine-readable code.
         code: String,
+        /// The HTTP status the script asked for (`status` in the thrown map, 400–599), if any.
+        status: Option<u16>,
         /// Human-readable message.
         message: String,
         /// Script file.
@@ -250,6 +253,20 @@ pub enum ScriptError {
 }
 
 impl ScriptError {
+    /// What a script's `throw #{status, code, message}` asks the user to get: `(status, code, message)`;
+    /// `None` for every other error (and a throw without a valid `status`).
+    pub fn thrown_status(&self) -> Option<(u16, &str, &str)> {
+        match self {
+            ScriptError::Thrown {
+                status: Some(s),
+                code,
+                message,
+                ..
+            } => Some((*s, code, message)),
+            _ => None,
+        }
+    }
+
     /// Short machine-readable kind, for JSON error bodies and metrics
     /// (`load`, `syntax`, `limit_exceeded`, `thrown`, ...).
     pub fn kind(&self) -> &'static str {
@@ -364,8 +381,14 @@ pub(crate) fn thrown_from_value(value: &Dynamic, path: &str, line: usize) -> Scr
             .get("message")
             .map(|m| m.to_string())
             .unwrap_or_else(|| format!("{value}"));
+        let status = map
+            .get("status")
+            .and_then(|s| s.as_int().ok())
+            .and_then(|s| u16::try_from(s).ok())
+            .filter(|s| (400..=599).contains(s));
         return ScriptError::Thrown {
             code,
+            status,
             message,
             path: path.to_string(),
             line,
@@ -373,6 +396,7 @@ pub(crate) fn thrown_from_value(value: &Dynamic, path: &str, line: usize) -> Scr
     }
     ScriptError::Thrown {
         code: "script_error".to_string(),
+        status: None,
         message: value.to_string(),
         path: path.to_string(),
         line,

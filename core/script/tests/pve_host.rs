@@ -98,6 +98,7 @@ fn bad_path() { pve::get("lab", "nodes/../../etc") }
             path,
             line,
             message,
+            ..
         }) => {
             assert!(
                 code == "pve.not_found" || code == "pve.api",

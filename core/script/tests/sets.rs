@@ -217,6 +217,7 @@ async fn throw_map_becomes_typed_error_with_code_path_and_line() {
             message,
             path,
             line,
+            ..
         }) => {
             assert_eq!(
                 (code.as_str(), message.as_str(), line),

@@ -50,6 +50,12 @@ impl IntoResponse for ClassesError {
     fn into_response(self) -> Response {
         match self {
             ClassesError::App(e) => e.into_response(),
+            ClassesError::Deploy(DeployError::Script(e)) if e.thrown_status().is_some() => {
+                // A site script's `throw #{status, code, message}`: the user gets exactly that.
+                let (status, code, message) = e.thrown_status().unwrap_or((502, "script_error", ""));
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+            }
             ClassesError::Deploy(e) => {
                 let status =
                     StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -33,6 +33,16 @@ pub enum AppError {
     /// 503: the cluster cannot be reached or the service is busy.
     #[error("{0}")]
     Unavailable(String),
+    /// A site script refused with `throw #{status, code, message}`: that status, code and message.
+    #[error("{message}")]
+    Script {
+        /// The status the script asked for (400–599).
+        status: StatusCode,
+        /// The script's code.
+        code: String,
+        /// The script's message for the user.
+        message: String,
+    },
     /// 500: a bug or an I/O failure; details are only logged.
     #[error("internal error")]
     Internal(String),
@@ -51,11 +61,12 @@ impl AppError {
             AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Script { status, .. } => *status,
         }
     }
 
     /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             AppError::BadRequest(_) => "bad_request",
             AppError::Unauthorized => "unauthorized",
@@ -66,6 +77,7 @@ impl AppError {
             AppError::Upstream(_) => "pve_error",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal(_) => "internal",
+            AppError::Script { code, .. } => code,
         }
     }
 }
@@ -77,6 +89,21 @@ impl IntoResponse for AppError {
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<script::ScriptError> for AppError {
+    /// A thrown `#{status, code, message}` keeps its status and words; any other script failure is a
+    /// fault of the site's script: 502 with the error (file and line) for the log and the admin.
+    fn from(e: script::ScriptError) -> Self {
+        match e.thrown_status() {
+            Some((status, code, message)) => AppError::Script {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+            None => AppError::Internal(format!("script: {e}")),
+        }
     }
 }
 

@@ -208,10 +208,17 @@ impl SiteScripts {
 
     /// Makes the RDP script return `address` for every VM (a typo, a leftover test value).
     fn returning(&self, address: &str) {
+        self.with_body(&format!(
+            "#{{ address: \"{address}\", port: 3389, username: user.name }}"
+        ));
+    }
+
+    /// Makes the RDP script's `rdp_settings(vm, user)` body `body`.
+    fn with_body(&self, body: &str) {
         std::fs::create_dir_all(self.dir.path().join("rdp")).unwrap();
         std::fs::write(
             self.dir.path().join("rdp/default.rhai"),
-            format!("fn rdp_settings(vm, user) {{ #{{ address: \"{address}\", port: 3389, username: user.name }} }}\n"),
+            format!("fn rdp_settings(vm, user) {{ {body} }}\n"),
         )
         .unwrap();
         let sources = script::SetSources {
@@ -234,7 +241,8 @@ impl web::connect::ScriptSetSource for SiteScripts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rdp_files_never_point_at_loopback_link_local_or_the_portal_itself() {
+async fn rdp_files_never_point_at_loopback_link_local_or_the_portal_itself_and_a_scripts_refusal_reaches_the_student()
+ {
     let site = SiteScripts::new();
     let scripts = Scripts {
         runtime: site.runtime.clone(),
@@ -263,4 +271,18 @@ async fn rdp_files_never_point_at_loopback_link_local_or_the_portal_itself() {
     site.returning("198.18.4.7");
     let (status, _, body) = p.get(Some("stud"), &format!("/rdp/{VM}.rdp")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // A script that refuses with a status: the student gets that status, code and message.
+    site.with_body(
+        r#"throw #{status: 409, code: "no_rdp_today", message: "Remote Desktop is closed during the exam."}"#,
+    );
+    let (status, _, body) = p.get(Some("stud"), &format!("/rdp/{VM}.rdp")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "no_rdp_today");
+    assert_eq!(v["error"]["message"], "Remote Desktop is closed during the exam.");
+    // Without a status it is the site script's fault: not the student's request.
+    site.with_body(r#"throw "oops""#);
+    let (status, _, _) = p.get(Some("stud"), &format!("/rdp/{VM}.rdp")).await;
+    assert_eq!(status, 500);
 }

@@ -124,7 +124,7 @@ pub async fn rdp_file(
                 user.clone(),
             )
             .await
-            .map_err(|e| AppError::Internal(format!("rdp script: {e}")))?,
+            .map_err(AppError::from)?,
         None => builtin_settings(&vm, &user),
     };
     let (target, settings) = settings_from_map(&map, vm_ip).map_err(AppError::Internal)?;
