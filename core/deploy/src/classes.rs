@@ -105,7 +105,7 @@ pub fn check_specs(s: &ClassSpecs) -> Result<()> {
 }
 /// Longest class description, in characters.
 pub const MAX_DESCRIPTION: usize = 500;
-use crate::templates::{TemplateRef, linked_clone_preflight};
+use crate::templates::linked_clone_preflight;
 use crate::trees::VmRole;
 
 /// What a teacher asks for when creating a class.
@@ -115,7 +115,7 @@ pub struct ClassSpec {
     pub name: String,
     /// Cluster id.
     pub cluster: String,
-    /// VMID of the template (registered on the fly if needed).
+    /// VMID of a catalogue template visible to the owner.
     pub template_vmid: u32,
     /// Workflow script name (`qcow2-overlay` when `None`, or `linked-clone`).
     pub workflow: Option<String>,
@@ -221,11 +221,13 @@ fn volume_path(root: &str, volume: &str) -> Option<String> {
 
 impl Deployer {
     /// Creates class `spec` owned by `owner` and starts its deploy job: checks the workflow, the template
-    /// (registering it if needed; B28 preflight for linked clones), the storage and placement; reserves
+    /// (it must be in the catalogue and visible to `owner`, see [`Deployer::template_for`]; preflight
+    /// for linked clones), the storage and placement; reserves
     /// `pool_size + 2` VMIDs (base, teacher, students); returns the class and the job (follow it with
     /// [`Deployer::events`] or [`Deployer::wait_job`]).
     ///
-    /// Errors: [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
+    /// Errors: [`DeployError::Forbidden`] for a template outside the owner's catalogue,
+    /// [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
     /// [`DeployError::UnknownCluster`], [`DeployError::Pve`].
     pub async fn create_class(&self, owner: &str, spec: ClassSpec) -> Result<(ClassRecord, JobRecord)> {
         let name = store::accounts::validate_text("a class name", &spec.name, MAX_CLASS_NAME, false)
@@ -249,18 +251,20 @@ impl Deployer {
         }
         self.vmid_range(&spec.cluster)?;
         let client = self.pve(&spec.cluster)?;
-        let tpl = match self.template(&spec.cluster, spec.template_vmid) {
-            Ok(t) => t,
-            Err(DeployError::NotFound { .. }) => {
-                self.register_template(&spec.cluster, TemplateRef::Vmid(spec.template_vmid))
-                    .await?
-            }
-            Err(e) => return Err(e),
-        };
+        // Only a catalogue template the owner may use; nothing is registered on the fly.
+        let listed = self.template_for(&spec.cluster, spec.template_vmid, owner)?;
         // Fresh config and specs: the template may have changed since it was registered.
-        let tpl_cfg = client.guest_config(&tpl.node, GuestKind::Qemu, tpl.vmid).await?;
-        let tpl =
-            crate::templates::template_from_config(&spec.cluster, &tpl.node, tpl.vmid, &tpl_cfg, self.now());
+        let tpl_cfg = client
+            .guest_config(&listed.node, GuestKind::Qemu, listed.vmid)
+            .await?;
+        let mut tpl = crate::templates::template_from_config(
+            &spec.cluster,
+            &listed.node,
+            listed.vmid,
+            &tpl_cfg,
+            self.now(),
+        );
+        tpl.visibility = listed.visibility;
         self.inner
             .store
             .templates

@@ -89,6 +89,10 @@ pub struct TemplateOption {
     pub synced_at: u64,
     /// Why the last read failed (the template is gone or changed), or none.
     pub sync_error: Option<String>,
+    /// Who may use it: `all` (every teacher), `teachers` (those in `teachers`), `admins`.
+    pub visibility: String,
+    /// The teachers of `visibility == "teachers"`.
+    pub teachers: Vec<String>,
 }
 
 /// One VM of `class.html` (`vms[]`).
@@ -179,7 +183,8 @@ fn deployer_of(st: &AppState) -> Option<Deployer> {
 }
 
 /// `GET /classes` (teachers, admins): `classes.html` with `classes` ([`ClassRow`]s by name: owned and
-/// co-owned; admins every class), `templates` ([`TemplateOption`]s), `clusters` (ids),
+/// co-owned; admins every class), `templates` ([`TemplateOption`]s: the catalogue templates open to the
+/// caller; admins the whole catalogue), `clusters` (ids),
 /// `default_cluster` and `workflows`. Students get the 403 page; no deployer: 503.
 pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response {
     if !matches!(p.role, Role::Teacher | Role::Admin) {
@@ -226,14 +231,22 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
             .cmp(&b.name.to_lowercase())
             .then(a.id.cmp(&b.id))
     });
+    // Teachers see only the catalogue templates open to them; admins see the whole catalogue.
     let templates: Vec<TemplateOption> = d
-        .templates()
+        .templates_visible_to(&p.name, p.is_admin())
         .unwrap_or_default()
         .into_iter()
         .map(|t| {
             let mut storages: Vec<&str> = t.disks.iter().map(|d| d.storage.as_str()).collect();
             storages.dedup();
+            let (visibility, teachers) = match &t.visibility {
+                store::TemplateVisibility::AllTeachers => ("all", Vec::new()),
+                store::TemplateVisibility::Teachers { names } => ("teachers", names.clone()),
+                store::TemplateVisibility::AdminsOnly => ("admins", Vec::new()),
+            };
             TemplateOption {
+                visibility: visibility.to_string(),
+                teachers,
                 storage: storages.join(", "),
                 cluster: t.cluster,
                 vmid: t.vmid,

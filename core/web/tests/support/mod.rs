@@ -244,3 +244,58 @@ pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi
     d.recover().await.unwrap();
     d
 }
+
+/// Puts PVE template `vmid` of cluster `lab` into the catalogue, open to every teacher (as an admin
+/// would on `/classes`).
+pub async fn open_template(d: &deploy::Deployer, vmid: u32) {
+    d.register_template(
+        "lab",
+        deploy::TemplateRef::Vmid(vmid),
+        store::TemplateVisibility::AllTeachers,
+    )
+    .await
+    .unwrap();
+}
+
+/// `who` (a fixture user) sends `method path` with JSON `body` through `app`; returns the status and
+/// the JSON answer (`Null` when empty).
+pub async fn call_json(
+    fx: &Fixture,
+    app: &Router,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let (cookie, csrf) = fx.session(who);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .header("content-type", "application/json")
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(120), app.clone().oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    let v = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json_of(&bytes)
+    };
+    (status, v)
+}
+
+/// The message of a JSON error answer.
+pub fn message_of(v: &serde_json::Value) -> String {
+    v["error"]["message"].as_str().unwrap_or_default().to_string()
+}
