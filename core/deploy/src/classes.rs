@@ -227,6 +227,7 @@ impl Deployer {
     /// [`Deployer::events`] or [`Deployer::wait_job`]).
     ///
     /// Errors: [`DeployError::Forbidden`] for a template outside the owner's catalogue,
+    /// [`DeployError::LimitReached`] past the owner's class or VM limit,
     /// [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
     /// [`DeployError::UnknownCluster`], [`DeployError::Pve`].
     pub async fn create_class(&self, owner: &str, spec: ClassSpec) -> Result<(ClassRecord, JobRecord)> {
@@ -242,6 +243,9 @@ impl Deployer {
             )));
         }
         check_specs(&spec.specs)?;
+        // The owner's limits, before anything is asked of PVE (checked again when the class is stored).
+        let new_vms = crate::quotas::class_vms(spec.pool_size);
+        self.check_quota(owner, 1, new_vms)?;
         let workflow = spec.workflow.clone().unwrap_or_else(|| "qcow2-overlay".into());
         let set = self.scripts();
         if set.deploy(&workflow).is_none() {
@@ -361,16 +365,19 @@ impl Deployer {
             description: spec.description.trim().to_string(),
             ..ClassRecord::default()
         };
-        for n in 1.. {
-            class.id = if n == 1 {
-                base_id.clone()
-            } else {
-                format!("{base_id}-{n}")
-            };
-            if self.inner.store.classes.insert_new(&class.id, &class).is_ok() {
-                break;
+        self.within_quota(owner, 1, new_vms, || {
+            for n in 1.. {
+                class.id = if n == 1 {
+                    base_id.clone()
+                } else {
+                    format!("{base_id}-{n}")
+                };
+                if self.inner.store.classes.insert_new(&class.id, &class).is_ok() {
+                    break;
+                }
             }
-        }
+            Ok(())
+        })?;
         let width = spec.pool_size.to_string().len().max(2);
         let students: Vec<Value> = (1..=spec.pool_size)
             .map(|i| json!({"name": format!("s{i:0width$}"), "slot": i}))
@@ -593,7 +600,8 @@ impl Deployer {
     }
 
     /// Adds `n` student VMs to a class (e.g. for its waiting list): an `add-vms` job.
-    /// Errors: [`DeployError::Invalid`] when `n` is 0 or the class would pass [`Deployer::max_pool`]
+    /// Errors: [`DeployError::LimitReached`] when the class owner would pass their VM limit;
+    /// [`DeployError::Invalid`] when `n` is 0 or the class would pass [`Deployer::max_pool`]
     /// (see [`pool_after_adding`]; nothing is stored); [`DeployError::Conflict`] while the class has no
     /// plan yet (first deploy still running).
     pub async fn add_vms(&self, id: &str, actor: &str, n: u32) -> Result<JobRecord> {
@@ -604,6 +612,8 @@ impl Deployer {
                 "class {id} has not been deployed yet"
             )));
         };
+        // The VMs count against the class owner's limit, whoever of its teachers asks.
+        self.check_quota(&class.owner, 0, u64::from(n))?;
         let job_id = self.new_id("j")?;
         let vmids = self
             .reserve_vmids(&class.cluster, n as usize, &job_id, Some(id), None)
@@ -637,10 +647,18 @@ impl Deployer {
                 json!({"name": name, "vmid": vmid, "role": "student", "user": "", "slot": slot, "node": node})
             })
             .collect();
-        self.update_class(id, |c| {
-            c.pool_size = c.pool_size.saturating_add(n);
-            c.last_job = Some(job_id.clone());
-        })?;
+        let grown = self.within_quota(&class.owner, 0, u64::from(n), || {
+            self.update_class(id, |c| {
+                c.pool_size = c.pool_size.saturating_add(n);
+                c.last_job = Some(job_id.clone());
+            })
+        });
+        if let Err(e) = grown {
+            for v in &vmids {
+                self.release_vmid(&class.cluster, *v)?;
+            }
+            return Err(e);
+        }
         self.start_vm_job(&class, &job_id, KIND_ADD, actor, ctx, plan, entries)
     }
 

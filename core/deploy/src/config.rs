@@ -51,6 +51,11 @@ pub struct DeployLimits {
     pub max_pool: u32,
     /// Lifetime of an invite link when none is given (default 7 days).
     pub invite_ttl: Duration,
+    /// Classes one teacher may own, unless an admin set another limit for them (default 10).
+    pub classes_per_teacher: u32,
+    /// VMs (VMIDs held: the teacher VM, class base and student VMs of every class they own) one teacher
+    /// may have, unless an admin set another limit for them (default 1000).
+    pub vms_per_teacher: u32,
 }
 
 impl Default for DeployLimits {
@@ -65,6 +70,8 @@ impl Default for DeployLimits {
             task_timeout: Duration::from_secs(600),
             max_pool: 500,
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            classes_per_teacher: 10,
+            vms_per_teacher: 1000,
         }
     }
 }

@@ -185,7 +185,8 @@ fn deployer_of(st: &AppState) -> Option<Deployer> {
 /// `GET /classes` (teachers, admins): `classes.html` with `classes` ([`ClassRow`]s by name: owned and
 /// co-owned; admins every class), `templates` ([`TemplateOption`]s: the catalogue templates open to the
 /// caller; admins the whole catalogue), `clusters` (ids),
-/// `default_cluster` and `workflows`. Students get the 403 page; no deployer: 503.
+/// `default_cluster`, `workflows` and `usage` (the caller's classes and VMs against their limits:
+/// `{classes, classes_limit, vms, vms_limit, unlimited}`). Students get the 403 page; no deployer: 503.
 pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response {
     if !matches!(p.role, Role::Teacher | Role::Admin) {
         return page_error(
@@ -259,6 +260,7 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
         .collect();
     let clusters: Vec<String> = st.inventory.snapshot().clusters.keys().cloned().collect();
     let default_cluster = st.cluster_for(&p, None);
+    let usage = d.teacher_usage(&p.name).ok();
     render_page(
         &st,
         Some(&p),
@@ -272,6 +274,7 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
                 clusters => clusters,
                 default_cluster => default_cluster,
                 workflows => vec!["qcow2-overlay", "linked-clone"],
+                usage => Value::from_serialize(&usage),
             }
         },
     )

@@ -861,6 +861,51 @@ pub async fn unregister_template(
     Ok(Json(json!({"unregistered": out?})).into_response())
 }
 
+// ---------------------------------------------------------------- per-teacher limits
+
+/// Body of `PUT /api/teachers/{name}/limits`: `null` (or absent) keeps the configured default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherLimitsBody {
+    /// Classes the teacher may own.
+    #[serde(default)]
+    pub classes: Option<u32>,
+    /// VMs the teacher's classes may hold.
+    #[serde(default)]
+    pub vms: Option<u32>,
+}
+
+/// `PUT /api/teachers/{name}/limits` `{classes?, vms?}` (admins): sets a teacher's own limits →
+/// their usage `{classes, classes_limit, vms, vms_limit, unlimited}`. Audited.
+pub async fn set_teacher_limits(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    let d = deployer(&st)?;
+    let b: TeacherLimitsBody = body(&bytes)?;
+    let out = d.set_teacher_limits(
+        &name,
+        deploy::TeacherLimits {
+            classes: b.classes,
+            vms: b.vms,
+        },
+    );
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "teacher.limits",
+        &name,
+        &match &out {
+            Ok(u) => format!("ok: {} classes, {} VMs", u.classes_limit, u.vms_limit),
+            Err(e) => e.to_string(),
+        },
+    );
+    Ok(Json(json!(out?)).into_response())
+}
+
 // ---------------------------------------------------------------- jobs
 
 /// The job if `p` may see it: admins, the job's starter, the teachers of its class.

@@ -116,6 +116,7 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("GET",    "/api/templates/by-name/{name}",  Json, [401, 403, 403, 503, 503, 503, 503, 403, 401]),
         ("GET",    "/api/templates/stats",           Json, [401, 403, 403, 503, 503, 503, 503, 403, 401]),
         ("POST",   "/api/templates/sync",            Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
+        ("PUT",    "/api/teachers/{name}/limits",     Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
         ("PUT",    "/api/templates/{cluster}/{vmid}", Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
         ("DELETE", "/api/templates/{cluster}/{vmid}", Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
         ("GET",    "/api/jobs/{id}",                 Json, [401, 503, 503, 503, 503, 503, 503, 503, 401]),

@@ -345,6 +345,13 @@ fn table() -> Vec<Route> {
         r(Post, "/api/templates/sync", Json, Admin, classes::sync_templates),
         r(
             Put,
+            "/api/teachers/{name}/limits",
+            Json,
+            Admin,
+            classes::set_teacher_limits,
+        ),
+        r(
+            Put,
             "/api/templates/{cluster}/{vmid}",
             Json,
             Admin,

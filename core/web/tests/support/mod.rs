@@ -204,6 +204,17 @@ pub fn json_of(body: &Bytes) -> serde_json::Value {
 /// fake's real folder, VMIDs come from `lo..=hi` (tests sharing the fake cluster use disjoint ranges),
 /// and lock-timeout backoff is short. Interrupted jobs are recovered before it is returned.
 pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi: u32) -> deploy::Deployer {
+    deployer_with(fx, exec, lo, hi, |_| {}).await
+}
+
+/// [`deployer`] with its limits changed by `tune` (per-teacher defaults, ...).
+pub async fn deployer_with(
+    fx: &Fixture,
+    exec: Arc<dyn cloner::Executor>,
+    lo: u32,
+    hi: u32,
+    tune: impl FnOnce(&mut deploy::DeployLimits),
+) -> deploy::Deployer {
     use std::collections::BTreeMap;
     use std::time::Duration;
     let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
@@ -226,6 +237,11 @@ pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi
         script::Limits::default(),
     );
     let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
+    let mut limits = deploy::DeployLimits {
+        backoff_base: Duration::from_millis(50),
+        ..deploy::DeployLimits::default()
+    };
+    tune(&mut limits);
     let cfg = deploy::DeployConfig {
         clusters: BTreeMap::from([(
             "lab".to_string(),
@@ -234,10 +250,7 @@ pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi
                 ..deploy::ClusterDeploy::default()
             },
         )]),
-        limits: deploy::DeployLimits {
-            backoff_base: Duration::from_millis(50),
-            ..deploy::DeployLimits::default()
-        },
+        limits,
         ..deploy::DeployConfig::default()
     };
     let d = deploy::Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
