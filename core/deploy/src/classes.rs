@@ -274,10 +274,10 @@ impl Deployer {
             .templates
             .insert(&vm_key(&spec.cluster, tpl.vmid), &tpl)?;
         let storages = client.storages().await?;
+        let node_list = client.nodes().await?;
+        self.check_names(&client, &spec, &node_list, &storages).await?;
         let nodes: Vec<String> = if spec.spread {
-            let mut n: Vec<String> = client
-                .nodes()
-                .await?
+            let mut n: Vec<String> = node_list
                 .into_iter()
                 .filter(|n| n.is_online())
                 .map(|n| n.node)
@@ -460,6 +460,66 @@ impl Deployer {
         let rec = journal.snapshot();
         self.spawn_job(journal, set);
         Ok((class, rec))
+    }
+
+    /// Refuses a node, storage or PVE pool named in `spec` that the cluster does not have (or a node
+    /// that is offline), naming it and what the cluster has, before anything is stored or created.
+    /// Errors: [`DeployError::Invalid`] (400); [`DeployError::Pve`] when the pools cannot be read.
+    async fn check_names(
+        &self,
+        client: &pve::PveClient,
+        spec: &ClassSpec,
+        nodes: &[pve::NodeInfo],
+        storages: &[pve::StorageInfo],
+    ) -> Result<()> {
+        let cluster = &spec.cluster;
+        let list = |v: Vec<&str>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        if let Some(n) = &spec.node {
+            match nodes.iter().find(|x| &x.node == n) {
+                None => {
+                    return Err(DeployError::Invalid(format!(
+                        "unknown node {n:?} in cluster {cluster}; its nodes are {}",
+                        list(nodes.iter().map(|x| x.node.as_str()).collect())
+                    )));
+                }
+                Some(x) if !x.is_online() => {
+                    return Err(DeployError::Invalid(format!(
+                        "node {n:?} of cluster {cluster} is offline; choose another node"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(st) = &spec.storage
+            && !storages.iter().any(|x| &x.storage == st)
+        {
+            return Err(DeployError::Invalid(format!(
+                "unknown storage {st:?} in cluster {cluster}; its storages are {}",
+                list(storages.iter().map(|x| x.storage.as_str()).collect())
+            )));
+        }
+        if let Some(p) = &spec.pve_pool {
+            let pools = client.get_value("/pools", &[]).await?;
+            let ids: Vec<&str> = pools
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["poolid"].as_str())
+                .collect();
+            if !ids.contains(&p.as_str()) {
+                return Err(DeployError::Invalid(format!(
+                    "unknown pool {p:?} in cluster {cluster}; its pools are {}",
+                    list(ids)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The `template` and `node` parts of a deploy ctx: the template's record, fresh config and disks

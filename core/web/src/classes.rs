@@ -174,9 +174,10 @@ pub struct CreateClassBody {
     /// Student VMs.
     #[serde(default)]
     pub pool_size: u32,
-    /// Spec overrides `{cores, sockets, memory_mib}`.
+    /// Spec overrides `{cores, sockets, memory_mib}` (nothing else: a NIC bridge or any other key is
+    /// refused, not ignored).
     #[serde(default)]
-    pub specs: ClassSpecs,
+    pub specs: SpecsBody,
     /// Node for the VMs.
     #[serde(default)]
     pub node: Option<String>,
@@ -197,15 +198,41 @@ pub struct CreateClassBody {
     pub pool: Option<String>,
 }
 
+/// Spec overrides of a request: only these keys (the VMs' bridges are the template's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecsBody {
+    /// Cores.
+    #[serde(default)]
+    pub cores: Option<u32>,
+    /// Sockets.
+    #[serde(default)]
+    pub sockets: Option<u32>,
+    /// Memory, MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+impl From<SpecsBody> for ClassSpecs {
+    fn from(s: SpecsBody) -> ClassSpecs {
+        ClassSpecs {
+            cores: s.cores,
+            sockets: s.sockets,
+            memory_mib: s.memory_mib,
+        }
+    }
+}
+
 /// `POST /api/classes` (teachers, admins): creates a class and starts deploying it → 202
 /// `{class, job}`; follow the job with `GET /api/jobs/{id}/events`.
 pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn, bytes: Bytes) -> Res {
     teacher_or_admin(&p)?;
     let d = deployer(&st)?;
     let b: CreateClassBody = body(&bytes)?;
+    let specs = ClassSpecs::from(b.specs);
     // Counts are checked before anything is stored (registering a template by name writes).
     deploy::pool_change(0, b.pool_size, d.max_pool())?;
-    deploy::check_specs(&b.specs)?;
+    deploy::check_specs(&specs)?;
     let cluster = st.cluster_for(&p, b.cluster.as_deref());
     // Only catalogue templates open to the caller; a name is looked up there, never in the cluster.
     let template_vmid = match (b.template_vmid, &b.template) {
@@ -232,7 +259,7 @@ pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn
         template_vmid,
         workflow: b.workflow,
         pool_size: b.pool_size,
-        specs: b.specs,
+        specs,
         node: b.node,
         spread: b.spread,
         storage: b.storage,
@@ -302,7 +329,7 @@ pub struct UpdateClassBody {
     pub description: Option<String>,
     /// New spec overrides (for VMs made from now on).
     #[serde(default)]
-    pub specs: Option<ClassSpecs>,
+    pub specs: Option<SpecsBody>,
     /// Self-registration.
     #[serde(default)]
     pub self_registration: Option<bool>,
@@ -322,10 +349,11 @@ pub async fn update_class(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: UpdateClassBody = body(&bytes)?;
+    let specs = b.specs.map(ClassSpecs::from);
     if let Some(n) = b.pool_size {
         deploy::pool_change(d.class(&id)?.pool_size, n, d.max_pool())?;
     }
-    if let Some(s) = &b.specs {
+    if let Some(s) = &specs {
         deploy::check_specs(s)?;
     }
     let r = d
@@ -335,7 +363,7 @@ pub async fn update_class(
             ClassUpdate {
                 name: b.name,
                 description: b.description,
-                specs: b.specs,
+                specs,
                 self_registration: b.self_registration,
                 pool_size: b.pool_size,
             },
