@@ -70,7 +70,7 @@ pub use cleanup::is_proxlab_vm;
 pub use config::{ClusterDeploy, DeployConfig, DeployLimits};
 pub use error::{DeployError, Result};
 pub use host::{Clock, StaticHost};
-pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome, MAX_EXPIRY, expiry_after};
+pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome, MAX_EXPIRY, RegistrationClaim, expiry_after};
 pub use journal::{JobEvent, JobEventKind};
 pub use nodes::{NodeOps, NodeTarget, host_error};
 pub use publish::{PublishMode, RevertOutcome};

@@ -116,7 +116,7 @@ async fn class_of_25_deploys_27_vms_on_overlays_of_the_class_base_that_students_
     // Students join with an invite, start their VM and revert it.
     let invite = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Default)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Default, None)
         .unwrap();
     let mut students = Vec::new();
     for i in 1..=25 {
@@ -179,7 +179,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
     );
     let invite = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Default)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Default, None)
         .unwrap();
     for i in 0..51 {
         add_user(&e.store, &format!("s{i}"), Role::Student);
@@ -251,6 +251,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
             &class.id,
             "teach",
             deploy::InviteTtl::For(Duration::from_secs(3600)),
+            None,
         )
         .unwrap();
     assert_eq!(
@@ -264,7 +265,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
     ));
     let never = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Never)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Never, None)
         .unwrap();
     assert_eq!(never.record.expires_at, None);
     assert!(!format!("{never:?}").contains(never.token.expose()));

@@ -68,6 +68,8 @@ pub struct LimitsSection {
     pub max_pool: u32,
     /// Classes one teacher may own unless an admin set their own limit (default 10).
     pub classes_per_teacher: u32,
+    /// Accounts students may create with one invite link per minute (default 10).
+    pub registrations_per_invite_per_minute: u32,
     /// VMs (teacher VM, class base and students of each class) one teacher may have unless an admin
     /// set their own limit (default 1000).
     pub vms_per_teacher: u32,
@@ -82,6 +84,7 @@ impl Default for LimitsSection {
             deploy_total: 12,
             max_pool: 500,
             classes_per_teacher: 10,
+            registrations_per_invite_per_minute: 10,
             vms_per_teacher: 1000,
         }
     }
@@ -543,6 +546,12 @@ impl Config {
         }
         if !(1..=5000).contains(&l.max_pool) {
             bail!("limits.max_pool = {}: must be between 1 and 5000", l.max_pool);
+        }
+        if !(1..=10_000).contains(&l.registrations_per_invite_per_minute) {
+            bail!(
+                "limits.registrations_per_invite_per_minute = {}: must be between 1 and 10000",
+                l.registrations_per_invite_per_minute
+            );
         }
         if !(1..=10_000).contains(&l.classes_per_teacher) {
             bail!(

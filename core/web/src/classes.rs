@@ -419,6 +419,9 @@ pub struct InviteBody {
     /// Never expires (until revoked).
     #[serde(default)]
     pub never: bool,
+    /// Most accounts students may create with the link (default: the class's free seats now).
+    #[serde(default)]
+    pub max_registrations: Option<u64>,
 }
 
 /// `POST /api/classes/{id}/invite` (the class's teachers): a new invite link → 201
@@ -447,7 +450,7 @@ pub async fn create_invite(
         (false, Some(s)) => InviteTtl::For(Duration::from_secs(s)),
         (false, None) => InviteTtl::Default,
     };
-    let r = d.create_invite(&id, &p.name, ttl);
+    let r = d.create_invite(&id, &p.name, ttl, b.max_registrations);
     st.auth
         .audit(&p.name, authn.addr, "class.invite", &id, &audit_result(&r));
     let inv = r?;
