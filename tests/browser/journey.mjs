@@ -10,8 +10,9 @@
 // plan.json: {"phase", "artifacts", "profiles", ...phase fields}; phases:
 //   cluster  {admin, admin_password, cluster: {id, name, url, token_id, token_secret, fingerprint}}:
 //            the admin signs in, fills /admin/clusters, tests the connection, reads the proxlab.toml snippet.
-//   setup    {admin, teacher, teacher_password, template_vmid, class_name, pool_size}: the admin registers
-//            the template on /classes; the teacher creates the class, watches the deployment to the end,
+//   setup    {admin, teacher, teacher_password, template_vmid, spare_template_vmid, class_name, pool_size}:
+//            the admin registers the template on /classes (open to all teachers), registers the spare one
+//            and unregisters it with its button; the teacher creates the class, watches the deployment to the end,
 //            creates an invite link and copies it.
 //   students {invite, students: [{user, display, password}]}: each registers through the invite link, sees
 //            the join page (opening the link joins no one), clicks Join, lands on the portal with a
@@ -153,6 +154,7 @@ async function phaseSetup() {
       await open(page, "/classes");
       const form = page.locator("#register-template");
       await form.locator('input[name="vmid"]').fill(String(plan.template_vmid));
+      await form.locator('select[name="visibility"]').selectOption("all");
       await Promise.all([
         page.waitForEvent("load", { timeout: 20000 }),
         form.getByRole("button", { name: "Register template" }).click(),
@@ -160,7 +162,27 @@ async function phaseSetup() {
       const row = page.locator(`#templates tr[data-template$="/${plan.template_vmid}"]`);
       await row.waitFor({ timeout: 10000 });
       seen.template_row = (await row.textContent()).replace(/\s+/g, " ").trim();
+      if (!seen.template_row.includes("all teachers")) { throw new Error("the template row does not say it is open to all teachers: " + seen.template_row); }
       await screenshot(page, "admin-template-registered");
+    });
+    await step("admin registers a second template and unregisters it", async () => {
+      const form = page.locator("#register-template");
+      await form.locator('input[name="vmid"]').fill(String(plan.spare_template_vmid));
+      await form.locator('select[name="visibility"]').selectOption("admins");
+      await Promise.all([
+        page.waitForEvent("load", { timeout: 20000 }),
+        form.getByRole("button", { name: "Register template" }).click(),
+      ]);
+      const row = page.locator(`#templates tr[data-template$="/${plan.spare_template_vmid}"]`);
+      await row.waitFor({ timeout: 10000 });
+      await row.getByRole("button", { name: "Unregister" }).click();
+      await row.waitFor({ state: "detached", timeout: 10000 });
+      await page.locator("#register-template [data-f=result]").filter({ hasText: "unregistered" }).waitFor({ timeout: 10000 });
+      await open(page, "/classes");
+      if (await page.locator(`#templates tr[data-template$="/${plan.spare_template_vmid}"]`).count() !== 0) {
+        throw new Error("the unregistered template is still listed after a reload");
+      }
+      seen.spare_unregistered = true;
     });
     await context.close();
   }

@@ -735,7 +735,21 @@ async fn bench_deploy() -> anyhow::Result<()> {
         )]),
         ..deploy::DeployConfig::default()
     };
+    // The bench deploys as a teacher from a catalogue template, as the portal does.
+    store.create_local_user(store::UserRecord {
+        name: "bench".into(),
+        display_name: "bench".into(),
+        role: store::Role::Teacher,
+        ..store::UserRecord::default()
+    })?;
     let deployer = deploy::Deployer::new(store, host, Arc::new(move || set.clone()), cfg)?;
+    deployer
+        .register_template(
+            "lab",
+            deploy::TemplateRef::Vmid(9000),
+            store::TemplateVisibility::AllTeachers,
+        )
+        .await?;
     println!(
         "{:<22} {:>6} {:>10} {:>12} {:>9} {:>8}  target",
         "class", "VMs", "wall s", "floor s", "x floor", "VMs/s"

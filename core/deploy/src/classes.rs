@@ -105,7 +105,7 @@ pub fn check_specs(s: &ClassSpecs) -> Result<()> {
 }
 /// Longest class description, in characters.
 pub const MAX_DESCRIPTION: usize = 500;
-use crate::templates::{TemplateRef, linked_clone_preflight};
+use crate::templates::linked_clone_preflight;
 use crate::trees::VmRole;
 
 /// What a teacher asks for when creating a class.
@@ -115,7 +115,7 @@ pub struct ClassSpec {
     pub name: String,
     /// Cluster id.
     pub cluster: String,
-    /// VMID of the template (registered on the fly if needed).
+    /// VMID of a catalogue template visible to the owner.
     pub template_vmid: u32,
     /// Workflow script name (`qcow2-overlay` when `None`, or `linked-clone`).
     pub workflow: Option<String>,
@@ -221,11 +221,14 @@ fn volume_path(root: &str, volume: &str) -> Option<String> {
 
 impl Deployer {
     /// Creates class `spec` owned by `owner` and starts its deploy job: checks the workflow, the template
-    /// (registering it if needed; B28 preflight for linked clones), the storage and placement; reserves
+    /// (it must be in the catalogue and visible to `owner`, see [`Deployer::template_for`]; preflight
+    /// for linked clones), the storage and placement; reserves
     /// `pool_size + 2` VMIDs (base, teacher, students); returns the class and the job (follow it with
     /// [`Deployer::events`] or [`Deployer::wait_job`]).
     ///
-    /// Errors: [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
+    /// Errors: [`DeployError::Forbidden`] for a template outside the owner's catalogue,
+    /// [`DeployError::LimitReached`] past the owner's class or VM limit,
+    /// [`DeployError::Invalid`], [`DeployError::Preflight`], [`DeployError::VmidsExhausted`],
     /// [`DeployError::UnknownCluster`], [`DeployError::Pve`].
     pub async fn create_class(&self, owner: &str, spec: ClassSpec) -> Result<(ClassRecord, JobRecord)> {
         let name = store::accounts::validate_text("a class name", &spec.name, MAX_CLASS_NAME, false)
@@ -240,6 +243,9 @@ impl Deployer {
             )));
         }
         check_specs(&spec.specs)?;
+        // The owner's limits, before anything is asked of PVE (checked again when the class is stored).
+        let new_vms = crate::quotas::class_vms(spec.pool_size);
+        self.check_quota(owner, 1, new_vms)?;
         let workflow = spec.workflow.clone().unwrap_or_else(|| "qcow2-overlay".into());
         let set = self.scripts();
         if set.deploy(&workflow).is_none() {
@@ -249,27 +255,29 @@ impl Deployer {
         }
         self.vmid_range(&spec.cluster)?;
         let client = self.pve(&spec.cluster)?;
-        let tpl = match self.template(&spec.cluster, spec.template_vmid) {
-            Ok(t) => t,
-            Err(DeployError::NotFound { .. }) => {
-                self.register_template(&spec.cluster, TemplateRef::Vmid(spec.template_vmid))
-                    .await?
-            }
-            Err(e) => return Err(e),
-        };
+        // Only a catalogue template the owner may use; nothing is registered on the fly.
+        let listed = self.template_for(&spec.cluster, spec.template_vmid, owner)?;
         // Fresh config and specs: the template may have changed since it was registered.
-        let tpl_cfg = client.guest_config(&tpl.node, GuestKind::Qemu, tpl.vmid).await?;
-        let tpl =
-            crate::templates::template_from_config(&spec.cluster, &tpl.node, tpl.vmid, &tpl_cfg, self.now());
+        let tpl_cfg = client
+            .guest_config(&listed.node, GuestKind::Qemu, listed.vmid)
+            .await?;
+        let mut tpl = crate::templates::template_from_config(
+            &spec.cluster,
+            &listed.node,
+            listed.vmid,
+            &tpl_cfg,
+            self.now(),
+        );
+        tpl.visibility = listed.visibility;
         self.inner
             .store
             .templates
             .insert(&vm_key(&spec.cluster, tpl.vmid), &tpl)?;
         let storages = client.storages().await?;
+        let node_list = client.nodes().await?;
+        self.check_names(&client, &spec, &node_list, &storages).await?;
         let nodes: Vec<String> = if spec.spread {
-            let mut n: Vec<String> = client
-                .nodes()
-                .await?
+            let mut n: Vec<String> = node_list
                 .into_iter()
                 .filter(|n| n.is_online())
                 .map(|n| n.node)
@@ -357,16 +365,19 @@ impl Deployer {
             description: spec.description.trim().to_string(),
             ..ClassRecord::default()
         };
-        for n in 1.. {
-            class.id = if n == 1 {
-                base_id.clone()
-            } else {
-                format!("{base_id}-{n}")
-            };
-            if self.inner.store.classes.insert_new(&class.id, &class).is_ok() {
-                break;
+        self.within_quota(owner, 1, new_vms, || {
+            for n in 1.. {
+                class.id = if n == 1 {
+                    base_id.clone()
+                } else {
+                    format!("{base_id}-{n}")
+                };
+                if self.inner.store.classes.insert_new(&class.id, &class).is_ok() {
+                    break;
+                }
             }
-        }
+            Ok(())
+        })?;
         let width = spec.pool_size.to_string().len().max(2);
         let students: Vec<Value> = (1..=spec.pool_size)
             .map(|i| json!({"name": format!("s{i:0width$}"), "slot": i}))
@@ -449,6 +460,66 @@ impl Deployer {
         let rec = journal.snapshot();
         self.spawn_job(journal, set);
         Ok((class, rec))
+    }
+
+    /// Refuses a node, storage or PVE pool named in `spec` that the cluster does not have (or a node
+    /// that is offline), naming it and what the cluster has, before anything is stored or created.
+    /// Errors: [`DeployError::Invalid`] (400); [`DeployError::Pve`] when the pools cannot be read.
+    async fn check_names(
+        &self,
+        client: &pve::PveClient,
+        spec: &ClassSpec,
+        nodes: &[pve::NodeInfo],
+        storages: &[pve::StorageInfo],
+    ) -> Result<()> {
+        let cluster = &spec.cluster;
+        let list = |v: Vec<&str>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        if let Some(n) = &spec.node {
+            match nodes.iter().find(|x| &x.node == n) {
+                None => {
+                    return Err(DeployError::Invalid(format!(
+                        "unknown node {n:?} in cluster {cluster}; its nodes are {}",
+                        list(nodes.iter().map(|x| x.node.as_str()).collect())
+                    )));
+                }
+                Some(x) if !x.is_online() => {
+                    return Err(DeployError::Invalid(format!(
+                        "node {n:?} of cluster {cluster} is offline; choose another node"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(st) = &spec.storage
+            && !storages.iter().any(|x| &x.storage == st)
+        {
+            return Err(DeployError::Invalid(format!(
+                "unknown storage {st:?} in cluster {cluster}; its storages are {}",
+                list(storages.iter().map(|x| x.storage.as_str()).collect())
+            )));
+        }
+        if let Some(p) = &spec.pve_pool {
+            let pools = client.get_value("/pools", &[]).await?;
+            let ids: Vec<&str> = pools
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["poolid"].as_str())
+                .collect();
+            if !ids.contains(&p.as_str()) {
+                return Err(DeployError::Invalid(format!(
+                    "unknown pool {p:?} in cluster {cluster}; its pools are {}",
+                    list(ids)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The `template` and `node` parts of a deploy ctx: the template's record, fresh config and disks
@@ -589,7 +660,8 @@ impl Deployer {
     }
 
     /// Adds `n` student VMs to a class (e.g. for its waiting list): an `add-vms` job.
-    /// Errors: [`DeployError::Invalid`] when `n` is 0 or the class would pass [`Deployer::max_pool`]
+    /// Errors: [`DeployError::LimitReached`] when the class owner would pass their VM limit;
+    /// [`DeployError::Invalid`] when `n` is 0 or the class would pass [`Deployer::max_pool`]
     /// (see [`pool_after_adding`]; nothing is stored); [`DeployError::Conflict`] while the class has no
     /// plan yet (first deploy still running).
     pub async fn add_vms(&self, id: &str, actor: &str, n: u32) -> Result<JobRecord> {
@@ -600,6 +672,8 @@ impl Deployer {
                 "class {id} has not been deployed yet"
             )));
         };
+        // The VMs count against the class owner's limit, whoever of its teachers asks.
+        self.check_quota(&class.owner, 0, u64::from(n))?;
         let job_id = self.new_id("j")?;
         let vmids = self
             .reserve_vmids(&class.cluster, n as usize, &job_id, Some(id), None)
@@ -633,10 +707,18 @@ impl Deployer {
                 json!({"name": name, "vmid": vmid, "role": "student", "user": "", "slot": slot, "node": node})
             })
             .collect();
-        self.update_class(id, |c| {
-            c.pool_size = c.pool_size.saturating_add(n);
-            c.last_job = Some(job_id.clone());
-        })?;
+        let grown = self.within_quota(&class.owner, 0, u64::from(n), || {
+            self.update_class(id, |c| {
+                c.pool_size = c.pool_size.saturating_add(n);
+                c.last_job = Some(job_id.clone());
+            })
+        });
+        if let Err(e) = grown {
+            for v in &vmids {
+                self.release_vmid(&class.cluster, *v)?;
+            }
+            return Err(e);
+        }
         self.start_vm_job(&class, &job_id, KIND_ADD, actor, ctx, plan, entries)
     }
 

@@ -51,6 +51,13 @@ pub struct DeployLimits {
     pub max_pool: u32,
     /// Lifetime of an invite link when none is given (default 7 days).
     pub invite_ttl: Duration,
+    /// Self-registrations one invite link allows per minute (default 10).
+    pub registrations_per_minute: u32,
+    /// Classes one teacher may own, unless an admin set another limit for them (default 10).
+    pub classes_per_teacher: u32,
+    /// VMs (VMIDs held: the teacher VM, class base and student VMs of every class they own) one teacher
+    /// may have, unless an admin set another limit for them (default 1000).
+    pub vms_per_teacher: u32,
 }
 
 impl Default for DeployLimits {
@@ -65,6 +72,9 @@ impl Default for DeployLimits {
             task_timeout: Duration::from_secs(600),
             max_pool: 500,
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            registrations_per_minute: 10,
+            classes_per_teacher: 10,
+            vms_per_teacher: 1000,
         }
     }
 }

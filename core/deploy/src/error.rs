@@ -72,6 +72,15 @@ pub enum DeployError {
         /// VMID.
         vmid: u32,
     },
+    /// The caller may not do this (a template not opened to them, registering as a teacher, ...).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A per-teacher limit (classes, VMs) or an invite's registration cap would be passed.
+    #[error("{0}")]
+    LimitReached(String),
+    /// Too many requests of one kind in a short time (self-registrations per invite).
+    #[error("{0}")]
+    RateLimited(String),
     /// The cluster id is not configured.
     #[error("unknown cluster {0}")]
     UnknownCluster(String),
@@ -107,7 +116,8 @@ impl From<sled::Error> for DeployError {
 impl DeployError {
     /// A stable snake_case code for JSON error bodies: `not_found`, `invalid`, `conflict`,
     /// `not_owner`, `class_full`, `invite_invalid`, `vmids_exhausted`, `preflight`, `not_ours`,
-    /// `unknown_cluster`, `confirmation_required`, `pve`, `script`, `node`, `store`.
+    /// `unknown_cluster`, `forbidden`, `limit_reached`, `rate_limited`, `confirmation_required`, `pve`,
+    /// `script`, `node`, `store`.
     pub fn code(&self) -> &'static str {
         match self {
             DeployError::NotFound { .. } => "not_found",
@@ -120,6 +130,9 @@ impl DeployError {
             DeployError::Preflight(_) => "preflight",
             DeployError::NotOurs { .. } => "not_ours",
             DeployError::UnknownCluster(_) => "unknown_cluster",
+            DeployError::Forbidden(_) => "forbidden",
+            DeployError::LimitReached(_) => "limit_reached",
+            DeployError::RateLimited(_) => "rate_limited",
             DeployError::ConfirmationRequired(_) => "confirmation_required",
             DeployError::Pve(_) => "pve",
             DeployError::Script(_) => "script",
@@ -129,13 +142,15 @@ impl DeployError {
     }
 
     /// The HTTP status that fits: 404, 400, 409, 403, 409 (full), 404 (invite), 503, 422, 403, 404,
-    /// 428, 502 (PVE, node, script), 500 (store).
+    /// 403 (forbidden), 409 (limit), 429 (rate), 428, 502 (PVE, node, script), 500 (store).
     pub fn http_status(&self) -> u16 {
         match self {
             DeployError::NotFound { .. } | DeployError::InviteInvalid | DeployError::UnknownCluster(_) => 404,
             DeployError::Invalid(_) => 400,
             DeployError::Conflict(_) | DeployError::ClassFull { .. } => 409,
-            DeployError::NotOwner { .. } | DeployError::NotOurs { .. } => 403,
+            DeployError::NotOwner { .. } | DeployError::NotOurs { .. } | DeployError::Forbidden(_) => 403,
+            DeployError::LimitReached(_) => 409,
+            DeployError::RateLimited(_) => 429,
             DeployError::VmidsExhausted { .. } => 503,
             DeployError::Preflight(_) => 422,
             DeployError::ConfirmationRequired(_) => 428,

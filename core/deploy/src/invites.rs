@@ -85,6 +85,14 @@ pub enum InviteTtl {
     For(Duration),
 }
 
+/// A self-registration slot of an invite link, taken before the account is made
+/// ([`Deployer::claim_registration`]); give it back with [`Deployer::release_registration`] when the
+/// account could not be made.
+#[derive(Debug)]
+pub struct RegistrationClaim {
+    hash: String,
+}
+
 /// What joining did.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -114,8 +122,27 @@ impl Deployer {
     /// Makes an invite link for class `id`. The token is returned once; only its SHA-256 is stored.
     /// Errors: [`DeployError::NotFound`]; [`DeployError::Invalid`] for a lifetime above [`MAX_EXPIRY`]
     /// (nothing is stored).
-    pub fn create_invite(&self, id: &str, actor: &str, ttl: InviteTtl) -> Result<Invite> {
-        self.class(id)?;
+    ///
+    /// `max_registrations`: most accounts students may create with the link (default: the class's
+    /// free seats now, or its pool size while it deploys), at most [`crate::MAX_POOL`].
+    pub fn create_invite(
+        &self,
+        id: &str,
+        actor: &str,
+        ttl: InviteTtl,
+        max_registrations: Option<u64>,
+    ) -> Result<Invite> {
+        let class = self.class(id)?;
+        let cap = match max_registrations {
+            Some(n) if n > u64::from(crate::MAX_POOL) => {
+                return Err(DeployError::Invalid(format!(
+                    "max_registrations {n} is more than {}",
+                    crate::MAX_POOL
+                )));
+            }
+            Some(n) => n,
+            None => self.free_seats(&class)?,
+        };
         let now = self.now();
         let expires_at = match ttl {
             InviteTtl::Default => Some(expiry_after(now, self.inner.cfg.limits.invite_ttl, "invite_ttl")?),
@@ -133,6 +160,9 @@ impl Deployer {
             expires_at,
             revoked: false,
             uses: 0,
+            max_registrations: Some(cap),
+            registrations: 0,
+            recent_registrations: Vec::new(),
         };
         let hash = token_hash(&token);
         self.inner.invites.insert(&hash, &record)?;
@@ -182,6 +212,86 @@ impl Deployer {
         Err(DeployError::not_found(format!(
             "invite {invite_id} of class {id}"
         )))
+    }
+
+    /// Seats of a class nobody has: its pool size minus the student VMs assigned.
+    fn free_seats(&self, class: &store::ClassRecord) -> Result<u64> {
+        let taken = self
+            .inner
+            .store
+            .assignments
+            .values()?
+            .into_iter()
+            .filter(|a| a.class_id.as_deref() == Some(class.id.as_str()) && !a.user.is_empty())
+            .filter(|a| a.role == store::AssignmentRole::Student)
+            .count() as u64;
+        Ok(u64::from(class.pool_size).saturating_sub(taken))
+    }
+
+    /// Takes one self-registration slot of invite `token` for a new account, atomically (one
+    /// compare-and-swap on the invite record, so concurrent registrations never pass the cap): at most
+    /// the invite's cap in all, and at most `limits.registrations_per_minute` in any minute.
+    /// Errors: [`DeployError::InviteInvalid`]; [`DeployError::Forbidden`] when the class does not allow
+    /// self-registration; [`DeployError::LimitReached`] (409) when the cap is used up;
+    /// [`DeployError::RateLimited`] (429) past the per-minute limit.
+    pub fn claim_registration(&self, token: &str) -> Result<RegistrationClaim> {
+        let (hash, inv) = self.valid_invite(token)?;
+        let class = self
+            .class(&inv.class_id)
+            .map_err(|_| DeployError::InviteInvalid)?;
+        if !class.self_registration {
+            return Err(DeployError::Forbidden(
+                "this invite link does not allow creating an account; ask your teacher for an account".into(),
+            ));
+        }
+        let legacy_cap = match inv.max_registrations {
+            Some(_) => 0,
+            None => self.free_seats(&class)?,
+        };
+        let now = self.now();
+        let per_minute = u64::from(self.inner.cfg.limits.registrations_per_minute.max(1));
+        let mut refusal: Option<DeployError> = None;
+        self.inner.invites.update(&hash, |r| {
+            refusal = None;
+            let Some(mut r) = r else {
+                refusal = Some(DeployError::InviteInvalid);
+                return Ok(None);
+            };
+            let cap = r.max_registrations.unwrap_or(legacy_cap);
+            r.recent_registrations.retain(|t| now.saturating_sub(*t) < 60);
+            if r.registrations >= cap {
+                refusal = Some(DeployError::LimitReached(format!(
+                    "this invite link allows {cap} new accounts and all were made; ask your teacher for a new link"
+                )));
+            } else if r.recent_registrations.len() as u64 >= per_minute {
+                refusal = Some(DeployError::RateLimited(format!(
+                    "this invite link already made {per_minute} accounts in the last minute; wait a minute and try again"
+                )));
+            } else {
+                r.registrations += 1;
+                r.recent_registrations.push(now);
+            }
+            Ok(Some(r))
+        })?;
+        match refusal {
+            Some(e) => {
+                tracing::warn!(class = %inv.class_id, invite = %inv.id, error = %e, "self-registration refused");
+                Err(e)
+            }
+            None => Ok(RegistrationClaim { hash }),
+        }
+    }
+
+    /// Gives back a slot taken by [`Deployer::claim_registration`] whose account was not made (the
+    /// per-minute count keeps the attempt).
+    pub fn release_registration(&self, claim: RegistrationClaim) -> Result<()> {
+        self.inner.invites.update(&claim.hash, |r| {
+            Ok(r.map(|mut r| {
+                r.registrations = r.registrations.saturating_sub(1);
+                r
+            }))
+        })?;
+        Ok(())
     }
 
     /// The class an invite token opens, if the token is valid now (for the join page).

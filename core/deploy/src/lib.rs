@@ -47,6 +47,7 @@ mod journal;
 mod limits;
 mod nodes;
 mod publish;
+mod quotas;
 mod recovery;
 mod runner;
 mod templates;
@@ -69,10 +70,11 @@ pub use cleanup::is_proxlab_vm;
 pub use config::{ClusterDeploy, DeployConfig, DeployLimits};
 pub use error::{DeployError, Result};
 pub use host::{Clock, StaticHost};
-pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome, MAX_EXPIRY, expiry_after};
+pub use invites::{Invite, InviteToken, InviteTtl, JoinOutcome, MAX_EXPIRY, RegistrationClaim, expiry_after};
 pub use journal::{JobEvent, JobEventKind};
 pub use nodes::{NodeOps, NodeTarget, host_error};
 pub use publish::{PublishMode, RevertOutcome};
+pub use quotas::{TeacherLimits, TeacherUsage};
 pub use recovery::RecoveryReport;
 pub use templates::{TemplateRef, TemplateStats, linked_clone_preflight, template_from_config};
 pub use trees::{ClassVm, InviteRecord, Reservation, VmDisk, VmRole};
@@ -97,6 +99,10 @@ struct Inner {
     reservations: trees::JsonTree<Reservation>,
     vms: trees::JsonTree<ClassVm>,
     invites: trees::JsonTree<InviteRecord>,
+    /// Per-teacher limits an admin set (tree `teacher_limits`, key = account name).
+    teacher_limits: trees::JsonTree<TeacherLimits>,
+    /// Serialises "count the teacher's classes and VMs, then store the new ones" in this process.
+    quota_lock: Mutex<()>,
     limiter: limits::Limiter,
     /// Jobs running in this process, by id.
     running: Mutex<HashMap<String, Arc<journal::Journal>>>,
@@ -132,6 +138,8 @@ impl Deployer {
                 reservations: trees::JsonTree::open(&store, "vmid_reservations")?,
                 vms: trees::JsonTree::open(&store, "class_vms")?,
                 invites: trees::JsonTree::open(&store, "invites")?,
+                teacher_limits: trees::JsonTree::open(&store, "teacher_limits")?,
+                quota_lock: Mutex::new(()),
                 limiter: limits::Limiter::new(&cfg.limits),
                 store,
                 host,

@@ -1,11 +1,16 @@
-//! Templates: registered PVE templates with cached specs (tree `templates`, key `cluster/vmid`), and the
-//! linked-clone preflight (field case B28).
+//! Templates: the admin-curated catalogue of PVE templates with cached specs (tree `templates`, key
+//! `cluster/vmid`), each with a visibility (all teachers, named teachers, admins only), and the
+//! linked-clone preflight.
+//!
+//! Only real PVE templates (`template: 1`) enter the catalogue, never a VM Proxlab made for a class
+//! (a class base is a PVE template too, but it belongs to its class). Classes are created only from
+//! catalogue templates visible to their teacher; nothing registers a template on the fly.
 
 use std::collections::BTreeMap;
 
 use pve::{GuestConfig, GuestKind};
 use serde::Serialize;
-use store::{TemplateDisk, TemplateRecord, vm_key};
+use store::{Role, TemplateDisk, TemplateRecord, TemplateVisibility, vm_key};
 
 use crate::Deployer;
 use crate::error::{DeployError, Result};
@@ -78,6 +83,7 @@ pub fn template_from_config(
         is_template: cfg.is_template(),
         bios: cfg.get_str("bios"),
         sync_error: None,
+        visibility: TemplateVisibility::AdminsOnly,
     }
 }
 
@@ -146,11 +152,22 @@ pub fn linked_clone_preflight(
 }
 
 impl Deployer {
-    /// Registers a template of `cluster` (by VMID or name) and caches its specs: finds it in
-    /// `GET /cluster/resources`, reads `GET /nodes/{node}/qemu/{vmid}/config`.
-    /// Errors: [`DeployError::NotFound`]; [`DeployError::Invalid`] for a container or an ambiguous name;
-    /// [`DeployError::Pve`].
-    pub async fn register_template(&self, cluster: &str, r: TemplateRef) -> Result<TemplateRecord> {
+    /// Puts a PVE template of `cluster` (by VMID or name) into the catalogue with `visibility` and caches
+    /// its specs: finds it in `GET /cluster/resources`, reads `GET /nodes/{node}/qemu/{vmid}/config`.
+    /// Registering a template again replaces its specs and visibility. Only admins may call this (the
+    /// web layer's route is admin-only).
+    ///
+    /// Errors: [`DeployError::NotFound`]; [`DeployError::Invalid`] for a container, an ambiguous name,
+    /// a VM that is not a PVE template (`template: 1`), a VM Proxlab made or reserved for a class (a
+    /// class base, teacher or student VM), or named teachers that are not teacher accounts;
+    /// [`DeployError::Pve`]. Nothing is stored on error.
+    pub async fn register_template(
+        &self,
+        cluster: &str,
+        r: TemplateRef,
+        visibility: TemplateVisibility,
+    ) -> Result<TemplateRecord> {
+        self.check_visibility(&visibility)?;
         let client = self.pve(cluster)?;
         let resources = client.cluster_resources().await?;
         let found: Vec<&pve::ClusterResource> = match &r {
@@ -188,14 +205,125 @@ impl Deployer {
                 g.vmid
             )));
         }
+        self.refuse_class_vm(cluster, g.vmid)?;
+        let name = g.name.clone().unwrap_or_else(|| format!("vm-{}", g.vmid));
+        let not_template = || {
+            DeployError::Invalid(format!(
+                "VM {} ({name}) is not a PVE template (template: 1); convert it first (qm template {}) \
+                 and register it again",
+                g.vmid, g.vmid
+            ))
+        };
+        if !g.template {
+            return Err(not_template());
+        }
         let cfg = client.guest_config(&g.node, GuestKind::Qemu, g.vmid).await?;
-        let rec = template_from_config(cluster, &g.node, g.vmid, &cfg, self.now());
+        if !cfg.is_template() {
+            return Err(not_template());
+        }
+        let mut rec = template_from_config(cluster, &g.node, g.vmid, &cfg, self.now());
+        rec.visibility = visibility;
         self.inner
             .store
             .templates
             .insert(&vm_key(cluster, g.vmid), &rec)?;
-        tracing::info!(cluster, vmid = g.vmid, name = %rec.name, "template registered");
+        tracing::info!(cluster, vmid = g.vmid, name = %rec.name, visibility = ?rec.visibility, "template registered");
         Ok(rec)
+    }
+
+    /// Refuses a VMID Proxlab made or reserved for a class: its bases are PVE templates, but they
+    /// belong to their class and change with it. Errors: [`DeployError::Invalid`].
+    fn refuse_class_vm(&self, cluster: &str, vmid: u32) -> Result<()> {
+        let key = vm_key(cluster, vmid);
+        if let Some(v) = self.inner.vms.get(&key)? {
+            return Err(DeployError::Invalid(format!(
+                "VM {vmid} is the {} VM of class {}, made by Proxlab; class VMs and class bases cannot be \
+                 catalogue templates",
+                v.role.as_str(),
+                v.class_id
+            )));
+        }
+        if let Some(r) = self.inner.reservations.get(&key)? {
+            return Err(DeployError::Invalid(format!(
+                "VMID {vmid} is reserved by Proxlab for class {}; class VMs and class bases cannot be \
+                 catalogue templates",
+                r.class_id.as_deref().unwrap_or("(none)")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Named teachers must be existing teacher (or admin) accounts.
+    fn check_visibility(&self, v: &TemplateVisibility) -> Result<()> {
+        if let TemplateVisibility::Teachers { names } = v {
+            if names.is_empty() {
+                return Err(DeployError::Invalid(
+                    "name at least one teacher, or choose all teachers or admins only".into(),
+                ));
+            }
+            for n in names {
+                match self.inner.store.users.get(n)? {
+                    Some(u) if matches!(u.role, Role::Teacher | Role::Admin) => {}
+                    Some(_) => {
+                        return Err(DeployError::Invalid(format!(
+                            "{n} is a student; templates can be opened only to teacher accounts"
+                        )));
+                    }
+                    None => {
+                        return Err(DeployError::Invalid(format!(
+                            "there is no user {n:?}; templates can be opened only to teacher accounts"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes who may use catalogue template `cluster/vmid`. Errors: [`DeployError::NotFound`],
+    /// [`DeployError::Invalid`] for named teachers that are not teacher accounts.
+    pub fn set_template_visibility(
+        &self,
+        cluster: &str,
+        vmid: u32,
+        visibility: TemplateVisibility,
+    ) -> Result<TemplateRecord> {
+        self.check_visibility(&visibility)?;
+        let key = vm_key(cluster, vmid);
+        let mut t = self.template(cluster, vmid)?;
+        t.visibility = visibility;
+        self.inner.store.templates.insert(&key, &t)?;
+        Ok(t)
+    }
+
+    /// The catalogue templates `user` may use (admins: all).
+    pub fn templates_visible_to(&self, user: &str, is_admin: bool) -> Result<Vec<TemplateRecord>> {
+        Ok(self
+            .templates()?
+            .into_iter()
+            .filter(|t| t.visibility.allows(user, is_admin))
+            .collect())
+    }
+
+    /// The catalogue template `cluster/vmid` if account `user` may create classes from it: the
+    /// template must be in the catalogue and visible to the user (admins see all), the account must be
+    /// a teacher or admin. Errors: [`DeployError::Forbidden`] (403) otherwise, naming the template; a
+    /// template hidden from the user answers like one not in the catalogue.
+    pub fn template_for(&self, cluster: &str, vmid: u32, user: &str) -> Result<TemplateRecord> {
+        let role = self.inner.store.users.get(user)?.map(|u| u.role);
+        let is_admin = role == Some(Role::Admin);
+        if !matches!(role, Some(Role::Teacher | Role::Admin)) {
+            return Err(DeployError::Forbidden(format!(
+                "only teachers and admins create classes; {user} is not one"
+            )));
+        }
+        match self.inner.store.templates.get(&vm_key(cluster, vmid))? {
+            Some(t) if t.visibility.allows(user, is_admin) => Ok(t),
+            _ => Err(DeployError::Forbidden(format!(
+                "template {vmid} of cluster {cluster} is not in the template catalogue open to you; \
+                 ask an admin to register it and open it to you"
+            ))),
+        }
     }
 
     /// Refreshes the cached specs of every registered template (of `cluster`, or of all clusters). A
@@ -223,7 +351,11 @@ impl Deployer {
                         Some(g) => cl
                             .guest_config(&g.node, GuestKind::Qemu, t.vmid)
                             .await
-                            .map(|cfg| template_from_config(&c, &g.node, t.vmid, &cfg, self.now()))
+                            .map(|cfg| {
+                                let mut r = template_from_config(&c, &g.node, t.vmid, &cfg, self.now());
+                                r.visibility = t.visibility.clone();
+                                r
+                            })
                             .map_err(|e| e.to_string()),
                     },
                     (Err(e), _) => Err(e.to_string()),
@@ -263,9 +395,9 @@ impl Deployer {
         Ok(self.templates()?.into_iter().filter(|t| t.name == name).collect())
     }
 
-    /// Counts for `GET /api/templates/stats`.
-    pub fn template_stats(&self) -> Result<TemplateStats> {
-        let all = self.templates()?;
+    /// Counts for `GET /api/templates/stats`, over the templates `user` may use (admins: all).
+    pub fn template_stats(&self, user: &str, is_admin: bool) -> Result<TemplateStats> {
+        let all = self.templates_visible_to(user, is_admin)?;
         let mut s = TemplateStats {
             total: all.len(),
             oldest_sync: all.iter().map(|t| t.synced_at).min().unwrap_or(0),
@@ -286,29 +418,15 @@ impl Deployer {
         Ok(s)
     }
 
-    /// Forgets a registered template (PVE is not touched). Errors: [`DeployError::Conflict`] while a
-    /// class uses it; [`DeployError::NotFound`].
-    pub fn unregister_template(&self, cluster: &str, vmid: u32) -> Result<()> {
-        let key = format!("{cluster}/{vmid}");
-        if let Some(c) = self
-            .inner
-            .store
-            .classes
-            .values()?
-            .into_iter()
-            .find(|c| c.template == key)
-        {
-            return Err(DeployError::Conflict(format!(
-                "class {} uses template {key}",
-                c.id
-            )));
-        }
+    /// Takes a template out of the catalogue (PVE is not touched): no new class can be made from it.
+    /// Classes already made from it keep working (they run on their own class bases). Returns the
+    /// removed record. Errors: [`DeployError::NotFound`].
+    pub fn unregister_template(&self, cluster: &str, vmid: u32) -> Result<TemplateRecord> {
         self.inner
             .store
             .templates
             .remove(&vm_key(cluster, vmid))?
-            .map(|_| ())
-            .ok_or_else(|| DeployError::not_found(format!("template {key}")))
+            .ok_or_else(|| DeployError::not_found(format!("template {cluster}/{vmid}")))
     }
 }
 

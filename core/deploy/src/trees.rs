@@ -231,4 +231,10 @@ pub struct InviteRecord {
     pub revoked: bool,
     /// How many users joined with it.
     pub uses: u64,
+    /// Most accounts students may create with it (`None`: as many as the class has free seats then).
+    pub max_registrations: Option<u64>,
+    /// Accounts created with it so far.
+    pub registrations: u64,
+    /// When the recent registrations were made (Unix s, the last minute only), for the rate limit.
+    pub recent_registrations: Vec<u64>,
 }

@@ -20,6 +20,7 @@ async fn class_of_25_deploys_27_vms_on_overlays_of_the_class_base_that_students_
     let lab = lab();
     let e = env((3000, 3099));
     add_user(&e.store, "teach", Role::Teacher);
+    open_template(&e, 9000).await;
     let before: HashSet<u32> = guest_vmids(&e.client).await.into_iter().collect();
     let (class, job) = e
         .deployer
@@ -115,7 +116,7 @@ async fn class_of_25_deploys_27_vms_on_overlays_of_the_class_base_that_students_
     // Students join with an invite, start their VM and revert it.
     let invite = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Default)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Default, None)
         .unwrap();
     let mut students = Vec::new();
     for i in 1..=25 {
@@ -153,6 +154,7 @@ async fn class_of_25_deploys_27_vms_on_overlays_of_the_class_base_that_students_
 async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the_class_is_full() {
     let e = env((3100, 3199));
     add_user(&e.store, "teach", Role::Teacher);
+    open_template(&e, 9000).await;
     let (class, job) = e
         .deployer
         .create_class(
@@ -177,7 +179,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
     );
     let invite = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Default)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Default, None)
         .unwrap();
     for i in 0..51 {
         add_user(&e.store, &format!("s{i}"), Role::Student);
@@ -249,6 +251,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
             &class.id,
             "teach",
             deploy::InviteTtl::For(Duration::from_secs(3600)),
+            None,
         )
         .unwrap();
     assert_eq!(
@@ -262,7 +265,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
     ));
     let never = e
         .deployer
-        .create_invite(&class.id, "teach", deploy::InviteTtl::Never)
+        .create_invite(&class.id, "teach", deploy::InviteTtl::Never, None)
         .unwrap();
     assert_eq!(never.record.expires_at, None);
     assert!(!format!("{never:?}").contains(never.token.expose()));
@@ -273,6 +276,7 @@ async fn b25_lock_timeouts_are_retried_with_backoff_and_a_failed_vm_is_retryable
     let lab = lab();
     let e = env((3200, 3299));
     add_user(&e.store, "teach", Role::Teacher);
+    open_template(&e, 9000).await;
     // Every VM create on pve3 answers "can't lock file … got timeout" three times.
     lab.fake
         .control(
@@ -379,6 +383,7 @@ async fn b25_lock_timeouts_are_retried_with_backoff_and_a_failed_vm_is_retryable
 
 /// Creates a class and waits for its deploy job to end well.
 async fn deployed(e: &Env, owner: &str, spec: ClassSpec) -> store::ClassRecord {
+    open_template(e, spec.template_vmid).await;
     let (class, job) = e.deployer.create_class(owner, spec).await.unwrap();
     let job = e.deployer.wait_job(&job.id, WAIT).await.unwrap();
     assert_eq!(
@@ -749,8 +754,26 @@ async fn b28_linked_clone_preflight_refuses_before_any_write_and_a_good_template
         workflow: Some("linked-clone".into()),
         ..spec("Linked", template, 2, node)
     };
+    // An ordinary VM never enters the catalogue, so no class is made from it.
+    let err = e
+        .deployer
+        .register_template(
+            CLUSTER,
+            deploy::TemplateRef::Vmid(100),
+            store::TemplateVisibility::AllTeachers,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not a PVE template"), "{err}");
+    let err = e
+        .deployer
+        .create_class("teach", linked(100, "pve1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeployError::Forbidden(_)), "{err}");
+    open_template(&e, 9103).await;
+    open_template(&e, 9104).await;
     let cases = [
-        (linked(100, "pve1"), "linked clone needs a template"),
         (
             linked(9103, "pve1"),
             "template disks not converted (no base- volume)",
@@ -880,7 +903,11 @@ async fn templates_register_by_name_or_vmid_cache_specs_and_sync_flags_vanished_
     let e = env((3500, 3509));
     let t = e
         .deployer
-        .register_template(CLUSTER, deploy::TemplateRef::Name("tpl-ubuntu-24.04".into()))
+        .register_template(
+            CLUSTER,
+            deploy::TemplateRef::Name("tpl-ubuntu-24.04".into()),
+            store::TemplateVisibility::AllTeachers,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -900,7 +927,11 @@ async fn templates_register_by_name_or_vmid_cache_specs_and_sync_flags_vanished_
     assert!(t.agent && t.is_template && !t.efi);
     let w = e
         .deployer
-        .register_template(CLUSTER, deploy::TemplateRef::Vmid(9001))
+        .register_template(
+            CLUSTER,
+            deploy::TemplateRef::Vmid(9001),
+            store::TemplateVisibility::AllTeachers,
+        )
         .await
         .unwrap();
     assert!(w.efi && w.tpm && w.bios.as_deref() == Some("ovmf"));
@@ -913,7 +944,11 @@ async fn templates_register_by_name_or_vmid_cache_specs_and_sync_flags_vanished_
         )
         .unwrap();
     e.deployer
-        .register_template(CLUSTER, deploy::TemplateRef::Vmid(9105))
+        .register_template(
+            CLUSTER,
+            deploy::TemplateRef::Vmid(9105),
+            store::TemplateVisibility::AllTeachers,
+        )
         .await
         .unwrap();
     let upid: String = e
@@ -942,7 +977,13 @@ async fn templates_register_by_name_or_vmid_cache_specs_and_sync_flags_vanished_
         e.deployer.templates_by_name("tpl-windows-11").unwrap()[0].vmid,
         9001
     );
-    let stats = e.deployer.template_stats().unwrap();
+    assert!(
+        synced
+            .iter()
+            .all(|t| t.visibility == store::TemplateVisibility::AllTeachers),
+        "a sync keeps who may use each template"
+    );
+    let stats = e.deployer.template_stats("root", true).unwrap();
     assert_eq!((stats.total, stats.with_errors), (3, 1));
     assert_eq!(stats.by_cluster[CLUSTER], 3);
 }

@@ -109,6 +109,7 @@ async fn a_template_disk_backed_by_a_host_file_fails_the_deploy_naming_the_file_
     let disk = lab.labnfs.join("images/9105/base-9105-disk-0.qcow2");
     qcow2_backed_by(&disk, &marker);
     add_template(9105, "labnfs:9105/base-9105-disk-0.qcow2");
+    open_template(&e, 9105).await;
 
     let (class, job) = e
         .deployer
@@ -150,6 +151,7 @@ async fn a_raw_template_disk_holding_a_qcow2_header_is_copied_as_raw_and_its_bac
     let disk = lab.labnfs.join("images/9106/base-9106-disk-0.raw");
     qcow2_backed_by(&disk, &marker);
     add_template(9106, "labnfs:9106/base-9106-disk-0.raw");
+    open_template(&e, 9106).await;
 
     let (class, job) = e
         .deployer

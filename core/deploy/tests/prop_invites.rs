@@ -184,7 +184,7 @@ fn real_invite() -> &'static (String, String) {
         let class = class_with_free_seats(e);
         let inv = e
             .deployer
-            .create_invite(&class, "teach", InviteTtl::Never)
+            .create_invite(&class, "teach", InviteTtl::Never, None)
             .unwrap();
         (class, inv.token.expose().to_string())
     })
@@ -223,7 +223,7 @@ proptest! {
         let e = env();
         let class = class_with_free_seats(e);
         // `Never`: the expiry property moves the shared clock forward meanwhile.
-        let inv = e.deployer.create_invite(&class, "teach", InviteTtl::Never).unwrap();
+        let inv = e.deployer.create_invite(&class, "teach", InviteTtl::Never, None).unwrap();
         prop_assert!(!format!("{inv:?}").contains(inv.token.expose()), "Debug shows the token");
         let token = inv.token.expose().to_string();
         let mut holder: BTreeMap<u32, String> = BTreeMap::new();
@@ -279,7 +279,7 @@ proptest! {
         let class = class_with_free_seats(e);
         let inv = e
             .deployer
-            .create_invite(&class, "teach", InviteTtl::For(std::time::Duration::from_secs(ttl)))
+            .create_invite(&class, "teach", InviteTtl::For(std::time::Duration::from_secs(ttl)), None)
             .unwrap();
         let token = inv.token.expose().to_string();
         prop_assert_eq!(e.deployer.invite_class(&token).unwrap().id, class.clone());

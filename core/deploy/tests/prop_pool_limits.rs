@@ -190,7 +190,7 @@ proptest! {
     fn an_invite_past_a_year_is_refused_and_stores_nothing(secs in prop_oneof![(MAX_EXPIRY.as_secs() + 1)..=u64::MAX, Just(u64::MAX)]) {
         let e = env();
         let before = class_of(e, 3);
-        let r = e.deployer.create_invite(&before.id, "teach", InviteTtl::For(Duration::from_secs(secs)));
+        let r = e.deployer.create_invite(&before.id, "teach", InviteTtl::For(Duration::from_secs(secs)), None);
         prop_assert!(matches!(&r, Err(DeployError::Invalid(m)) if m.contains("more than one year")), "{r:?}");
         prop_assert_eq!(&e.deployer.class(&before.id).unwrap(), &before);
         prop_assert!(e.deployer.invites(&before.id).unwrap().is_empty());

@@ -30,6 +30,7 @@ async fn a_failed_remake_is_made_again_by_retry_on_the_new_base_for_the_same_stu
         node: Some("pve2".into()),
         ..ClassSpec::default()
     };
+    open_template(&e, 9000).await;
     let (class, job) = e.deployer.create_class("teach", spec).await.unwrap();
     let job = e.deployer.wait_job(&job.id, WAIT).await.unwrap();
     assert_eq!(job.state, JobState::Done, "{:#?}", job.steps);

@@ -88,6 +88,9 @@ pub fn deploy_config(cfg: &Config) -> DeployConfig {
             per_storage: cfg.limits.deploy_per_storage,
             total: cfg.limits.deploy_total,
             max_pool: cfg.limits.max_pool,
+            classes_per_teacher: cfg.limits.classes_per_teacher,
+            registrations_per_minute: cfg.limits.registrations_per_invite_per_minute,
+            vms_per_teacher: cfg.limits.vms_per_teacher,
             ..deploy::DeployLimits::default()
         },
     }

@@ -66,6 +66,13 @@ pub struct LimitsSection {
     pub deploy_total: usize,
     /// Largest class (students, default 500).
     pub max_pool: u32,
+    /// Classes one teacher may own unless an admin set their own limit (default 10).
+    pub classes_per_teacher: u32,
+    /// Accounts students may create with one invite link per minute (default 10).
+    pub registrations_per_invite_per_minute: u32,
+    /// VMs (teacher VM, class base and students of each class) one teacher may have unless an admin
+    /// set their own limit (default 1000).
+    pub vms_per_teacher: u32,
 }
 
 impl Default for LimitsSection {
@@ -76,6 +83,9 @@ impl Default for LimitsSection {
             deploy_per_storage: 6,
             deploy_total: 12,
             max_pool: 500,
+            classes_per_teacher: 10,
+            registrations_per_invite_per_minute: 10,
+            vms_per_teacher: 1000,
         }
     }
 }
@@ -606,6 +616,24 @@ impl Config {
         }
         if !(1..=5000).contains(&l.max_pool) {
             bail!("limits.max_pool = {}: must be between 1 and 5000", l.max_pool);
+        }
+        if !(1..=10_000).contains(&l.registrations_per_invite_per_minute) {
+            bail!(
+                "limits.registrations_per_invite_per_minute = {}: must be between 1 and 10000",
+                l.registrations_per_invite_per_minute
+            );
+        }
+        if !(1..=10_000).contains(&l.classes_per_teacher) {
+            bail!(
+                "limits.classes_per_teacher = {}: must be between 1 and 10000",
+                l.classes_per_teacher
+            );
+        }
+        if !(2..=1_000_000).contains(&l.vms_per_teacher) {
+            bail!(
+                "limits.vms_per_teacher = {}: must be between 2 and 1000000",
+                l.vms_per_teacher
+            );
         }
         let mut ids = std::collections::BTreeSet::new();
         for c in &self.clusters {

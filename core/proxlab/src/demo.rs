@@ -209,7 +209,7 @@ pub async fn setup_demo_class(
                 admin_token,
                 Method::POST,
                 "/api/templates",
-                Some(json!({"cluster": "lab", "vmid": 9000})),
+                Some(json!({"cluster": "lab", "vmid": 9000, "visibility": "all"})),
             )
             .await?;
             let made = call(

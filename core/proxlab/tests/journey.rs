@@ -297,9 +297,10 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
         json!({
             "phase": "setup", "artifacts": artifacts, "profiles": profiles,
             "admin": "admin", "teacher": "teacher", "teacher_password": "teacher-pass-123",
-            "template_vmid": 9000, "class_name": CLASS_NAME, "pool_size": POOL,
+            "template_vmid": 9000, "spare_template_vmid": 9001, "class_name": CLASS_NAME, "pool_size": POOL,
         }),
     );
+    assert_eq!(seen["spare_unregistered"], true, "{seen}");
     let class_id = seen["class_id"].as_str().unwrap().to_string();
     let invite = seen["invite"].as_str().unwrap().to_string();
     let progress = seen["progress"].as_array().unwrap();
@@ -312,6 +313,16 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     assert_eq!(class["class"]["name"], CLASS_NAME, "{class}");
     assert_eq!(class["vms"].as_array().unwrap().len(), POOL + 2, "{class}");
     assert_eq!(guests_in_range(&fake).len(), POOL + 2);
+    // The catalogue holds the class's template only: the spare one was unregistered with its button.
+    let (s, t) = api.get("/api/templates").await;
+    assert_eq!(s, 200, "{t}");
+    let listed: Vec<_> = t["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["vmid"].clone())
+        .collect();
+    assert_eq!(listed, vec![json!(9000)], "{t}");
 
     // 3. Three students register through the link, start their VM, see the IP, download the .rdp file.
     let students = [("ana", "Ana Müller"), ("bo", "Bo O'Brien"), ("chen", "陈 晨")];

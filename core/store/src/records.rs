@@ -274,6 +274,37 @@ pub struct TemplateRecord {
     pub tpm: bool,
     /// Set when the last sync could not read the template (it was deleted, the cluster is down, ...).
     pub sync_error: Option<String>,
+    /// Who may create classes from it (admins always may). A record stored before visibility existed
+    /// reads as admins only: the catalogue fails closed until an admin opens it again.
+    pub visibility: TemplateVisibility,
+}
+
+/// Which teachers see a catalogue template and may create classes from it; admins always may.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TemplateVisibility {
+    /// Every teacher.
+    AllTeachers,
+    /// Only these teachers (account names).
+    Teachers {
+        /// Account names.
+        names: Vec<String>,
+    },
+    /// Admins only.
+    #[default]
+    AdminsOnly,
+}
+
+impl TemplateVisibility {
+    /// Whether `user` (an admin when `is_admin`) may use a template with this visibility.
+    pub fn allows(&self, user: &str, is_admin: bool) -> bool {
+        is_admin
+            || match self {
+                TemplateVisibility::AllTeachers => true,
+                TemplateVisibility::Teachers { names } => names.iter().any(|n| n == user),
+                TemplateVisibility::AdminsOnly => false,
+            }
+    }
 }
 
 /// Why a user has a VM.

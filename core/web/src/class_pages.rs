@@ -93,6 +93,10 @@ pub struct TemplateOption {
     pub synced_at: u64,
     /// Why the last read failed (the template is gone or changed), or none.
     pub sync_error: Option<String>,
+    /// Who may use it: `all` (every teacher), `teachers` (those in `teachers`), `admins`.
+    pub visibility: String,
+    /// The teachers of `visibility == "teachers"`.
+    pub teachers: Vec<String>,
 }
 
 /// One VM of `class.html` (`vms[]`).
@@ -214,8 +218,10 @@ pub async fn join_page(State(st): State<AppState>, p: Principal, Path(token): Pa
 }
 
 /// `GET /classes` (teachers, admins): `classes.html` with `classes` ([`ClassRow`]s by name: owned and
-/// co-owned; admins every class), `templates` ([`TemplateOption`]s), `clusters` (ids),
-/// `default_cluster` and `workflows`. Students get the 403 page; no deployer: 503.
+/// co-owned; admins every class), `templates` ([`TemplateOption`]s: the catalogue templates open to the
+/// caller; admins the whole catalogue), `clusters` (ids),
+/// `default_cluster`, `workflows` and `usage` (the caller's classes and VMs against their limits:
+/// `{classes, classes_limit, vms, vms_limit, unlimited}`). Students get the 403 page; no deployer: 503.
 pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response {
     if !matches!(p.role, Role::Teacher | Role::Admin) {
         return page_error(
@@ -261,14 +267,22 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
             .cmp(&b.name.to_lowercase())
             .then(a.id.cmp(&b.id))
     });
+    // Teachers see only the catalogue templates open to them; admins see the whole catalogue.
     let templates: Vec<TemplateOption> = d
-        .templates()
+        .templates_visible_to(&p.name, p.is_admin())
         .unwrap_or_default()
         .into_iter()
         .map(|t| {
             let mut storages: Vec<&str> = t.disks.iter().map(|d| d.storage.as_str()).collect();
             storages.dedup();
+            let (visibility, teachers) = match &t.visibility {
+                store::TemplateVisibility::AllTeachers => ("all", Vec::new()),
+                store::TemplateVisibility::Teachers { names } => ("teachers", names.clone()),
+                store::TemplateVisibility::AdminsOnly => ("admins", Vec::new()),
+            };
             TemplateOption {
+                visibility: visibility.to_string(),
+                teachers,
                 storage: storages.join(", "),
                 cluster: t.cluster,
                 vmid: t.vmid,
@@ -281,6 +295,7 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
         .collect();
     let clusters: Vec<String> = st.inventory.snapshot().clusters.keys().cloned().collect();
     let default_cluster = st.cluster_for(&p, None);
+    let usage = d.teacher_usage(&p.name).ok();
     render_page(
         &st,
         Some(&p),
@@ -294,6 +309,7 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
                 clusters => clusters,
                 default_cluster => default_cluster,
                 workflows => vec!["qcow2-overlay", "linked-clone"],
+                usage => Value::from_serialize(&usage),
             }
         },
     )

@@ -183,7 +183,7 @@ pub struct CreateClassBody {
     /// Template VMID, or `template` by name.
     #[serde(default)]
     pub template_vmid: Option<u32>,
-    /// Template name (registered, or found in the cluster).
+    /// Template name (of a catalogue template open to the caller).
     #[serde(default)]
     pub template: Option<String>,
     /// `qcow2-overlay` (default) or `linked-clone`.
@@ -192,9 +192,10 @@ pub struct CreateClassBody {
     /// Student VMs.
     #[serde(default)]
     pub pool_size: u32,
-    /// Spec overrides `{cores, sockets, memory_mib}`.
+    /// Spec overrides `{cores, sockets, memory_mib}` (nothing else: a NIC bridge or any other key is
+    /// refused, not ignored).
     #[serde(default)]
-    pub specs: ClassSpecs,
+    pub specs: SpecsBody,
     /// Node for the VMs.
     #[serde(default)]
     pub node: Option<String>,
@@ -215,28 +216,57 @@ pub struct CreateClassBody {
     pub pool: Option<String>,
 }
 
+/// Spec overrides of a request: only these keys (the VMs' bridges are the template's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecsBody {
+    /// Cores.
+    #[serde(default)]
+    pub cores: Option<u32>,
+    /// Sockets.
+    #[serde(default)]
+    pub sockets: Option<u32>,
+    /// Memory, MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+impl From<SpecsBody> for ClassSpecs {
+    fn from(s: SpecsBody) -> ClassSpecs {
+        ClassSpecs {
+            cores: s.cores,
+            sockets: s.sockets,
+            memory_mib: s.memory_mib,
+        }
+    }
+}
+
 /// `POST /api/classes` (teachers, admins): creates a class and starts deploying it → 202
 /// `{class, job}`; follow the job with `GET /api/jobs/{id}/events`.
 pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn, bytes: Bytes) -> Res {
     teacher_or_admin(&p)?;
     let d = deployer(&st)?;
     let b: CreateClassBody = body(&bytes)?;
+    let specs = ClassSpecs::from(b.specs);
     // Counts are checked before anything is stored (registering a template by name writes).
     deploy::pool_change(0, b.pool_size, d.max_pool())?;
-    deploy::check_specs(&b.specs)?;
+    deploy::check_specs(&specs)?;
     let cluster = st.cluster_for(&p, b.cluster.as_deref());
+    // Only catalogue templates open to the caller; a name is looked up there, never in the cluster.
     let template_vmid = match (b.template_vmid, &b.template) {
         (Some(v), _) => v,
         (None, Some(name)) => match d
-            .templates_by_name(name)?
+            .templates_visible_to(&p.name, p.is_admin())?
             .into_iter()
-            .find(|t| t.cluster == cluster)
+            .find(|t| t.cluster == cluster && &t.name == name)
         {
             Some(t) => t.vmid,
             None => {
-                d.register_template(&cluster, deploy::TemplateRef::Name(name.clone()))
-                    .await?
-                    .vmid
+                let why = format!(
+                    "no template named {name:?} of cluster {cluster} is in the template catalogue open to you"
+                );
+                st.auth.audit(&p.name, authn.addr, "class.create", "", &why);
+                return Err(AppError::Forbidden(why).into());
             }
         },
         (None, None) => return Err(AppError::BadRequest("give template_vmid or template".into()).into()),
@@ -247,7 +277,7 @@ pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn
         template_vmid,
         workflow: b.workflow,
         pool_size: b.pool_size,
-        specs: b.specs,
+        specs,
         node: b.node,
         spread: b.spread,
         storage: b.storage,
@@ -313,7 +343,7 @@ pub struct UpdateClassBody {
     pub description: Option<String>,
     /// New spec overrides (for VMs made from now on).
     #[serde(default)]
-    pub specs: Option<ClassSpecs>,
+    pub specs: Option<SpecsBody>,
     /// Self-registration.
     #[serde(default)]
     pub self_registration: Option<bool>,
@@ -333,10 +363,11 @@ pub async fn update_class(
     allow(&st, &p, Action::ManageClass, &id)?;
     let d = deployer(&st)?;
     let b: UpdateClassBody = body(&bytes)?;
+    let specs = b.specs.map(ClassSpecs::from);
     if let Some(n) = b.pool_size {
         deploy::pool_change(d.class(&id)?.pool_size, n, d.max_pool())?;
     }
-    if let Some(s) = &b.specs {
+    if let Some(s) = &specs {
         deploy::check_specs(s)?;
     }
     let r = d
@@ -346,7 +377,7 @@ pub async fn update_class(
             ClassUpdate {
                 name: b.name,
                 description: b.description,
-                specs: b.specs,
+                specs,
                 self_registration: b.self_registration,
                 pool_size: b.pool_size,
             },
@@ -402,6 +433,9 @@ pub struct InviteBody {
     /// Never expires (until revoked).
     #[serde(default)]
     pub never: bool,
+    /// Most accounts students may create with the link (default: the class's free seats now).
+    #[serde(default)]
+    pub max_registrations: Option<u64>,
 }
 
 /// `POST /api/classes/{id}/invite` (the class's teachers): a new invite link → 201
@@ -430,7 +464,7 @@ pub async fn create_invite(
         (false, Some(s)) => InviteTtl::For(Duration::from_secs(s)),
         (false, None) => InviteTtl::Default,
     };
-    let r = d.create_invite(&id, &p.name, ttl);
+    let r = d.create_invite(&id, &p.name, ttl, b.max_registrations);
     st.auth
         .audit(&p.name, authn.addr, "class.invite", &id, &audit_result(&r));
     let inv = r?;
@@ -707,27 +741,34 @@ pub async fn publish(
 
 // ---------------------------------------------------------------- templates
 
-/// `GET /api/templates` (teachers, admins): registered templates with cached specs.
+/// `GET /api/templates` (teachers, admins): the catalogue templates open to the caller (admins: all)
+/// with cached specs and visibility.
 pub async fn list_templates(State(st): State<AppState>, p: Principal) -> Res {
     teacher_or_admin(&p)?;
-    Ok(Json(json!({"templates": deployer(&st)?.templates()?})).into_response())
+    let list = deployer(&st)?.templates_visible_to(&p.name, p.is_admin())?;
+    Ok(Json(json!({"templates": list})).into_response())
 }
 
-/// `GET /api/templates/by-name/{name}` (teachers, admins): templates with that name (any cluster);
-/// 404 when none.
+/// `GET /api/templates/by-name/{name}` (teachers, admins): catalogue templates open to the caller with
+/// that name (any cluster); 404 when none.
 pub async fn template_by_name(State(st): State<AppState>, p: Principal, Path(name): Path<String>) -> Res {
     teacher_or_admin(&p)?;
-    let found = deployer(&st)?.templates_by_name(&name)?;
+    let found: Vec<_> = deployer(&st)?
+        .templates_by_name(&name)?
+        .into_iter()
+        .filter(|t| t.visibility.allows(&p.name, p.is_admin()))
+        .collect();
     if found.is_empty() {
         return Err(AppError::NotFound(format!("no template named {name}")).into());
     }
     Ok(Json(json!({"templates": found})).into_response())
 }
 
-/// `GET /api/templates/stats` (teachers, admins): counts per cluster, classes per template, sync errors.
+/// `GET /api/templates/stats` (teachers, admins): counts per cluster, classes per template, sync errors,
+/// over the catalogue templates open to the caller.
 pub async fn template_stats(State(st): State<AppState>, p: Principal) -> Res {
     teacher_or_admin(&p)?;
-    Ok(Json(json!(deployer(&st)?.template_stats()?)).into_response())
+    Ok(Json(json!(deployer(&st)?.template_stats(&p.name, p.is_admin())?)).into_response())
 }
 
 /// `POST /api/templates/sync` (admins): refreshes every registered template's specs.
@@ -751,27 +792,169 @@ pub struct RegisterBody {
     /// Or its name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Who may use it: `all` (every teacher), `teachers` (those in `teachers`) or `admins`
+    /// (default: `admins`).
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// The teachers of `visibility: "teachers"`.
+    #[serde(default)]
+    pub teachers: Vec<String>,
 }
 
-/// `POST /api/templates` `{cluster?, vmid | name}` (admins): registers a template → 201 with its specs.
+/// Body of `PUT /api/templates/{cluster}/{vmid}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisibilityBody {
+    /// `all`, `teachers` or `admins`.
+    pub visibility: String,
+    /// The teachers of `visibility: "teachers"`.
+    #[serde(default)]
+    pub teachers: Vec<String>,
+}
+
+/// The stored visibility of a request's `visibility` / `teachers`. Errors: 400 naming the value.
+fn visibility_of(
+    kind: Option<&str>,
+    teachers: Vec<String>,
+) -> Result<store::TemplateVisibility, ClassesError> {
+    use store::TemplateVisibility as V;
+    let v = match kind.unwrap_or("admins") {
+        "all" => V::AllTeachers,
+        "admins" => V::AdminsOnly,
+        "teachers" => V::Teachers {
+            names: teachers
+                .iter()
+                .flat_map(|t| t.split(','))
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        },
+        other => {
+            return Err(
+                AppError::BadRequest(format!("visibility {other:?}: all, teachers or admins")).into(),
+            );
+        }
+    };
+    if !matches!(v, V::Teachers { .. }) && !teachers.is_empty() {
+        return Err(
+            AppError::BadRequest("teachers are named only with visibility \"teachers\"".into()).into(),
+        );
+    }
+    Ok(v)
+}
+
+/// `POST /api/templates` `{cluster?, vmid | name, visibility?, teachers?}` (admins): puts a PVE template
+/// into the catalogue → 201 with its specs. Refused with 400: a VM that is not a PVE template, a VM or
+/// base Proxlab made for a class, named teachers that are not teacher accounts. Audited.
 pub async fn register_template(State(st): State<AppState>, p: Principal, authn: Authn, bytes: Bytes) -> Res {
     let d = deployer(&st)?;
     let b: RegisterBody = body(&bytes)?;
     let cluster = st.cluster_for(&p, b.cluster.as_deref());
-    let r = match (b.vmid, b.name) {
-        (Some(v), _) => deploy::TemplateRef::Vmid(v),
-        (None, Some(n)) => deploy::TemplateRef::Name(n),
+    let visibility = visibility_of(b.visibility.as_deref(), b.teachers)?;
+    let (r, target) = match (b.vmid, b.name) {
+        (Some(v), _) => (deploy::TemplateRef::Vmid(v), format!("{cluster}/{v}")),
+        (None, Some(n)) => (deploy::TemplateRef::Name(n.clone()), format!("{cluster}/{n}")),
         (None, None) => return Err(AppError::BadRequest("give vmid or name".into()).into()),
     };
-    let out = d.register_template(&cluster, r).await;
+    let out = d.register_template(&cluster, r, visibility).await;
     st.auth.audit(
         &p.name,
         authn.addr,
         "template.register",
-        &cluster,
+        &target,
         &audit_result(&out),
     );
     Ok((StatusCode::CREATED, Json(json!(out?))).into_response())
+}
+
+/// `PUT /api/templates/{cluster}/{vmid}` `{visibility, teachers?}` (admins): changes who may use a
+/// catalogue template → the record. Audited.
+pub async fn update_template(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((cluster, vmid)): Path<(String, u32)>,
+    bytes: Bytes,
+) -> Res {
+    let d = deployer(&st)?;
+    let b: VisibilityBody = body(&bytes)?;
+    let visibility = visibility_of(Some(&b.visibility), b.teachers)?;
+    let out = d.set_template_visibility(&cluster, vmid, visibility);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "template.visibility",
+        &format!("{cluster}/{vmid}"),
+        &match &out {
+            Ok(t) => format!("ok: {:?}", t.visibility),
+            Err(e) => e.to_string(),
+        },
+    );
+    Ok(Json(json!(out?)).into_response())
+}
+
+/// `DELETE /api/templates/{cluster}/{vmid}` (admins): takes a template out of the catalogue (PVE is
+/// not touched; classes made from it keep working) → `{unregistered}`. Audited.
+pub async fn unregister_template(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path((cluster, vmid)): Path<(String, u32)>,
+) -> Res {
+    let out = deployer(&st)?.unregister_template(&cluster, vmid);
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "template.unregister",
+        &format!("{cluster}/{vmid}"),
+        &audit_result(&out),
+    );
+    Ok(Json(json!({"unregistered": out?})).into_response())
+}
+
+// ---------------------------------------------------------------- per-teacher limits
+
+/// Body of `PUT /api/teachers/{name}/limits`: `null` (or absent) keeps the configured default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherLimitsBody {
+    /// Classes the teacher may own.
+    #[serde(default)]
+    pub classes: Option<u32>,
+    /// VMs the teacher's classes may hold.
+    #[serde(default)]
+    pub vms: Option<u32>,
+}
+
+/// `PUT /api/teachers/{name}/limits` `{classes?, vms?}` (admins): sets a teacher's own limits →
+/// their usage `{classes, classes_limit, vms, vms_limit, unlimited}`. Audited.
+pub async fn set_teacher_limits(
+    State(st): State<AppState>,
+    p: Principal,
+    authn: Authn,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Res {
+    let d = deployer(&st)?;
+    let b: TeacherLimitsBody = body(&bytes)?;
+    let out = d.set_teacher_limits(
+        &name,
+        deploy::TeacherLimits {
+            classes: b.classes,
+            vms: b.vms,
+        },
+    );
+    st.auth.audit(
+        &p.name,
+        authn.addr,
+        "teacher.limits",
+        &name,
+        &match &out {
+            Ok(u) => format!("ok: {} classes, {} VMs", u.classes_limit, u.vms_limit),
+            Err(e) => e.to_string(),
+        },
+    );
+    Ok(Json(json!(out?)).into_response())
 }
 
 // ---------------------------------------------------------------- jobs

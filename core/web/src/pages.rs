@@ -547,7 +547,8 @@ pub struct LoginQuery {
 }
 
 /// `GET /login[?next=PATH][&error=invalid]`: `login.html` with `next` (the safe local path, or an
-/// empty string), `error` (`invalid`, `name_taken`, `bad_input`, `registration_closed` or none),
+/// empty string), `error` (`invalid`, `name_taken`, `bad_input`, `registration_closed`,
+/// `invite_used_up`, `invite_busy` or none),
 /// `error_message` (the sentence to show, or none), `register_invite` (the invite token when `next` is an
 /// invite link whose class allows self-registration, else none: the page then offers "create an
 /// account", posting to `POST /register`) and `realm_hint` (how Proxmox users spell their name). The form posts `username`, `password` and
@@ -568,6 +569,8 @@ pub async fn login_page(State(st): State<AppState>, authn: Authn, Query(q): Quer
         Some("name_taken") => Some("name_taken"),
         Some("bad_input") => Some("bad_input"),
         Some("registration_closed") => Some("registration_closed"),
+        Some("invite_used_up") => Some("invite_used_up"),
+        Some("invite_busy") => Some("invite_busy"),
         Some(_) => Some("failed"),
         None => None,
     };
@@ -576,6 +579,10 @@ pub async fn login_page(State(st): State<AppState>, authn: Authn, Query(q): Quer
         "name_taken" => "That user name is taken; choose another.",
         "bad_input" => "User names may not contain @; passwords need at least 8 characters.",
         "registration_closed" => "This invite link does not allow creating an account; ask your teacher.",
+        "invite_used_up" => {
+            "This invite link has made all the accounts it allows; ask your teacher for a new link."
+        }
+        "invite_busy" => "Many accounts were just made with this invite link; wait a minute and try again.",
         _ => "Signing in did not work. Please try again.",
     });
     // An invite link whose class lets students create their own account (`/join/<token>`).

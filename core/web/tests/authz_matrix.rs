@@ -117,6 +117,9 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("GET",    "/api/templates/by-name/{name}",  Json, [401, 403, 403, 503, 503, 503, 503, 403, 401]),
         ("GET",    "/api/templates/stats",           Json, [401, 403, 403, 503, 503, 503, 503, 403, 401]),
         ("POST",   "/api/templates/sync",            Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
+        ("PUT",    "/api/teachers/{name}/limits",     Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
+        ("PUT",    "/api/templates/{cluster}/{vmid}", Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
+        ("DELETE", "/api/templates/{cluster}/{vmid}", Json, [401, 403, 403, 403, 403, 403, 503, 403, 401]),
         ("GET",    "/api/jobs/{id}",                 Json, [401, 503, 503, 503, 503, 503, 503, 503, 401]),
         ("GET",    "/api/jobs/{id}/events",          Sse,  [401, 503, 503, 503, 503, 503, 503, 503, 401]),
         // The teacher's class pages: students are refused the list; `{id}` is unknown (404 but for the
@@ -197,6 +200,7 @@ fn concrete(fx: &Fixture, template: &str) -> String {
         .clone();
     template
         .replace("{vmid}", &OWN_VM.to_string())
+        .replace("{cluster}", "lab")
         .replace("{action}", "start")
         .replace("{id}", "a999999")
         .replace("{name}", "stud2")

@@ -41,6 +41,7 @@ async fn web_in(lo: u32, hi: u32) -> Web {
     access.port = sshd.port;
     let exec: Arc<dyn cloner::Executor> = Arc::new(SshExecutor::new(access).unwrap());
     let d = support::deployer(&fx, exec, lo, hi).await;
+    support::open_template(&d, 9000).await;
     let app = web::app(fx.state.clone().with_deployer(d));
     Web { fx, app, _sshd: sshd }
 }

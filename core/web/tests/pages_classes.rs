@@ -27,6 +27,7 @@ async fn web() -> Web {
     let fx = fixture(AuthConfig::default()).await;
     let exec: Arc<dyn cloner::Executor> = Arc::new(LocalExecutor::new(Duration::from_secs(60)));
     let d = support::deployer(&fx, exec, 3700, 3799).await;
+    support::open_template(&d, 9000).await;
     let app = web::app(fx.state.clone().with_deployer(d.clone()));
     Web { fx, app, deployer: d }
 }

@@ -6,8 +6,10 @@
 //   /classes:       <form id="new-class" data-api="/api/classes"> with fields name, cluster,
 //                   template_vmid, workflow, pool_size, node, storage, description, self_registration
 //                   and [data-f=result]; on success the browser goes to /classes/{id}.
-//                   <form id="register-template" data-api="/api/templates"> (admins) with cluster, vmid
-//                   and [data-f=result]; on success the page reloads with the template listed.
+//                   <form id="register-template" data-api="/api/templates"> (admins) with cluster, vmid,
+//                   visibility (all|teachers|admins), teachers and [data-f=result]; on success the page
+//                   reloads with the template listed. button[data-action=unregister-template][data-cluster]
+//                   [data-vmid] in table#templates takes a template out of the catalogue.
 //   /classes/{id}:  <section id="class-page" data-class="ID" data-api="/api/classes/ID" data-job="JOB or empty">
 //                   table#class-vms rows <tr data-key="{cluster}/{vmid}"> with [data-f=name|state|ip|user|node]
 //                   [data-teacher-state][data-key]   the teacher VM's state badge
@@ -91,6 +93,10 @@
       var out = tform.querySelector('[data-f="result"]');
       var body = { vmid: parseInt(tform.elements.vmid.value, 10) };
       if (tform.elements.cluster && tform.elements.cluster.value) { body.cluster = tform.elements.cluster.value; }
+      if (tform.elements.visibility) { body.visibility = tform.elements.visibility.value; }
+      if (body.visibility === "teachers" && tform.elements.teachers) {
+        body.teachers = tform.elements.teachers.value.split(",").map(function (t) { return t.trim(); }).filter(function (t) { return t; });
+      }
       var button = tform.querySelector('button[type="submit"]');
       if (button) { button.disabled = true; }
       show(out, "Reading the template…", true);
@@ -99,6 +105,26 @@
       }).catch(function (e) {
         show(out, e.message, false);
         if (button) { button.disabled = false; }
+      });
+    });
+  }
+
+  var ttable = document.getElementById("templates");
+  if (ttable && tform) {
+    ttable.addEventListener("click", function (ev) {
+      var button = ev.target.closest ? ev.target.closest('button[data-action="unregister-template"]') : null;
+      if (!button) { return; }
+      var out = tform.querySelector('[data-f="result"]');
+      var key = button.getAttribute("data-cluster") + "/" + button.getAttribute("data-vmid");
+      button.disabled = true;
+      call("DELETE", "/api/templates/" + encodeURIComponent(button.getAttribute("data-cluster")) + "/" +
+        encodeURIComponent(button.getAttribute("data-vmid"))).then(function () {
+        var row = button.closest("tr");
+        if (row) { row.parentNode.removeChild(row); }
+        show(out, "Template " + key + " unregistered.", true);
+      }).catch(function (e) {
+        show(out, e.message, false);
+        button.disabled = false;
       });
     });
   }

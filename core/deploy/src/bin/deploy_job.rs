@@ -101,16 +101,26 @@ async fn run(spec: Value) -> Result<(), String> {
     if class.is_null() {
         return Ok(());
     }
+    let template_vmid = class["template_vmid"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(9000);
+    // As an admin would: the template enters the catalogue, open to every teacher.
+    deployer
+        .register_template(
+            &cluster,
+            deploy::TemplateRef::Vmid(template_vmid),
+            store::TemplateVisibility::AllTeachers,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     let (_, job) = deployer
         .create_class(
             &s(&spec, "owner")?,
             ClassSpec {
                 name: s(class, "name")?,
                 cluster,
-                template_vmid: class["template_vmid"]
-                    .as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or(9000),
+                template_vmid,
                 workflow: class["workflow"].as_str().map(String::from),
                 pool_size: class["pool_size"]
                     .as_u64()

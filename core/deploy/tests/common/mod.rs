@@ -172,6 +172,18 @@ pub fn fast_limits() -> DeployLimits {
     }
 }
 
+/// Puts PVE template `vmid` into the catalogue, open to every teacher (as an admin would).
+pub async fn open_template(e: &Env, vmid: u32) {
+    e.deployer
+        .register_template(
+            CLUSTER,
+            deploy::TemplateRef::Vmid(vmid),
+            store::TemplateVisibility::AllTeachers,
+        )
+        .await
+        .unwrap();
+}
+
 pub fn add_user(store: &Store, name: &str, role: Role) {
     store
         .create_local_user(UserRecord {

@@ -571,7 +571,9 @@ pub const MIN_REGISTER_PASSWORD: usize = 8;
 ///
 /// Errors: 403 `registration_closed` when the invite is invalid, expired or its class does not allow
 /// self-registration (no account is made); 400 for a bad name (`@`, too long) or a password shorter
-/// than 8 or longer than 1,024 bytes; 409 when the name is taken; 429 while the address is throttled;
+/// than 8 or longer than 1,024 bytes; 409 when the name is taken; 409 `invite_used_up` when the invite's
+/// registration cap (default: the class's free seats when it was made) is used up; 429 `invite_busy`
+/// past the invite's registrations per minute (`Retry-After: 60`); 429 while the address is throttled;
 /// 503 when hashing is saturated. The new account is a student; the request is audited.
 pub async fn register(State(st): State<AppState>, authn: Authn, headers: HeaderMap, body: Bytes) -> Response {
     let json_mode = is_json(&headers);
@@ -586,14 +588,44 @@ pub async fn register(State(st): State<AppState>, authn: Authn, headers: HeaderM
     if json_mode || status.is_redirection() || status.is_success() {
         return resp;
     }
-    let code = match status {
-        StatusCode::CONFLICT => "name_taken",
-        StatusCode::BAD_REQUEST => "bad_input",
-        StatusCode::FORBIDDEN => "registration_closed",
+    let refused = resp.extensions().get::<RegisterRefusal>().map(|r| r.0);
+    let code = match (refused, status) {
+        (Some(code), _) => code,
+        (None, StatusCode::CONFLICT) => "name_taken",
+        (None, StatusCode::BAD_REQUEST) => "bad_input",
+        (None, StatusCode::FORBIDDEN) => "registration_closed",
         _ => return resp,
     };
     let next: String = url::form_urlencoded::byte_serialize(format!("/join/{invite}").as_bytes()).collect();
     Redirect::to(&format!("/login?error={code}&next={next}")).into_response()
+}
+
+/// The error code of a refused self-registration that its status alone does not tell (the sign-in
+/// page's `error=`).
+#[derive(Clone, Copy, Debug)]
+struct RegisterRefusal(&'static str);
+
+/// A refused invite slot as an answer: 409 `invite_used_up` or 429 `invite_busy` (with `Retry-After`).
+fn claim_refused(e: deploy::DeployError) -> Response {
+    let (status, code) = match &e {
+        deploy::DeployError::LimitReached(_) => (StatusCode::CONFLICT, "invite_used_up"),
+        deploy::DeployError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "invite_busy"),
+        deploy::DeployError::Forbidden(_) | deploy::DeployError::InviteInvalid => {
+            (StatusCode::FORBIDDEN, "registration_closed")
+        }
+        _ => return AppError::Internal(e.to_string()).into_response(),
+    };
+    let mut r = (
+        status,
+        Json(json!({"error": {"code": code, "message": e.to_string()}})),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    r.extensions_mut().insert(RegisterRefusal(code));
+    r
 }
 
 async fn register_inner(
@@ -641,10 +673,39 @@ async fn register_inner(
     ) {
         return AppError::BadRequest(msg).into_response();
     }
+    // One of the invite's registration slots, before the (costly) hash: at most its cap in all and a
+    // few per minute, whatever arrives at once.
+    let Some(d) = st.deploy.as_ref() else {
+        return AppError::Unavailable("classes are not configured on this server".into()).into_response();
+    };
+    let claim = match d.claim_registration(&input.invite) {
+        Ok(c) => c,
+        Err(e) => {
+            auth.audit(
+                &name,
+                authn.addr,
+                "user.register",
+                &input.invite.chars().take(8).collect::<String>(),
+                &e.to_string(),
+            );
+            return claim_refused(e);
+        }
+    };
+    let give_back = |claim| {
+        if let Err(e) = d.release_registration(claim) {
+            tracing::error!(error = %e, "giving back an invite registration slot");
+        }
+    };
     let hash = match auth.hasher.hash(input.password).await {
         Ok(h) => h,
-        Err(super::password::HashError::Busy) => return busy(),
-        Err(e) => return AppError::Internal(e.to_string()).into_response(),
+        Err(super::password::HashError::Busy) => {
+            give_back(claim);
+            return busy();
+        }
+        Err(e) => {
+            give_back(claim);
+            return AppError::Internal(e.to_string()).into_response();
+        }
     };
     let display = input.display_name.trim();
     let user = match auth.store.create_local_user(UserRecord {
@@ -664,10 +725,14 @@ async fn register_inner(
     }) {
         Ok(u) => u,
         Err(store::StoreError::Conflict { .. }) => {
+            give_back(claim);
             return AppError::Conflict(format!("the user name {name:?} is taken; choose another"))
                 .into_response();
         }
-        Err(e) => return AppError::from(e).into_response(),
+        Err(e) => {
+            give_back(claim);
+            return AppError::from(e).into_response();
+        }
     };
     // The invite by its public id: no part of the token (a secret that opens the class) is logged.
     let invite_id = st

@@ -345,6 +345,27 @@ fn table() -> Vec<Route> {
             classes::template_stats,
         ),
         r(Post, "/api/templates/sync", Json, Admin, classes::sync_templates),
+        r(
+            Put,
+            "/api/teachers/{name}/limits",
+            Json,
+            Admin,
+            classes::set_teacher_limits,
+        ),
+        r(
+            Put,
+            "/api/templates/{cluster}/{vmid}",
+            Json,
+            Admin,
+            classes::update_template,
+        ),
+        r(
+            Delete,
+            "/api/templates/{cluster}/{vmid}",
+            Json,
+            Admin,
+            classes::unregister_template,
+        ),
         r(Get, "/api/jobs/{id}", Json, Authenticated, classes::get_job),
         r(
             Get,

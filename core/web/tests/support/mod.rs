@@ -204,6 +204,17 @@ pub fn json_of(body: &Bytes) -> serde_json::Value {
 /// fake's real folder, VMIDs come from `lo..=hi` (tests sharing the fake cluster use disjoint ranges),
 /// and lock-timeout backoff is short. Interrupted jobs are recovered before it is returned.
 pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi: u32) -> deploy::Deployer {
+    deployer_with(fx, exec, lo, hi, |_| {}).await
+}
+
+/// [`deployer`] with its limits changed by `tune` (per-teacher defaults, ...).
+pub async fn deployer_with(
+    fx: &Fixture,
+    exec: Arc<dyn cloner::Executor>,
+    lo: u32,
+    hi: u32,
+    tune: impl FnOnce(&mut deploy::DeployLimits),
+) -> deploy::Deployer {
     use std::collections::BTreeMap;
     use std::time::Duration;
     let labnfs = fx.fake.storage_dirs["labnfs"].canonicalize().unwrap();
@@ -226,6 +237,11 @@ pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi
         script::Limits::default(),
     );
     let set = Arc::new(loader.load_set(&script::SetSources::default()).unwrap());
+    let mut limits = deploy::DeployLimits {
+        backoff_base: Duration::from_millis(50),
+        ..deploy::DeployLimits::default()
+    };
+    tune(&mut limits);
     let cfg = deploy::DeployConfig {
         clusters: BTreeMap::from([(
             "lab".to_string(),
@@ -234,13 +250,65 @@ pub async fn deployer(fx: &Fixture, exec: Arc<dyn cloner::Executor>, lo: u32, hi
                 ..deploy::ClusterDeploy::default()
             },
         )]),
-        limits: deploy::DeployLimits {
-            backoff_base: Duration::from_millis(50),
-            ..deploy::DeployLimits::default()
-        },
+        limits,
         ..deploy::DeployConfig::default()
     };
     let d = deploy::Deployer::new(fx.store.clone(), host, Arc::new(move || set.clone()), cfg).unwrap();
     d.recover().await.unwrap();
     d
+}
+
+/// Puts PVE template `vmid` of cluster `lab` into the catalogue, open to every teacher (as an admin
+/// would on `/classes`).
+pub async fn open_template(d: &deploy::Deployer, vmid: u32) {
+    d.register_template(
+        "lab",
+        deploy::TemplateRef::Vmid(vmid),
+        store::TemplateVisibility::AllTeachers,
+    )
+    .await
+    .unwrap();
+}
+
+/// `who` (a fixture user) sends `method path` with JSON `body` through `app`; returns the status and
+/// the JSON answer (`Null` when empty).
+pub async fn call_json(
+    fx: &Fixture,
+    app: &Router,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let (cookie, csrf) = fx.session(who);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .header("content-type", "application/json")
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(120), app.clone().oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    let v = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json_of(&bytes)
+    };
+    (status, v)
+}
+
+/// The message of a JSON error answer.
+pub fn message_of(v: &serde_json::Value) -> String {
+    v["error"]["message"].as_str().unwrap_or_default().to_string()
 }
