@@ -141,6 +141,12 @@ async fn thirty_registrations_at_once_make_no_more_accounts_than_the_class_has_f
             .filter(|a| a.action == "user.register" && a.result != "ok")
             .count();
     assert_eq!(refused, 26);
+    // They name the invite by its id, never by a piece of its token.
+    let audit = w.fx.store.audit_recent(1000).unwrap();
+    for a in audit.iter().filter(|a| a.action == "user.register") {
+        assert_eq!(a.target, inv.id, "{a:?}");
+        assert!(!token.contains(&a.target), "{a:?}");
+    }
     // A name already taken gives its slot back: the cap counts accounts made, not attempts.
     let (id2, token2) = w.class_with_invite("Two seats", 2, json!({})).await;
     let (st, _, v) = w.register("seat00", &token2, 100).await;

@@ -678,16 +678,16 @@ async fn register_inner(
     let Some(d) = st.deploy.as_ref() else {
         return AppError::Unavailable("classes are not configured on this server".into()).into_response();
     };
+    // The invite by its public id: no part of the token (a secret that opens the class) is logged.
+    let invite_id = d
+        .invite_record(&input.invite)
+        .ok()
+        .map(|i| i.id)
+        .unwrap_or_else(|| "unknown invite".into());
     let claim = match d.claim_registration(&input.invite) {
         Ok(c) => c,
         Err(e) => {
-            auth.audit(
-                &name,
-                authn.addr,
-                "user.register",
-                &input.invite.chars().take(8).collect::<String>(),
-                &e.to_string(),
-            );
+            auth.audit(&name, authn.addr, "user.register", &invite_id, &e.to_string());
             return claim_refused(e);
         }
     };
@@ -734,13 +734,6 @@ async fn register_inner(
             return AppError::from(e).into_response();
         }
     };
-    // The invite by its public id: no part of the token (a secret that opens the class) is logged.
-    let invite_id = st
-        .deploy
-        .as_ref()
-        .and_then(|d| d.invite_record(&input.invite).ok())
-        .map(|i| i.id)
-        .unwrap_or_else(|| "unknown invite".into());
     auth.audit(&user.name, authn.addr, "user.register", &invite_id, "ok");
     let old = auth.session_id_from(headers).map(|raw| sha256_hex(&raw));
     let (raw, session) = match auth.start_session(&user, authn.addr, old.as_deref()) {
