@@ -302,6 +302,7 @@ pub fn token(cfg: &Config, cmd: TokenCmd) -> anyhow::Result<()> {
 }
 
 /// For `proxlab demo`: a fresh API token for the demo `admin`, valid for one day (shown once).
+#[cfg(feature = "demo")]
 pub fn demo_admin_token(cfg: &Config) -> anyhow::Result<String> {
     let store = open_store(cfg)?;
     let auth = web::auth::AuthState::new(store.clone(), web::auth::AuthConfig::default());
@@ -315,6 +316,7 @@ pub fn demo_admin_token(cfg: &Config) -> anyhow::Result<String> {
 /// For `proxlab demo`: creates (once) the demo accounts `admin`, `teacher` and `student` with the
 /// password `demo-<name>`, and gives the student VMs 1103 and 1110 of cluster `cluster`. Returns
 /// `(name, role, password)` for printing. Existing accounts are left as they are.
+#[cfg(feature = "demo")]
 pub fn seed_demo_accounts(
     cfg: &Config,
     cluster: &str,

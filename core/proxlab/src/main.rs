@@ -1,9 +1,10 @@
 //! `proxlab`: the command-line entry point — configuration loading, wiring of the crates, and the
-//! admin commands (`serve`, `sync --once`, `demo`, `check`).
+//! admin commands (`serve`, `sync --once`, `check`, and `demo` with the `demo` feature).
 
 mod admin;
 mod cloning;
 mod config;
+#[cfg(feature = "demo")]
 mod demo;
 mod host;
 mod ipscripts;
@@ -14,7 +15,6 @@ mod wiring;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -81,6 +81,8 @@ enum Command {
         cmd: scripting::ScriptCmd,
     },
     /// Start a fake Proxmox cluster with a school lab and serve the portal on it (no Proxmox needed).
+    /// Only in builds with the `demo` feature (on by default).
+    #[cfg(feature = "demo")]
     Demo {
         /// Address to serve on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -151,11 +153,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Script { cmd } => scripting::run(cmd).await,
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             data_dir,
             prepare_only,
         } => {
+            use anyhow::Context as _;
             let data_dir = std::path::absolute(&data_dir).context("data dir")?;
             demo::run(listen, data_dir, prepare_only).await?;
             Ok(ExitCode::SUCCESS)

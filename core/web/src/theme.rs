@@ -8,8 +8,10 @@
 //! `"default"` (also when omitted) is the built-in theme embedded in the binary, any other name is a
 //! sibling directory of the site theme (`<site>/../<name>`, which may extend further). Every chain
 //! ends at the embedded default, so a site theme only carries the files it changes. The embedded
-//! default's static files also stay reachable as `default/<path>`, so an override can
-//! `@import url("default/style.css")` and add to it instead of copying it.
+//! default's files also stay reachable under `default/`: its static files as `default/<path>`, so an
+//! override can `@import url("default/style.css")` and add to it instead of copying it, and its
+//! templates as `default/<name>`, so an override can `{% extends "default/base.html" %}` and
+//! replace only the blocks it changes (the shipped dark theme does exactly that).
 //!
 //! # Safety of admin-edited templates
 //! Auto-escaping (HTML for every template except `*.txt`; JSON for `*.json`), strict undefined
@@ -188,6 +190,7 @@ pub struct ThemeSet {
     templates: BTreeMap<String, FileOrigin>,
     statics: BTreeMap<String, StaticFile>,
     parent_statics: BTreeMap<String, StaticFile>,
+    parent_templates: BTreeMap<String, FileOrigin>,
     version: String,
     dirs: Vec<PathBuf>,
 }
@@ -273,9 +276,12 @@ impl ThemeSet {
         })
     }
 
-    /// The file a template comes from.
+    /// The file a template comes from; `default/<name>` names the embedded default's own template.
     pub fn template_file(&self, name: &str) -> Option<&Path> {
-        self.templates.get(name).map(|o| o.file.as_path())
+        self.templates
+            .get(name)
+            .or_else(|| self.parent_templates.get(name))
+            .map(|o| o.file.as_path())
     }
 
     /// Renders `template` with `ctx` on the calling thread. Prefer [`Themes::render`], which runs
@@ -555,6 +561,8 @@ fn build_set(site_dir: Option<&Path>, opts: BuildOptions) -> Result<ThemeSet, Ve
     let mut templates: BTreeMap<String, (String, FileOrigin)> = BTreeMap::new();
     let mut statics: BTreeMap<String, StaticFile> = BTreeMap::new();
     let mut parent_statics: BTreeMap<String, StaticFile> = BTreeMap::new();
+    // The embedded default's templates again under `default/<name>`, for `{% extends %}` by overrides.
+    let mut parent_templates: BTreeMap<String, (String, FileOrigin)> = BTreeMap::new();
     let mut chain = Vec::new();
     let mut dirs = Vec::new();
     for layer in layers.iter().rev() {
@@ -563,6 +571,10 @@ fn build_set(site_dir: Option<&Path>, opts: BuildOptions) -> Result<ThemeSet, Ve
                 for (path, bytes) in EMBEDDED_DEFAULT {
                     if let Some(name) = path.strip_prefix("templates/") {
                         let text = String::from_utf8_lossy(bytes).into_owned();
+                        parent_templates.insert(
+                            format!("{DEFAULT_THEME}/{name}"),
+                            (text.clone(), embedded_origin(path)),
+                        );
                         templates.insert(name.to_string(), (text, embedded_origin(path)));
                     } else if let Some(rel) = path.strip_prefix("static/") {
                         let f = static_file(bytes.to_vec(), rel, embedded_origin(path));
@@ -677,6 +689,22 @@ fn build_set(site_dir: Option<&Path>, opts: BuildOptions) -> Result<ThemeSet, Ve
         }
         origins.insert(tname, origin);
     }
+    let mut parent_origins = BTreeMap::new();
+    for (tname, (source, origin)) in parent_templates {
+        // A theme's own `templates/default/...` file of the same name wins over the alias.
+        if origins.contains_key(&tname) {
+            continue;
+        }
+        if let Err(e) = env.add_template_owned(tname.clone(), source) {
+            errors.push(LoadError {
+                file: origin.file.clone(),
+                line: e.line(),
+                column: None,
+                message: error_message(&e),
+            });
+        }
+        parent_origins.insert(tname, origin);
+    }
 
     if !errors.is_empty() {
         return Err(errors);
@@ -688,6 +716,7 @@ fn build_set(site_dir: Option<&Path>, opts: BuildOptions) -> Result<ThemeSet, Ve
         templates: origins,
         statics,
         parent_statics,
+        parent_templates: parent_origins,
         version,
         dirs,
     })

@@ -1,6 +1,7 @@
 //! Themes and pages: rendered-page snapshots (default, shipped dark theme, a site theme overriding
-//! only `base.html` + `style.css`), static files, the C03 render limits, hot reload (C05 editor
-//! saves included) and the reload status the admin sees.
+//! only `base.html` + `style.css`), themes that extend the default's templates block by block, static
+//! files, the C03 render limits, hot reload (C05 editor saves included) and the reload status the
+//! admin sees.
 //!
 //! Every test drives the real router (`web::app`) with `tower::ServiceExt::oneshot` over a real
 //! in-memory inventory, and real theme directories on disk watched by the real reloader.
@@ -341,6 +342,76 @@ async fn shipped_dark_theme_renders_every_page_with_its_base_and_css_only() {
     let (status, _, admin) = app.get("/admin/reload").await;
     assert_eq!(status, StatusCode::OK);
     assert!(admin.contains("data-theme=\"dark\""));
+}
+
+#[test]
+fn shipped_themes_extend_the_default_templates_instead_of_copying_them() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_themes()).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() || dir.ends_with("default") {
+            continue;
+        }
+        let templates = dir.join("templates");
+        let Ok(files) = std::fs::read_dir(&templates) else {
+            continue;
+        };
+        for file in files {
+            let path = file.unwrap().path();
+            let name = path
+                .strip_prefix(&templates)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Skip a leading comment; the first tag must extend the default's template of that name.
+            let code = match text.trim_start().strip_prefix("{#") {
+                Some(rest) => &rest[rest.find("#}").unwrap() + 2..],
+                None => &text,
+            };
+            let extends = format!("{{% extends \"default/{name}\" %}}");
+            assert!(
+                code.trim_start().starts_with(&extends),
+                "{}: must start with {extends} and override blocks only",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "the dark theme has at least its base.html");
+}
+
+#[tokio::test]
+async fn site_template_can_extend_the_default_template_of_the_same_name_and_override_one_block() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("theme.toml"), "name = \"school\"\n");
+    write(
+        &dir.path().join("templates/base.html"),
+        "{% extends \"default/base.html\" %}{% block brand %}Springfield labs{% endblock %}",
+    );
+    let t = themes(site_config(dir.path()));
+    let set = t.current();
+    assert_eq!(set.templates()["base.html"].theme, "school");
+    assert!(
+        !set.templates().contains_key("default/base.html"),
+        "the default's own templates are not listed as templates of the theme"
+    );
+    assert_eq!(
+        set.template_file("default/base.html").unwrap(),
+        Path::new("embedded:themes/default/templates/base.html")
+    );
+    let app = portal(small_state().await.with_themes(t));
+    let (status, _, html) = app.get("/vms").await;
+    assert_eq!(status, StatusCode::OK);
+    let html = unescape_slashes(&html);
+    assert!(
+        html.contains("<a class=\"brand\" href=\"/\">Springfield labs</a>"),
+        "{html}"
+    );
+    for link in ["/vms", "/portal", "/classes", "/admin/users", "/admin/reload"] {
+        assert!(html.contains(&format!("<a href=\"{link}\"")), "{link}: {html}");
+    }
+    assert!(html.contains("theme <strong>school</strong>") && html.contains("id=\"vms\""));
 }
 
 #[tokio::test]
