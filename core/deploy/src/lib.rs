@@ -20,6 +20,9 @@
 //! - **Invites** ([`Deployer::create_invite`], [`Deployer::join`]): tokens of 256 random bits stored as
 //!   SHA-256, expiry (7 days by default) or never, revocable; joining assigns the first free VM in one
 //!   sled transaction over the assignments; a full class puts the user on the waiting list.
+//! - **Reset on leaving** ([`Deployer::unassign`]): a VM taken from its student is re-made on the class
+//!   base by a journaled `reset` job before anyone else gets it; joins and the waiting list skip it
+//!   until then.
 //! - **Publish** ([`Deployer::publish`]): the teacher VM's disk becomes a NEW class base version; students
 //!   move on their next revert (default) or at once; old bases are deleted only when no VM uses them.
 //! - **Crash recovery** ([`Deployer::recover`]): unfinished jobs are resumed or cleaned up from the
@@ -48,6 +51,7 @@ mod limits;
 mod nodes;
 mod publish;
 mod recovery;
+mod reset;
 mod runner;
 mod templates;
 mod trees;

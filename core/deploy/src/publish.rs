@@ -16,7 +16,7 @@ use store::{ClassBase, JobRecord, JobState, JobStep, vm_key};
 use crate::Deployer;
 use crate::error::{DeployError, Result};
 use crate::journal::Journal;
-use crate::runner::{KIND_MOVE, KIND_PUBLISH, reason};
+use crate::runner::{KIND_MOVE, KIND_PUBLISH, KIND_RESET, reason};
 use crate::trees::{ClassVm, VmRole};
 
 /// When student VMs move to a newly published base.
@@ -50,7 +50,7 @@ pub enum RevertOutcome {
     },
 }
 
-fn vm_entry(v: &ClassVm, user: &str) -> Value {
+pub(crate) fn vm_entry(v: &ClassVm, user: &str) -> Value {
     json!({
         "name": v.name, "vmid": v.vmid, "role": v.role.as_str(), "user": user, "slot": v.slot,
         "node": v.node, "macs": v.macs,
@@ -241,7 +241,7 @@ impl Deployer {
             // A move job started before a restart is resumed by recovery on its own: wait for it rather
             // than start a second job over the same VMs (two jobs re-making one VM collide).
             for j in self.jobs_of_class(&class_id)? {
-                if j.kind == KIND_MOVE && !crate::is_terminal(j.state) {
+                if (j.kind == KIND_MOVE || j.kind == KIND_RESET) && !crate::is_terminal(j.state) {
                     self.wait_job(&j.id, self.inner.cfg.limits.task_timeout.saturating_mul(4))
                         .await?;
                 }

@@ -3,8 +3,9 @@
 //! transient failures (lock timeouts, B25) with jittered backoff, and recording what was made.
 //!
 //! Job kinds: `deploy` (a new class: plan + VMs), `add-vms` (more student VMs, or a retry of failed
-//! ones), `move` (re-make VMs on the class's current base), `publish` (see [`crate::publish`]),
-//! `delete-class` (remove VMs, and the class).
+//! ones), `move` (re-make VMs on the class's current base), `reset` (re-make a VM that left its
+//! student, before anyone else gets it), `publish` (see [`crate::publish`]), `delete-class` (remove
+//! VMs, and the class).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub(crate) const KIND_ADD: &str = "add-vms";
 pub(crate) const KIND_MOVE: &str = "move";
 pub(crate) const KIND_PUBLISH: &str = "publish";
 pub(crate) const KIND_DELETE: &str = "delete-class";
+/// Re-makes a student VM that left its student on the class's current base (see [`crate::reset`]).
+pub(crate) const KIND_RESET: &str = "reset";
 
 /// Script error codes worth another attempt (after cleaning up the attempt's leftovers).
 const RETRYABLE_CODES: &[&str] = &[
@@ -78,7 +81,9 @@ impl Deployer {
         tokio::spawn(
             async move {
                 let r = match rec.kind.as_str() {
-                    KIND_DEPLOY | KIND_ADD | KIND_MOVE => this.run_create_job(&journal, &set).await,
+                    KIND_DEPLOY | KIND_ADD | KIND_MOVE | KIND_RESET => {
+                        this.run_create_job(&journal, &set).await
+                    }
                     KIND_PUBLISH => this.run_publish(&journal, &set).await,
                     KIND_DELETE => this.run_delete(&journal).await,
                     other => Err(DeployError::Invalid(format!("unknown job kind {other}"))),
@@ -139,6 +144,10 @@ impl Deployer {
             return Ok(());
         }
         self.run_vm_steps(journal, set).await;
+        if journal.snapshot().kind == KIND_RESET {
+            // Before the job ends: whoever waits for it sees the waiting list served.
+            self.after_reset(journal).await;
+        }
         self.finish_create_job(journal)
     }
 
@@ -363,6 +372,7 @@ impl Deployer {
             assignment_id: assignment.id,
             job_id: rec.id.clone(),
             created_at: self.now(),
+            reset_job: None,
         };
         self.inner.vms.insert(&vm_key(&rec.cluster, vmid), &vm)?;
         Ok(())
@@ -381,8 +391,11 @@ impl Deployer {
             .flatten()
             .filter_map(|e| u32_of(&e["vmid"]).map(|v| (v, e.clone())))
             .collect();
+        if journal.snapshot().kind == KIND_RESET {
+            self.skip_resets_not_needed(journal);
+        }
         let rec = journal.snapshot();
-        let remake = rec.kind == KIND_MOVE;
+        let remake = rec.kind == KIND_MOVE || rec.kind == KIND_RESET;
         let todo: Vec<(usize, Value)> = rec
             .steps
             .iter()
@@ -408,7 +421,10 @@ impl Deployer {
         idx: usize,
         remake: bool,
     ) {
-        let cluster = journal.snapshot().cluster;
+        let (cluster, reset) = {
+            let rec = journal.snapshot();
+            (rec.cluster, rec.kind == KIND_RESET)
+        };
         let workflow = journal.params()["workflow"]
             .as_str()
             .unwrap_or("qcow2-overlay")
@@ -439,7 +455,9 @@ impl Deployer {
             journal.update_step(idx, |s| {
                 s.state = JobState::Running;
                 s.attempts += 1;
-                s.detail = if remake {
+                s.detail = if reset {
+                    "resetting to the class base".into()
+                } else if remake {
                     "re-making on the current base".into()
                 } else {
                     "creating".into()
@@ -611,6 +629,7 @@ impl Deployer {
             assignment_id,
             job_id: rec.id.clone(),
             created_at: previous.map(|p| p.created_at).unwrap_or_else(|| self.now()),
+            reset_job: None,
         };
         self.inner.vms.insert(&key, &vm)?;
         Ok(vm)
