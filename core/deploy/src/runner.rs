@@ -177,6 +177,13 @@ impl Deployer {
             s.attempts += 1;
             s.detail = format!("{workflow}: plan(ctx)");
         });
+        let params = match self.swap_taken_plan_vmids(journal).await {
+            Ok(()) => journal.params(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the reserved VMIDs before the plan");
+                params
+            }
+        };
         let result = self
             .call_workflow(set, &workflow, "plan", vec![params["ctx"].clone()], journal)
             .await;
@@ -417,7 +424,7 @@ impl Deployer {
         journal: &Arc<Journal>,
         set: &Arc<ScriptSet>,
         ctx: Arc<Value>,
-        entry: Value,
+        mut entry: Value,
         idx: usize,
         remake: bool,
     ) {
@@ -429,7 +436,7 @@ impl Deployer {
             .as_str()
             .unwrap_or("qcow2-overlay")
             .to_string();
-        let vmid = u32_of(&entry["vmid"]).unwrap_or_default();
+        let mut vmid = u32_of(&entry["vmid"]).unwrap_or_default();
         let node = entry["node"].as_str().unwrap_or_default().to_string();
         let name = entry["name"].as_str().unwrap_or_default().to_string();
         let storage = ctx["storage"]["id"].as_str().map(String::from);
@@ -469,9 +476,15 @@ impl Deployer {
                 result = self
                     .cleanup_vmid(&cluster, vmid, &node, &storages, Some(&name))
                     .await;
+            } else if !remake && self.held_by_other(&cluster, vmid, &name).await.unwrap_or(false) {
+                // Taken behind Proxlab's back since it was reserved (an admin in PVE's UI).
+                result = Err(DeployError::NotOurs {
+                    cluster: cluster.clone(),
+                    vmid,
+                });
             }
             need_cleanup = true;
-            let result = match result {
+            let mut result = match result {
                 Ok(()) => match self
                     .call_workflow(
                         set,
@@ -488,6 +501,25 @@ impl Deployer {
                 Err(e) => Err(e),
             };
             drop(permits);
+            // A VM Proxlab did not create holds the VMID now (PVE answered "already exists", or the
+            // check before the create saw it): a new VM takes a freshly reserved VMID instead; the
+            // other VM is never touched and its VMID never tried again.
+            if let Err(e) = &result
+                && !remake
+                && attempt < limits.max_attempts
+                && (matches!(e, DeployError::NotOurs { .. }) || reason(e).contains("already exists"))
+                && self.held_by_other(&cluster, vmid, &name).await.unwrap_or(false)
+            {
+                match self.move_to_new_vmid(journal, idx, vmid).await {
+                    Ok(new) => {
+                        vmid = new;
+                        entry["vmid"] = json!(new);
+                        need_cleanup = false;
+                        continue;
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
             match result {
                 Ok(vm) => {
                     journal.update_step(idx, |s| {
@@ -528,6 +560,91 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// Before `plan(ctx)`: reserved VMIDs that a guest holds now (created behind Proxlab's back after
+    /// the reservation; nothing of Proxlab's is there before the plan — an interrupted plan's VMs were
+    /// removed) are replaced in `ctx.vmids` by freshly reserved ones, on disk before the plan runs.
+    async fn swap_taken_plan_vmids(&self, journal: &Arc<Journal>) -> Result<()> {
+        let rec = journal.snapshot();
+        let client = self.pve(&rec.cluster)?;
+        let busy: HashSet<u32> = client
+            .cluster_resources()
+            .await?
+            .into_iter()
+            .map(|g| g.vmid)
+            .collect();
+        let vmids: Vec<u32> = journal.params()["ctx"]["vmids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(u32_of)
+            .collect();
+        let taken: Vec<u32> = vmids.iter().copied().filter(|v| busy.contains(v)).collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let fresh = self
+            .reserve_vmids(&rec.cluster, taken.len(), &rec.id, rec.class_id.as_deref(), None)
+            .await?;
+        let swap: BTreeMap<u32, u32> = taken.iter().copied().zip(fresh).collect();
+        let now: Vec<u32> = vmids.iter().map(|v| swap.get(v).copied().unwrap_or(*v)).collect();
+        journal.set_params(|p| p["ctx"]["vmids"] = json!(now));
+        for (old, new) in &swap {
+            self.release_vmid(&rec.cluster, *old)?;
+            tracing::warn!(cluster = %rec.cluster, old, new, "VMID taken behind Proxlab's back before the plan; moved to a new one");
+        }
+        self.flush().await
+    }
+
+    /// True if a guest Proxlab did not create holds `vmid` (any container; a QEMU VM without the
+    /// `proxlab` tag and not named `name`).
+    pub(crate) async fn held_by_other(&self, cluster: &str, vmid: u32, name: &str) -> Result<bool> {
+        let client = self.pve(cluster)?;
+        let Some(g) = self.find_guest(&client, vmid).await? else {
+            return Ok(false);
+        };
+        if g.kind != GuestKind::Qemu {
+            return Ok(true);
+        }
+        match client.guest_config(&g.node, GuestKind::Qemu, vmid).await {
+            Ok(cfg) => Ok(!crate::cleanup::is_proxlab_vm(&cfg, Some(name))),
+            Err(pve::PveError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives step `idx` of the job a freshly reserved VMID instead of `old`, which a VM Proxlab did not
+    /// create holds: the new reservation, the job's VM entry and the step are on disk before anything
+    /// is made under it; the reservation of `old` is released (nothing of Proxlab's is there).
+    async fn move_to_new_vmid(&self, journal: &Arc<Journal>, idx: usize, old: u32) -> Result<u32> {
+        let rec = journal.snapshot();
+        let got = self
+            .reserve_vmids(&rec.cluster, 1, &rec.id, rec.class_id.as_deref(), None)
+            .await?;
+        let new = got
+            .first()
+            .copied()
+            .ok_or_else(|| DeployError::Invalid("no VMID reserved".into()))?;
+        let renumber = |vms: &mut Value| {
+            for e in vms.as_array_mut().into_iter().flatten() {
+                if e["vmid"] == json!(old) {
+                    e["vmid"] = json!(new);
+                }
+            }
+        };
+        journal.set_params(|p| {
+            renumber(&mut p["vms"]);
+            renumber(&mut p["plan"]["vms"]);
+        });
+        journal.update_step(idx, |s| {
+            s.vmid = Some(new);
+            s.detail = format!("VMID {old} was taken by a VM Proxlab did not create; using {new}");
+        });
+        self.release_vmid(&rec.cluster, old)?;
+        self.flush().await?;
+        tracing::warn!(cluster = %rec.cluster, old, new, "VMID taken behind Proxlab's back; moved to a new one");
+        Ok(new)
     }
 
     /// Records a VM `create_vm` made: reads its config (MACs; checks the Proxlab tag), stores the class
