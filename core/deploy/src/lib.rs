@@ -25,6 +25,8 @@
 //!   until then.
 //! - **Publish** ([`Deployer::publish`]): the teacher VM's disk becomes a NEW class base version; students
 //!   move on their next revert (default) or at once; old bases are deleted only when no VM uses them.
+//! - **Protected bases**: a class base Proxlab made carries `protection: 1` and an owner's note in its
+//!   description on PVE; Proxlab lifts the flag only when it removes the base itself.
 //! - **Crash recovery** ([`Deployer::recover`]): unfinished jobs are resumed or cleaned up from the
 //!   journal, so no VM, disk or VMID reservation is left that Proxlab does not know about.
 //! - **Node operations** ([`NodeOps`]): the cloner's executors per node as [`script::Qcow2Ops`] and
@@ -49,6 +51,7 @@ mod invites;
 mod journal;
 mod limits;
 mod nodes;
+mod protect;
 mod publish;
 mod recovery;
 mod reset;

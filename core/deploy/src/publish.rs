@@ -219,6 +219,12 @@ impl Deployer {
                 .call_workflow(set, &workflow, "plan", vec![params["ctx"].clone()], journal)
                 .await
                 .and_then(|p| self.accept_base(journal, &params, p, version));
+            if made.is_ok()
+                && let Err(e) = self.protect_class_base(journal).await
+            {
+                // The new base is recorded as current already: keep it, say so.
+                tracing::warn!(error = %e, "the new class base could not be protected on PVE");
+            }
             if let Err(e) = made {
                 let why = reason(&e);
                 journal.update_step(0, |s| {

@@ -191,6 +191,10 @@ impl Deployer {
             Ok(plan) => self.accept_plan(journal, &params, plan),
             Err(e) => Err(e),
         };
+        let accepted = match accepted {
+            Ok(n) => self.protect_class_base(journal).await.map(|()| n),
+            Err(e) => Err(e),
+        };
         match accepted {
             Ok(n) => {
                 journal.update_step(idx, |s| {
@@ -559,6 +563,20 @@ impl Deployer {
                     return;
                 }
             }
+        }
+    }
+
+    /// Protects the newest base of the job's class when Proxlab made it (not a template's folder).
+    pub(crate) async fn protect_class_base(&self, journal: &Arc<Journal>) -> Result<()> {
+        let rec = journal.snapshot();
+        let class_id = rec.class_id.clone().unwrap_or_default();
+        let class = self.class(&class_id)?;
+        match class.bases.last() {
+            Some(b) if b.owned && b.deleted_at.is_none() => {
+                self.protect_base(&class.cluster, &b.node, b.vmid, &class_id)
+                    .await
+            }
+            _ => Ok(()),
         }
     }
 
