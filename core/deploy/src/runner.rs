@@ -187,8 +187,17 @@ impl Deployer {
         let result = self
             .call_workflow(set, &workflow, "plan", vec![params["ctx"].clone()], journal)
             .await;
+        let mut notes: Vec<String> = Vec::new();
         let accepted = match result {
-            Ok(plan) => self.accept_plan(journal, &params, plan),
+            Ok(plan) => {
+                notes = plan["notes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect();
+                self.accept_plan(journal, &params, plan)
+            }
             Err(e) => Err(e),
         };
         let accepted = match accepted {
@@ -199,7 +208,10 @@ impl Deployer {
             Ok(n) => {
                 journal.update_step(idx, |s| {
                     s.state = JobState::Done;
-                    s.detail = format!("{n} VMs planned");
+                    s.detail = std::iter::once(format!("{n} VMs planned"))
+                        .chain(notes.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("; ");
                 });
                 // The plan and the base are on disk before any VM is made: a crash from here resumes.
                 self.flush().await?;
