@@ -777,11 +777,11 @@ impl Deployer {
         self.start_delete_job(id, actor, Some(vmids), false)
     }
 
-    /// Student VMs of a class nobody has.
+    /// Student VMs of a class nobody has (and that are not being reset).
     pub(crate) fn free_student_vms(&self, id: &str) -> Result<Vec<crate::trees::ClassVm>> {
         let mut out = Vec::new();
         for v in self.class_vms(id)? {
-            if v.role != VmRole::Student {
+            if v.role != VmRole::Student || v.reset_job.is_some() {
                 continue;
             }
             let user = self
@@ -834,10 +834,11 @@ impl Deployer {
                 // its VM is gone: it is made again. Other failed steps left no record; a VM with one was
                 // made since.
                 let known = self.inner.vms.get(&vm_key(&class.cluster, vmid))?.is_some();
-                if (known && job.kind != crate::runner::KIND_MOVE)
-                    || settled.contains(&vmid)
-                    || !seen.insert(vmid)
-                {
+                let remade = matches!(
+                    job.kind.as_str(),
+                    crate::runner::KIND_MOVE | crate::runner::KIND_RESET
+                );
+                if (known && !remade) || settled.contains(&vmid) || !seen.insert(vmid) {
                     continue;
                 }
                 if let Some(e) = by_vmid.get(&u64::from(vmid)) {

@@ -161,6 +161,9 @@ impl Deployer {
                         vmid,
                     });
                 }
+                if crate::protect::is_class_base(&cfg) && crate::protect::is_protected(&cfg) {
+                    self.unprotect_base(&client, &g.node, vmid).await?;
+                }
                 tracing::info!(cluster, vmid, node = %g.node, "removing a VM Proxlab made");
                 self.destroy_vm(&client, &g.node, vmid).await?;
             }

@@ -9,8 +9,8 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use store::{AssignmentRecord, StoreError, WaitingEntry};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use store::{AssignmentRecord, StoreError, WaitingEntry, vm_key};
 
 use crate::Deployer;
 use crate::error::{DeployError, Result};
@@ -336,8 +336,9 @@ impl Deployer {
         Ok(out)
     }
 
-    /// Gives `user` the first free student VM of class `id` (lowest slot), atomically: one sled
-    /// transaction reads the class's student assignments and writes the chosen one, so concurrent
+    /// Gives `user` the first free student VM of class `id` (lowest slot) that is not being reset
+    /// ([`ClassVm::reset_job`]), atomically: one sled transaction reads the class's student assignments
+    /// and VM records and writes the chosen assignment, so concurrent
     /// callers never get the same VM and a user never gets two. A user who already has a VM of the class
     /// gets [`JoinOutcome::AlreadyMember`]. When no VM is free, the user is put on the class's waiting
     /// list and [`DeployError::ClassFull`] is returned.
@@ -355,13 +356,18 @@ impl Deployer {
             .filter(|v| v.role == VmRole::Student && !v.assignment_id.is_empty())
             .collect();
         students.sort_by_key(|v| (v.slot, v.vmid));
-        let ids: Vec<String> = students.iter().map(|v| v.assignment_id.clone()).collect();
+        let ids: Vec<(String, String)> = students
+            .iter()
+            .map(|v| (v.assignment_id.clone(), vm_key(&v.cluster, v.vmid)))
+            .collect();
         let now = self.now();
-        let tree = self.inner.store.assignments.raw();
+        // One transaction over the assignments and the class VMs: a VM that an unassign marks for a
+        // reset at the same moment is never handed out (the mark and the cleared user commit together).
+        let trees = (self.inner.store.assignments.raw(), &self.inner.vms.tree);
         let result: std::result::Result<Option<(usize, AssignmentRecord, bool)>, TransactionError<String>> =
-            tree.transaction(|tx| {
+            trees.transaction(|(tx, vtx)| {
                 let mut free: Option<(usize, AssignmentRecord)> = None;
-                for (i, aid) in ids.iter().enumerate() {
+                for (i, (aid, vkey)) in ids.iter().enumerate() {
                     let Some(bytes) = tx.get(aid.as_bytes())? else {
                         continue;
                     };
@@ -370,7 +376,19 @@ impl Deployer {
                     if a.user == user {
                         return Ok(Some((i, a, false)));
                     }
-                    if a.user.is_empty() && free.is_none() {
+                    if !a.user.is_empty() || free.is_some() {
+                        continue;
+                    }
+                    let resetting = match vtx.get(vkey.as_bytes())? {
+                        Some(vb) => serde_json::from_slice::<ClassVm>(&vb)
+                            .map_err(|e| {
+                                ConflictableTransactionError::Abort(format!("class VM {vkey}: {e}"))
+                            })?
+                            .reset_job
+                            .is_some(),
+                        None => true,
+                    };
+                    if !resetting {
                         free = Some((i, a));
                     }
                 }
@@ -423,30 +441,6 @@ impl Deployer {
                 })
             }
         }
-    }
-
-    /// Takes class `id`'s VM away from `user` (the VM stays, free for the next student; revert it before
-    /// giving it out). Returns the freed VM. Errors: [`DeployError::NotFound`].
-    pub fn unassign(&self, id: &str, user: &str) -> Result<ClassVm> {
-        for v in self.class_vms(id)? {
-            if v.role != VmRole::Student || v.assignment_id.is_empty() {
-                continue;
-            }
-            let mut hit = false;
-            self.inner.store.assignments.update(&v.assignment_id, |a| {
-                Ok(a.map(|mut a| {
-                    if a.user == user {
-                        a.user.clear();
-                        hit = true;
-                    }
-                    a
-                }))
-            })?;
-            if hit {
-                return Ok(v);
-            }
-        }
-        Err(DeployError::not_found(format!("a VM of {user} in class {id}")))
     }
 
     /// The waiting list of a class, oldest first.

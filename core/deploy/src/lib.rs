@@ -20,8 +20,13 @@
 //! - **Invites** ([`Deployer::create_invite`], [`Deployer::join`]): tokens of 256 random bits stored as
 //!   SHA-256, expiry (7 days by default) or never, revocable; joining assigns the first free VM in one
 //!   sled transaction over the assignments; a full class puts the user on the waiting list.
+//! - **Reset on leaving** ([`Deployer::unassign`]): a VM taken from its student is re-made on the class
+//!   base by a journaled `reset` job before anyone else gets it; joins and the waiting list skip it
+//!   until then.
 //! - **Publish** ([`Deployer::publish`]): the teacher VM's disk becomes a NEW class base version; students
 //!   move on their next revert (default) or at once; old bases are deleted only when no VM uses them.
+//! - **Protected bases**: a class base Proxlab made carries `protection: 1` and an owner's note in its
+//!   description on PVE; Proxlab lifts the flag only when it removes the base itself.
 //! - **Crash recovery** ([`Deployer::recover`]): unfinished jobs are resumed or cleaned up from the
 //!   journal, so no VM, disk or VMID reservation is left that Proxlab does not know about.
 //! - **Node operations** ([`NodeOps`]): the cloner's executors per node as [`script::Qcow2Ops`] and
@@ -46,9 +51,11 @@ mod invites;
 mod journal;
 mod limits;
 mod nodes;
+mod protect;
 mod publish;
 mod quotas;
 mod recovery;
+mod reset;
 mod runner;
 mod templates;
 mod trees;

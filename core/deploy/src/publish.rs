@@ -16,7 +16,7 @@ use store::{ClassBase, JobRecord, JobState, JobStep, vm_key};
 use crate::Deployer;
 use crate::error::{DeployError, Result};
 use crate::journal::Journal;
-use crate::runner::{KIND_MOVE, KIND_PUBLISH, reason};
+use crate::runner::{KIND_MOVE, KIND_PUBLISH, KIND_RESET, reason};
 use crate::trees::{ClassVm, VmRole};
 
 /// When student VMs move to a newly published base.
@@ -50,7 +50,7 @@ pub enum RevertOutcome {
     },
 }
 
-fn vm_entry(v: &ClassVm, user: &str) -> Value {
+pub(crate) fn vm_entry(v: &ClassVm, user: &str) -> Value {
     json!({
         "name": v.name, "vmid": v.vmid, "role": v.role.as_str(), "user": user, "slot": v.slot,
         "node": v.node, "macs": v.macs,
@@ -219,6 +219,12 @@ impl Deployer {
                 .call_workflow(set, &workflow, "plan", vec![params["ctx"].clone()], journal)
                 .await
                 .and_then(|p| self.accept_base(journal, &params, p, version));
+            if made.is_ok()
+                && let Err(e) = self.protect_class_base(journal).await
+            {
+                // The new base is recorded as current already: keep it, say so.
+                tracing::warn!(error = %e, "the new class base could not be protected on PVE");
+            }
             if let Err(e) = made {
                 let why = reason(&e);
                 journal.update_step(0, |s| {
@@ -241,7 +247,7 @@ impl Deployer {
             // A move job started before a restart is resumed by recovery on its own: wait for it rather
             // than start a second job over the same VMs (two jobs re-making one VM collide).
             for j in self.jobs_of_class(&class_id)? {
-                if j.kind == KIND_MOVE && !crate::is_terminal(j.state) {
+                if (j.kind == KIND_MOVE || j.kind == KIND_RESET) && !crate::is_terminal(j.state) {
                     self.wait_job(&j.id, self.inner.cfg.limits.task_timeout.saturating_mul(4))
                         .await?;
                 }

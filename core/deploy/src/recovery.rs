@@ -13,7 +13,7 @@ use store::{JobState, vm_key};
 
 use crate::error::Result;
 use crate::journal::Journal;
-use crate::runner::{KIND_ADD, KIND_DELETE, KIND_DEPLOY, KIND_MOVE, KIND_PUBLISH, reason};
+use crate::runner::{KIND_ADD, KIND_DELETE, KIND_DEPLOY, KIND_MOVE, KIND_PUBLISH, KIND_RESET, reason};
 use crate::trees::VmRole;
 use crate::{Deployer, is_terminal};
 
@@ -71,7 +71,7 @@ impl Deployer {
                 continue;
             }
             match job.kind.as_str() {
-                KIND_DEPLOY | KIND_ADD | KIND_MOVE => {
+                KIND_DEPLOY | KIND_ADD | KIND_MOVE | KIND_RESET => {
                     // Steps that had not ended re-run; a step whose VM record is missing re-runs too.
                     for (i, s) in job.steps.iter().enumerate() {
                         let Some(vmid) = s.vmid else { continue };
@@ -101,6 +101,12 @@ impl Deployer {
             }
             self.spawn_job(journal, set.clone());
             report.resumed.push(job.id.clone());
+        }
+
+        // A VM marked for a reset whose job was never written gets its reset now.
+        match self.restart_lost_resets() {
+            Ok(started) => report.resumed.extend(started),
+            Err(e) => report.errors.push(format!("resets: {e}")),
         }
 
         // Reservations that no record and no running job explains: remove leftovers, release.

@@ -3,8 +3,9 @@
 //! transient failures (lock timeouts, B25) with jittered backoff, and recording what was made.
 //!
 //! Job kinds: `deploy` (a new class: plan + VMs), `add-vms` (more student VMs, or a retry of failed
-//! ones), `move` (re-make VMs on the class's current base), `publish` (see [`crate::publish`]),
-//! `delete-class` (remove VMs, and the class).
+//! ones), `move` (re-make VMs on the class's current base), `reset` (re-make a VM that left its
+//! student, before anyone else gets it), `publish` (see [`crate::publish`]), `delete-class` (remove
+//! VMs, and the class).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub(crate) const KIND_ADD: &str = "add-vms";
 pub(crate) const KIND_MOVE: &str = "move";
 pub(crate) const KIND_PUBLISH: &str = "publish";
 pub(crate) const KIND_DELETE: &str = "delete-class";
+/// Re-makes a student VM that left its student on the class's current base (see [`crate::reset`]).
+pub(crate) const KIND_RESET: &str = "reset";
 
 /// Script error codes worth another attempt (after cleaning up the attempt's leftovers).
 const RETRYABLE_CODES: &[&str] = &[
@@ -78,7 +81,9 @@ impl Deployer {
         tokio::spawn(
             async move {
                 let r = match rec.kind.as_str() {
-                    KIND_DEPLOY | KIND_ADD | KIND_MOVE => this.run_create_job(&journal, &set).await,
+                    KIND_DEPLOY | KIND_ADD | KIND_MOVE | KIND_RESET => {
+                        this.run_create_job(&journal, &set).await
+                    }
                     KIND_PUBLISH => this.run_publish(&journal, &set).await,
                     KIND_DELETE => this.run_delete(&journal).await,
                     other => Err(DeployError::Invalid(format!("unknown job kind {other}"))),
@@ -139,6 +144,10 @@ impl Deployer {
             return Ok(());
         }
         self.run_vm_steps(journal, set).await;
+        if journal.snapshot().kind == KIND_RESET {
+            // Before the job ends: whoever waits for it sees the waiting list served.
+            self.after_reset(journal).await;
+        }
         self.finish_create_job(journal)
     }
 
@@ -168,18 +177,41 @@ impl Deployer {
             s.attempts += 1;
             s.detail = format!("{workflow}: plan(ctx)");
         });
+        let params = match self.swap_taken_plan_vmids(journal).await {
+            Ok(()) => journal.params(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the reserved VMIDs before the plan");
+                params
+            }
+        };
         let result = self
             .call_workflow(set, &workflow, "plan", vec![params["ctx"].clone()], journal)
             .await;
+        let mut notes: Vec<String> = Vec::new();
         let accepted = match result {
-            Ok(plan) => self.accept_plan(journal, &params, plan),
+            Ok(plan) => {
+                notes = plan["notes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect();
+                self.accept_plan(journal, &params, plan)
+            }
+            Err(e) => Err(e),
+        };
+        let accepted = match accepted {
+            Ok(n) => self.protect_class_base(journal).await.map(|()| n),
             Err(e) => Err(e),
         };
         match accepted {
             Ok(n) => {
                 journal.update_step(idx, |s| {
                     s.state = JobState::Done;
-                    s.detail = format!("{n} VMs planned");
+                    s.detail = std::iter::once(format!("{n} VMs planned"))
+                        .chain(notes.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("; ");
                 });
                 // The plan and the base are on disk before any VM is made: a crash from here resumes.
                 self.flush().await?;
@@ -363,6 +395,7 @@ impl Deployer {
             assignment_id: assignment.id,
             job_id: rec.id.clone(),
             created_at: self.now(),
+            reset_job: None,
         };
         self.inner.vms.insert(&vm_key(&rec.cluster, vmid), &vm)?;
         Ok(())
@@ -381,8 +414,11 @@ impl Deployer {
             .flatten()
             .filter_map(|e| u32_of(&e["vmid"]).map(|v| (v, e.clone())))
             .collect();
+        if journal.snapshot().kind == KIND_RESET {
+            self.skip_resets_not_needed(journal);
+        }
         let rec = journal.snapshot();
-        let remake = rec.kind == KIND_MOVE;
+        let remake = rec.kind == KIND_MOVE || rec.kind == KIND_RESET;
         let todo: Vec<(usize, Value)> = rec
             .steps
             .iter()
@@ -404,16 +440,19 @@ impl Deployer {
         journal: &Arc<Journal>,
         set: &Arc<ScriptSet>,
         ctx: Arc<Value>,
-        entry: Value,
+        mut entry: Value,
         idx: usize,
         remake: bool,
     ) {
-        let cluster = journal.snapshot().cluster;
+        let (cluster, reset) = {
+            let rec = journal.snapshot();
+            (rec.cluster, rec.kind == KIND_RESET)
+        };
         let workflow = journal.params()["workflow"]
             .as_str()
             .unwrap_or("qcow2-overlay")
             .to_string();
-        let vmid = u32_of(&entry["vmid"]).unwrap_or_default();
+        let mut vmid = u32_of(&entry["vmid"]).unwrap_or_default();
         let node = entry["node"].as_str().unwrap_or_default().to_string();
         let name = entry["name"].as_str().unwrap_or_default().to_string();
         let storage = ctx["storage"]["id"].as_str().map(String::from);
@@ -439,7 +478,9 @@ impl Deployer {
             journal.update_step(idx, |s| {
                 s.state = JobState::Running;
                 s.attempts += 1;
-                s.detail = if remake {
+                s.detail = if reset {
+                    "resetting to the class base".into()
+                } else if remake {
                     "re-making on the current base".into()
                 } else {
                     "creating".into()
@@ -451,9 +492,15 @@ impl Deployer {
                 result = self
                     .cleanup_vmid(&cluster, vmid, &node, &storages, Some(&name))
                     .await;
+            } else if !remake && self.held_by_other(&cluster, vmid, &name).await.unwrap_or(false) {
+                // Taken behind Proxlab's back since it was reserved (an admin in PVE's UI).
+                result = Err(DeployError::NotOurs {
+                    cluster: cluster.clone(),
+                    vmid,
+                });
             }
             need_cleanup = true;
-            let result = match result {
+            let mut result = match result {
                 Ok(()) => match self
                     .call_workflow(
                         set,
@@ -470,6 +517,25 @@ impl Deployer {
                 Err(e) => Err(e),
             };
             drop(permits);
+            // A VM Proxlab did not create holds the VMID now (PVE answered "already exists", or the
+            // check before the create saw it): a new VM takes a freshly reserved VMID instead; the
+            // other VM is never touched and its VMID never tried again.
+            if let Err(e) = &result
+                && !remake
+                && attempt < limits.max_attempts
+                && (matches!(e, DeployError::NotOurs { .. }) || reason(e).contains("already exists"))
+                && self.held_by_other(&cluster, vmid, &name).await.unwrap_or(false)
+            {
+                match self.move_to_new_vmid(journal, idx, vmid).await {
+                    Ok(new) => {
+                        vmid = new;
+                        entry["vmid"] = json!(new);
+                        need_cleanup = false;
+                        continue;
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
             match result {
                 Ok(vm) => {
                     journal.update_step(idx, |s| {
@@ -510,6 +576,105 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// Protects the newest base of the job's class when Proxlab made it (not a template's folder).
+    pub(crate) async fn protect_class_base(&self, journal: &Arc<Journal>) -> Result<()> {
+        let rec = journal.snapshot();
+        let class_id = rec.class_id.clone().unwrap_or_default();
+        let class = self.class(&class_id)?;
+        match class.bases.last() {
+            Some(b) if b.owned && b.deleted_at.is_none() => {
+                self.protect_base(&class.cluster, &b.node, b.vmid, &class_id)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Before `plan(ctx)`: reserved VMIDs that a guest holds now (created behind Proxlab's back after
+    /// the reservation; nothing of Proxlab's is there before the plan — an interrupted plan's VMs were
+    /// removed) are replaced in `ctx.vmids` by freshly reserved ones, on disk before the plan runs.
+    async fn swap_taken_plan_vmids(&self, journal: &Arc<Journal>) -> Result<()> {
+        let rec = journal.snapshot();
+        let client = self.pve(&rec.cluster)?;
+        let busy: HashSet<u32> = client
+            .cluster_resources()
+            .await?
+            .into_iter()
+            .map(|g| g.vmid)
+            .collect();
+        let vmids: Vec<u32> = journal.params()["ctx"]["vmids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(u32_of)
+            .collect();
+        let taken: Vec<u32> = vmids.iter().copied().filter(|v| busy.contains(v)).collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let fresh = self
+            .reserve_vmids(&rec.cluster, taken.len(), &rec.id, rec.class_id.as_deref(), None)
+            .await?;
+        let swap: BTreeMap<u32, u32> = taken.iter().copied().zip(fresh).collect();
+        let now: Vec<u32> = vmids.iter().map(|v| swap.get(v).copied().unwrap_or(*v)).collect();
+        journal.set_params(|p| p["ctx"]["vmids"] = json!(now));
+        for (old, new) in &swap {
+            self.release_vmid(&rec.cluster, *old)?;
+            tracing::warn!(cluster = %rec.cluster, old, new, "VMID taken behind Proxlab's back before the plan; moved to a new one");
+        }
+        self.flush().await
+    }
+
+    /// True if a guest Proxlab did not create holds `vmid` (any container; a QEMU VM without the
+    /// `proxlab` tag and not named `name`).
+    pub(crate) async fn held_by_other(&self, cluster: &str, vmid: u32, name: &str) -> Result<bool> {
+        let client = self.pve(cluster)?;
+        let Some(g) = self.find_guest(&client, vmid).await? else {
+            return Ok(false);
+        };
+        if g.kind != GuestKind::Qemu {
+            return Ok(true);
+        }
+        match client.guest_config(&g.node, GuestKind::Qemu, vmid).await {
+            Ok(cfg) => Ok(!crate::cleanup::is_proxlab_vm(&cfg, Some(name))),
+            Err(pve::PveError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives step `idx` of the job a freshly reserved VMID instead of `old`, which a VM Proxlab did not
+    /// create holds: the new reservation, the job's VM entry and the step are on disk before anything
+    /// is made under it; the reservation of `old` is released (nothing of Proxlab's is there).
+    async fn move_to_new_vmid(&self, journal: &Arc<Journal>, idx: usize, old: u32) -> Result<u32> {
+        let rec = journal.snapshot();
+        let got = self
+            .reserve_vmids(&rec.cluster, 1, &rec.id, rec.class_id.as_deref(), None)
+            .await?;
+        let new = got
+            .first()
+            .copied()
+            .ok_or_else(|| DeployError::Invalid("no VMID reserved".into()))?;
+        let renumber = |vms: &mut Value| {
+            for e in vms.as_array_mut().into_iter().flatten() {
+                if e["vmid"] == json!(old) {
+                    e["vmid"] = json!(new);
+                }
+            }
+        };
+        journal.set_params(|p| {
+            renumber(&mut p["vms"]);
+            renumber(&mut p["plan"]["vms"]);
+        });
+        journal.update_step(idx, |s| {
+            s.vmid = Some(new);
+            s.detail = format!("VMID {old} was taken by a VM Proxlab did not create; using {new}");
+        });
+        self.release_vmid(&rec.cluster, old)?;
+        self.flush().await?;
+        tracing::warn!(cluster = %rec.cluster, old, new, "VMID taken behind Proxlab's back; moved to a new one");
+        Ok(new)
     }
 
     /// Records a VM `create_vm` made: reads its config (MACs; checks the Proxlab tag), stores the class
@@ -611,6 +776,7 @@ impl Deployer {
             assignment_id,
             job_id: rec.id.clone(),
             created_at: previous.map(|p| p.created_at).unwrap_or_else(|| self.now()),
+            reset_job: None,
         };
         self.inner.vms.insert(&key, &vm)?;
         Ok(vm)

@@ -210,6 +210,10 @@ pub struct ClassVm {
     pub job_id: String,
     /// When it was created (Unix s).
     pub created_at: u64,
+    /// Set when the VM left its student (unassigned) and is being reset to the class base: the id of
+    /// the `reset` job that re-makes it. A VM with this set is given to nobody; the re-made record has
+    /// it cleared.
+    pub reset_job: Option<String>,
 }
 
 /// An invite link of a class (tree `invites`, key = SHA-256 hex of the token). The token itself is

@@ -561,8 +561,8 @@ pub async fn assign(
     Ok(Json(json!(out)).into_response())
 }
 
-/// `DELETE /api/class/{id}/assign/{user}` (the class's teachers): takes the VM away from `user` (the VM
-/// stays, free).
+/// `DELETE /api/class/{id}/assign/{user}` (the class's teachers): takes the VM away from `user`; the VM
+/// is reset to the class base (a `reset` job, `vm.reset_job`) before anyone else gets it.
 pub async fn unassign(
     State(st): State<AppState>,
     p: Principal,

@@ -594,3 +594,66 @@ async fn opening_an_invite_link_joins_no_one_and_joining_needs_the_pages_csrf_to
     );
     assert!(joined(&w));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_removing_a_class_vms_assignment_unassigns_the_student_and_the_vm_is_reset_before_anyone_gets_it()
+ {
+    let w = web_in(3900, 3919).await;
+    let body = json!({"name": "Admin leave", "template_vmid": 9000, "pool_size": 1, "node": "pve2"});
+    let (st, _, v) = w.call("teach", "POST", "/api/classes", Some(body)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let id = v["class"]["id"].as_str().unwrap().to_string();
+    let job = v["job"]["id"].as_str().unwrap().to_string();
+    w.call("teach", "GET", &format!("/api/jobs/{job}/events"), None)
+        .await;
+    let (st, _, a) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/class/{id}/assign"),
+            Some(json!({"user": "stud"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    let aid = a["assignment"]["id"].as_str().unwrap().to_string();
+
+    // The admin removes it in the assignments list: the student is unassigned, the VM reset.
+    let (st, _, d) = w
+        .call("root", "DELETE", &format!("/api/user-vm-assignments/{aid}"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{d}");
+    let reset = d["reset_job"].as_str().expect("a reset job").to_string();
+    let (st, _, full) = w
+        .call(
+            "teach",
+            "POST",
+            &format!("/api/class/{id}/assign"),
+            Some(json!({"user": "stud2"})),
+        )
+        .await;
+    assert_eq!(
+        (st, full["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("class_full")),
+        "nobody gets the VM while it is reset: {full}"
+    );
+    w.call("teach", "GET", &format!("/api/jobs/{reset}/events"), None)
+        .await;
+    let (_, _, j) = w.call("teach", "GET", &format!("/api/jobs/{reset}"), None).await;
+    assert_eq!(
+        (j["kind"].as_str(), j["state"].as_str()),
+        (Some("reset"), Some("done")),
+        "{j}"
+    );
+    let (_, _, c) = w.call("teach", "GET", &format!("/api/classes/{id}"), None).await;
+    let student = c["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["role"] == "student")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        student["user"], "stud2",
+        "the waiting student got the reset VM: {c}"
+    );
+}

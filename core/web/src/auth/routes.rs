@@ -485,12 +485,26 @@ pub async fn create_assignment(
 }
 
 /// `DELETE /api/user-vm-assignments/{id}` (admin): removes an assignment; `{deleted: id}`; 404 if unknown.
+/// The assignment that gives a class's student VM to a student is not removed but released: the
+/// student is unassigned and the VM reset to the class base before anyone else gets it
+/// ([`deploy::Deployer::unassign`]; `reset_job` in the answer); 409 when that VM has nobody.
 pub async fn delete_assignment(
     State(st): State<AppState>,
     p: Principal,
     authn: Authn,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
+    if let Some(out) = release_class_vm(&st, &id)? {
+        st.auth.rebuild_index();
+        st.auth.audit(
+            &p.name,
+            authn.addr,
+            "assignment.delete",
+            &id,
+            "ok: unassigned, VM reset",
+        );
+        return Ok(Json(out));
+    }
     let res = st.auth.store.remove_assignment(&id);
     st.auth.rebuild_index();
     let result = res
@@ -502,6 +516,40 @@ pub async fn delete_assignment(
     let a = res?;
     Ok(Json(
         json!({"deleted": a.id, "cluster": a.cluster, "vmid": a.vmid, "user": a.user}),
+    ))
+}
+
+/// If assignment `id` is the one that gives a class's student VM to its user, unassigns that user
+/// through the deployer (the VM is reset before anyone else gets it) and returns the answer; `None`
+/// for any other assignment.
+fn release_class_vm(st: &AppState, id: &str) -> AppResult<Option<Value>> {
+    let (Some(d), Some(a)) = (st.deploy.as_ref(), st.auth.store.assignments.get(id)?) else {
+        return Ok(None);
+    };
+    let Some(class_id) = a.class_id.clone() else {
+        return Ok(None);
+    };
+    let own = d
+        .class_vm(&a.cluster, a.vmid)
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .is_some_and(|v| v.assignment_id == id && v.role == deploy::VmRole::Student);
+    if !own {
+        return Ok(None);
+    }
+    if a.user.is_empty() {
+        return Err(AppError::Conflict(format!(
+            "assignment {id} is class {class_id}'s own record of VM {}; nobody has the VM",
+            a.vmid
+        )));
+    }
+    let vm = d.unassign(&class_id, &a.user).map_err(|e| match e {
+        deploy::DeployError::NotFound { .. } => AppError::NotFound(e.to_string()),
+        deploy::DeployError::Conflict(m) => AppError::Conflict(m),
+        other => AppError::Internal(other.to_string()),
+    })?;
+    Ok(Some(
+        json!({"deleted": id, "cluster": a.cluster, "vmid": a.vmid, "user": a.user,
+                    "reset_job": vm.reset_job}),
     ))
 }
 
