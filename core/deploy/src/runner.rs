@@ -965,7 +965,7 @@ impl Deployer {
     }
 
     /// The class VM records of a class.
-    pub(crate) fn class_vms(&self, class_id: &str) -> Result<Vec<ClassVm>> {
+    pub fn class_vms(&self, class_id: &str) -> Result<Vec<ClassVm>> {
         Ok(self
             .inner
             .vms

@@ -210,15 +210,22 @@ impl Ops {
         }
     }
 
+    /// The guest as the inventory shows it; one inventory tick first when it is not there yet (a VM
+    /// created moments ago, before the next sync).
+    async fn guest(&self, cluster: &str, vmid: u32) -> Result<Arc<GuestRecord>, OpError> {
+        let find = || self.syncer.inventory().snapshot().guest(cluster, vmid).cloned();
+        if let Some(g) = find() {
+            return Ok(g);
+        }
+        if let Err(e) = self.syncer.tick_cluster(cluster, false).await {
+            tracing::debug!(cluster, vmid, error = %e, "inventory tick for an unknown guest failed");
+        }
+        find().ok_or_else(|| OpError::NotFound(format!("no VM {vmid} in cluster {cluster}")))
+    }
+
     /// The guest, refused when Proxmox holds a lock on it.
-    fn unlocked_guest(&self, cluster: &str, vmid: u32) -> Result<Arc<GuestRecord>, OpError> {
-        let g = self
-            .syncer
-            .inventory()
-            .snapshot()
-            .guest(cluster, vmid)
-            .cloned()
-            .ok_or_else(|| OpError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
+    async fn unlocked_guest(&self, cluster: &str, vmid: u32) -> Result<Arc<GuestRecord>, OpError> {
+        let g = self.guest(cluster, vmid).await?;
         if let Some(lock) = blocking_lock(&g) {
             return Err(OpError::Locked {
                 vmid,
@@ -230,9 +237,15 @@ impl Ops {
 
     /// Refuses at once when the inventory shows `cluster`/`vmid` locked (before any other work).
     pub fn check_unlocked(&self, cluster: &str, vmid: u32) -> Result<(), OpError> {
-        match self.unlocked_guest(cluster, vmid) {
-            Err(e @ OpError::Locked { .. }) => Err(e),
-            _ => Ok(()),
+        match self.syncer.inventory().snapshot().guest(cluster, vmid) {
+            Some(g) => match blocking_lock(g) {
+                Some(lock) => Err(OpError::Locked {
+                    vmid,
+                    lock: lock.to_string(),
+                }),
+                None => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 
@@ -346,7 +359,7 @@ impl Ops {
     }
 
     async fn run_power(&self, cluster: String, vmid: u32, action: PowerAction) -> OpResult {
-        let g = self.unlocked_guest(&cluster, vmid)?;
+        let g = self.unlocked_guest(&cluster, vmid).await?;
         if g.template {
             return Err(OpError::NotApplicable(format!(
                 "{} is a template; templates cannot be started",
@@ -390,7 +403,7 @@ impl Ops {
     }
 
     async fn run_revert(&self, cluster: String, vmid: u32, snapshot: String) -> OpResult {
-        let g = self.unlocked_guest(&cluster, vmid)?;
+        let g = self.unlocked_guest(&cluster, vmid).await?;
         let client = self.client(&cluster)?;
         let kind = if g.kind == "lxc" {
             GuestKind::Lxc

@@ -640,7 +640,8 @@ pub async fn remove_co_owner(
 }
 
 /// `POST /api/classes/{id}/teacher/{action}` (the class's teachers): `start`, `stop`, `shutdown`,
-/// `reboot` on the teacher VM (waits for the task).
+/// `reboot` on the teacher VM, through [`ops::Ops`] like every power button (one at a time per VM, a
+/// locked VM refused by name, Stop always works); waits for the task.
 pub async fn teacher_power(
     State(st): State<AppState>,
     p: Principal,
@@ -655,10 +656,22 @@ pub async fn teacher_power(
         "reboot" => deploy::PowerAction::Reboot,
         other => return Err(AppError::NotFound(format!("no action {other}")).into()),
     };
-    let r = deployer(&st)?.teacher_power(&id, action).await;
+    let vm = deployer(&st)?
+        .class_vms(&id)?
+        .into_iter()
+        .find(|v| v.role == deploy::VmRole::Teacher)
+        .ok_or_else(|| AppError::NotFound(format!("class {id} has no teacher VM")))?;
+    let r = st.ops.power(&vm.cluster, vm.vmid, action).await;
+    let result = match &r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
     st.auth
-        .audit(&p.name, authn.addr, "class.teacher_vm", &id, &audit_result(&r));
-    Ok(Json(json!({"vm": r?, "action": action.as_str()})).into_response())
+        .audit(&p.name, authn.addr, "class.teacher_vm", &id, &result);
+    match r {
+        Ok(_) => Ok(Json(json!({"vm": vm, "action": ops::action_name(action)})).into_response()),
+        Err(e) => Ok(crate::api::op_error_response(&e)),
+    }
 }
 
 /// Body of `POST /api/classes/{id}/vms`.

@@ -136,6 +136,32 @@ async fn a_teacher_creates_a_class_follows_its_job_students_join_by_link_and_onl
         w.call("teach2", "GET", &format!("/api/jobs/{job}"), None).await.0,
         StatusCode::NOT_FOUND
     );
+    // The teacher starts the teacher VM (made moments ago, before any sync tick) and stops it again.
+    for action in ["start", "stop"] {
+        let (st, _, v) = w
+            .call(
+                "teach",
+                "POST",
+                &format!("/api/classes/{id}/teacher/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{action}: {v}");
+        assert_eq!(v["vm"]["role"], "teacher", "{v}");
+        assert_eq!(v["action"], action);
+    }
+    assert_eq!(
+        w.call(
+            "teach2",
+            "POST",
+            &format!("/api/classes/{id}/teacher/start"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND,
+        "another teacher cannot power this class's teacher VM"
+    );
 
     // An invite link; a student joins with it and then sees the class with only their own VM.
     let (st, _, inv) = w
