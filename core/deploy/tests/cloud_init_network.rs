@@ -49,6 +49,7 @@ async fn a_templates_static_cloud_init_address_is_not_copied_and_the_plan_says_s
         node: Some(tpl.node.clone()),
         ..ClassSpec::default()
     };
+    open_template(&e, 9000).await;
     let (class, job) = e.deployer.create_class("teach", spec).await.unwrap();
     let job = e.deployer.wait_job(&job.id, WAIT).await.unwrap();
     assert_eq!(job.state, JobState::Done, "{:#?}", job.steps);

@@ -42,6 +42,7 @@ async fn class_bases_are_protected_on_pve_and_only_proxlab_removes_them() {
         node: Some("pve1".into()),
         ..ClassSpec::default()
     };
+    open_template(&e, 9000).await;
     let (class, job) = e.deployer.create_class("teach", spec).await.unwrap();
     let job = e.deployer.wait_job(&job.id, WAIT).await.unwrap();
     assert_eq!(job.state, JobState::Done, "{:#?}", job.steps);

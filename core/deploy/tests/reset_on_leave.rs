@@ -72,6 +72,7 @@ async fn deployed_class(e: &Env, name: &str, node: &str) -> String {
         node: Some(node.into()),
         ..ClassSpec::default()
     };
+    open_template(e, 9000).await;
     let (class, job) = e.deployer.create_class("teach", spec).await.unwrap();
     let id = job.id.clone();
     let job = e

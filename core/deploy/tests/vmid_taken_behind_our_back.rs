@@ -31,6 +31,7 @@ async fn a_vmid_an_admin_takes_after_the_reservation_is_replaced_and_the_admins_
         node: Some("pve1".into()),
         ..ClassSpec::default()
     };
+    open_template(&e, 9000).await;
     let (class, job) = e.deployer.create_class("teach", spec).await.unwrap();
     let reserved: Vec<u32> = job.params["ctx"]["vmids"]
         .as_array()
