@@ -492,7 +492,7 @@ fn lxc_tier_strips_prefixes_skips_lo_and_falls_back_to_the_config_ip() {
 }
 
 #[test]
-fn lxc_shape_uses_inet_when_ip_addresses_is_empty_b08a() {
+fn lxc_shape_uses_inet_when_ip_addresses_is_empty() {
     // B08 A cannot be produced by the fake (it always fills `ip-addresses`), so the shipped library runs
     // on the literal answer of the field case.
     let rt = runtime();
@@ -512,8 +512,8 @@ fn lxc_shape_uses_inet_when_ip_addresses_is_empty_b08a() {
             ..Default::default()
         };
         let set = Arc::new(runtime.load_set(&sources).unwrap_or_else(|e| panic!("{}", script::format_load_errors(&e))));
-        let b08a = json!([{"name": "eth0", "hwaddr": "bc:24:11:00:07:01", "inet": "198.51.100.71/24", "ip-addresses": []}]);
-        let vm = json!({"vmid": 4199, "status": "running", "macs": [{"index": 0, "mac": "bc:24:11:00:07:01"}], "fixture": b08a});
+        let empty_ip_addresses = json!([{"name": "eth0", "hwaddr": "bc:24:11:00:07:01", "inet": "198.51.100.71/24", "ip-addresses": []}]);
+        let vm = json!({"vmid": 4199, "status": "running", "macs": [{"index": 0, "mac": "bc:24:11:00:07:01"}], "fixture": empty_ip_addresses});
         let v = runtime.run_entry(&set, "ip/05-fixture", "discover", vec![vm.clone()]).await.unwrap();
         assert_eq!(v["address"], "198.51.100.71");
         let mut null = vm;

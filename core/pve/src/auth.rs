@@ -214,7 +214,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn b19_ticket() -> Credentials {
+    fn csrf_login_ticket() -> Credentials {
         let answer = parse_login(
             200,
             &json!({"data":{"ticket":"PVE:labuser@pve:00000000::FAKE","CSRFPreventionToken":"00000000:FAKECSRF","username":"labuser@pve"}}),
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn ticket_get_sends_cookie_only() {
-        let h = auth_headers(&b19_ticket(), &Method::GET).unwrap();
+        let h = auth_headers(&csrf_login_ticket(), &Method::GET).unwrap();
         assert_eq!(
             names_and_values(&h),
             [(
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn ticket_writes_send_cookie_and_csrf() {
         for m in [Method::POST, Method::PUT, Method::DELETE] {
-            let h = auth_headers(&b19_ticket(), &m).unwrap();
+            let h = auth_headers(&csrf_login_ticket(), &m).unwrap();
             assert_eq!(
                 names_and_values(&h),
                 [
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn auth_headers_are_marked_sensitive() {
-        for (_, v) in auth_headers(&b19_ticket(), &Method::POST).unwrap() {
+        for (_, v) in auth_headers(&csrf_login_ticket(), &Method::POST).unwrap() {
             assert!(v.is_sensitive());
         }
     }

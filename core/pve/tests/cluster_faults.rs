@@ -134,7 +134,7 @@ async fn privilege_separated_token_sees_nothing_and_permissions_name_what_is_mis
     let mut guests = lab.clone();
     guests["cluster"]["apitokens"]["auditor@pve!privsep"] = json!("11111111-fake-4000-8000-privsep0000");
     guests["cluster"]["acl"] = json!([{"user": "auditor@pve!privsep", "path": "/", "privs": ["Sys.Audit"]}]);
-    let dir = testkit::temp_dir("pve-b22-");
+    let dir = testkit::temp_dir("pve-privsep-token-");
     let file = dir.path().join("guests.json");
     std::fs::write(&file, serde_json::to_vec(&guests).unwrap()).unwrap();
     let c = FakeCluster::start(ClusterSpec {

@@ -49,7 +49,7 @@ fn atomic_save(dir: &Path, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c05_every_editor_save_style_gives_exactly_one_reload_with_the_final_content() {
+async fn every_editor_save_style_gives_exactly_one_reload_with_the_final_content() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.html"), "v0").unwrap();
     let r = Reloader::start(

@@ -349,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn b01_loopback_listed_first_is_skipped() {
+    fn loopback_listed_first_is_skipped() {
         let nics = [
             nic("lo", "00:00:00:00:00:00", &["127.0.0.1", "::1"]),
             nic(
@@ -374,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn b02_only_apipa_and_link_local_gives_no_address() {
+    fn only_apipa_and_link_local_gives_no_address() {
         let nics = [nic(
             "Ethernet",
             "bc:24:11:00:00:21",
@@ -395,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn b06_multi_nic_prefers_lowest_net_index_and_never_flaps() {
+    fn multi_nic_prefers_lowest_net_index_and_never_flaps() {
         let nics = [
             nic("ens19", "bc:24:11:00:00:41", &["203.0.113.41"]),
             nic("ens18", "bc:24:11:00:00:40", &["198.51.100.40"]),
@@ -426,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn b07_lxc_cidr_strings_are_stripped() {
+    fn lxc_cidr_strings_are_stripped() {
         assert_eq!(parse_addr("192.0.2.95/22"), Some(ip("192.0.2.95")));
         assert_eq!(
             parse_addr("fe80::be24:11ff:fe00:700/64"),

@@ -864,7 +864,7 @@ mod tests {
     use super::display_state;
 
     #[test]
-    fn b14_paused_and_hibernated_are_told_apart_from_running_and_stopped() {
+    fn paused_and_hibernated_are_told_apart_from_running_and_stopped() {
         assert_eq!(display_state("running", Some("paused"), None), "paused");
         assert_eq!(display_state("stopped", None, Some("suspended")), "hibernated");
         // The cluster listing has no qmpstatus: fall back to status.

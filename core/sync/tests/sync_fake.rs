@@ -44,7 +44,7 @@ fn syncer(clusters: &[(&str, &FakeCluster)], store: Option<store::Store>) -> Arc
     Syncer::new(inv, handles, cfg, Arc::new(AgentDiscovery))
 }
 
-fn b05_guests() -> Vec<serde_json::Value> {
+fn guests_with_agent_missing_disabled_or_stopped() -> Vec<serde_json::Value> {
     vec![
         json!({"vmid": 131, "name": "w11-lab", "node": "pve1", "status": "running",
                "config": {"net0": "virtio=BC:24:11:00:01:31,bridge=vmbr0", "memory": 2048}}),
@@ -105,9 +105,9 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b05_no_agent_calls_for_guests_without_an_enabled_agent() {
+async fn no_agent_calls_for_guests_without_an_enabled_agent() {
     let spec = ClusterSpec {
-        extra_guests: b05_guests(),
+        extra_guests: guests_with_agent_missing_disabled_or_stopped(),
         ..ClusterSpec::lab()
     };
     let fake = tokio::task::spawn_blocking(move || FakeCluster::start(spec))
@@ -142,7 +142,7 @@ async fn b05_no_agent_calls_for_guests_without_an_enabled_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b04_agent_not_running_falls_back_without_failing_the_sync() {
+async fn agent_not_running_falls_back_without_failing_the_sync() {
     let spec = ClusterSpec::lab();
     let fake = tokio::task::spawn_blocking(move || FakeCluster::start(spec))
         .await
@@ -326,7 +326,7 @@ async fn refresh_after_start_publishes_the_change_and_chases_the_ip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b22_token_without_vm_audit_is_reported_by_name_not_as_no_vms() {
+async fn token_without_vm_audit_is_reported_by_name_not_as_no_vms() {
     // A guests file whose cluster grants a privilege-separated token only Sys.Audit on /.
     let dir = tempfile::tempdir().unwrap();
     let mut spec: serde_json::Value =

@@ -172,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn b35_utf16le_bom_crlf_and_round_trip_with_a_non_ascii_user() {
+    fn utf16le_bom_crlf_and_round_trip_with_a_non_ascii_user() {
         let settings = vec![("username".to_string(), RdpValue::Str("SCHOOL\\jörg".into()))];
         let bytes = render(&target("198.51.100.7", 3389), &settings).unwrap();
         assert_eq!(&bytes[..2], &[0xFF, 0xFE]);

@@ -218,7 +218,7 @@ async fn console_refuses_a_user_not_allowed_on_the_vm_and_foreign_origins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c08_shutdown_closes_an_open_console_with_1001() {
+async fn shutdown_closes_an_open_console_with_1001() {
     let p = portal(vec![], ConnectConfig::default(), None).await;
     let (mut rfb, _) = console(&p, "stud", Some("binary")).await.unwrap();
     rfb.handshake().await;

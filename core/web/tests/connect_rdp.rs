@@ -140,7 +140,7 @@ fn have(tool: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b35_freerdp_reads_a_served_file_with_the_vms_address_port_and_user() {
+async fn freerdp_reads_a_served_file_with_the_vms_address_port_and_user() {
     assert!(
         have("xfreerdp") && have("xvfb-run"),
         "xfreerdp/xvfb-run missing: run dev/setup (freerdp2-x11 xvfb)"

@@ -144,7 +144,7 @@ async fn student_logs_in_runs_unicode_and_a_fullscreen_program_after_resize_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b36_reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input() {
+async fn reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input() {
     let (p, _sshd) = setup(|_| {}).await;
     let mut t = open(&p, None).await;
     t.control(json!({"type": "hello", "cols": 90, "rows": 20})).await;
@@ -172,7 +172,7 @@ async fn b36_reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b38_pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_timeout_closes_with_4000() {
+async fn pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_timeout_closes_with_4000() {
     let (p, _sshd) = setup(|c| {
         c.ws_ping_interval = Duration::from_millis(250);
         c.idle_timeout = Duration::from_secs(5);
@@ -208,7 +208,7 @@ async fn b38_pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c09_upgrade_needs_the_portals_exact_origin_and_a_one_time_token() {
+async fn upgrade_needs_the_portals_exact_origin_and_a_one_time_token() {
     let (p, _sshd) = setup(|_| {}).await;
     let path = |t: &str| format!("/ws/terminal/{VM}?token={t}");
     let token = p.token("stud", VM, "ssh").await.unwrap();
@@ -404,7 +404,7 @@ async fn wrong_passwords_close_with_4001_and_a_user_gets_at_most_their_session_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c08_shutdown_closes_open_terminals_with_1001_and_refuses_new_ones() {
+async fn shutdown_closes_open_terminals_with_1001_and_refuses_new_ones() {
     let (p, _sshd) = setup(|_| {}).await;
     let mut t = open(&p, None).await;
     t.control(json!({"type": "hello", "cols": 80, "rows": 24})).await;

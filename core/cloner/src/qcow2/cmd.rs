@@ -142,7 +142,7 @@ mod tests {
     use crate::shell_join;
 
     #[test]
-    fn b29_overlay_golden_string() {
+    fn overlay_golden_string() {
         let a = create_overlay(
             Path::new("/var/lib/vz/images/9000/base-9000-disk-0.qcow2"),
             ImageFormat::Qcow2,
@@ -160,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn b29_paths_with_spaces_and_quotes_stay_one_argument() {
+    fn paths_with_spaces_and_quotes_stay_one_argument() {
         let a = create_overlay(
             Path::new("/mnt/pve/my nfs/base 'gold'.qcow2"),
             ImageFormat::Qcow2,
@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn b29_relative_backing_path_is_refused() {
+    fn relative_backing_path_is_refused() {
         let e = create_overlay(
             Path::new("../9000/base-9000-disk-0.qcow2"),
             ImageFormat::Qcow2,
@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn b30_safe_rebase_golden_string() {
+    fn safe_rebase_golden_string() {
         let a = rebase(
             Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
             Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.qcow2"),
@@ -210,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn b30_unsafe_rebase_still_carries_f_upper() {
+    fn unsafe_rebase_still_carries_f_upper() {
         let a = rebase(
             Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
             Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.raw"),
@@ -225,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_raw_base_from_info_json_gives_f_raw() {
+    fn raw_base_from_info_json_gives_f_raw() {
         let json = r#"{"format":"raw","virtual-size":10737418240,"filename":"/var/lib/vz/images/9001/base-9001-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
         let a = create_overlay(
@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_format_comes_from_json_not_the_extension() {
+    fn format_comes_from_json_not_the_extension() {
         // A qcow2 image named `.raw`: the JSON wins.
         let json = r#"{"format":"qcow2","virtual-size":1048576,"filename":"/s/images/9/base-9-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
@@ -256,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_unknown_format_is_refused() {
+    fn unknown_format_is_refused() {
         let json = r#"{"format":"vpc","virtual-size":1048576,"filename":"/s/base.vhd"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
         assert!(matches!(info.image_format(), Err(ClonerError::UnsupportedFormat(f)) if f == "vpc"));

@@ -307,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_flag_forms_from_b05() {
+    fn agent_flag_is_read_in_positional_and_enabled_forms() {
         assert!(!cfg(r#"{"name":"w11-lab","net0":"virtio=BC:24:11:00:01:31,bridge=vmbr0"}"#).agent_enabled());
         assert!(!cfg(r#"{"agent":"enabled=0"}"#).agent_enabled());
         assert!(!cfg(r#"{"agent":"0"}"#).agent_enabled());

@@ -1099,7 +1099,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn b36_sizes_are_clamped_and_bad_values_ignored() {
+    fn sizes_are_clamped_and_bad_values_ignored() {
         assert_eq!(
             parse_control(r#"{"type":"resize","cols":132,"rows":40}"#),
             Some(Control::Resize(Size { cols: 132, rows: 40 }))
