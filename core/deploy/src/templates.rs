@@ -94,7 +94,7 @@ fn volume_file(volume: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Linked-clone preflight (field case B28), before any API call:
+/// Linked-clone preflight, before any API call:
 /// - the source must be a template (`template: 1`) — "linked clone needs a template";
 /// - every disk must be a converted `base-` volume — "template disks not converted (no base- volume)";
 /// - a clone onto another node than the template's needs every disk's storage to be shared.

@@ -1,5 +1,5 @@
 //! Classes against the fake lab cluster, a real loopback sshd and real qemu-img: deploy, overlays,
-//! PVE configs, start/revert, joins, publish, delete, lock-timeout retries (B25), linked clones (B28).
+//! PVE configs, start/revert, joins, publish, delete, lock-timeout retries, the linked-clone preflight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -1007,14 +1007,14 @@ async fn overlays_take_the_base_format_from_qemu_img_info_and_survive_spaces_in_
         base.display().to_string(),
         root.join("over lay.qcow2").display().to_string(),
     );
-    // B32: the caller says qcow2, qemu-img says raw: refused before anything is written.
+    // A raw base: the caller says qcow2, qemu-img says raw: refused before anything is written.
     let err = ops
         .create_overlay(CLUSTER, "pve1", &b, "qcow2", &o)
         .await
         .unwrap_err();
     assert_eq!(err.code, "qcow2.format", "{err}");
     assert!(!std::path::Path::new(&o).exists());
-    // The right format: -F raw, absolute backing path, spaces intact (B29).
+    // The right format: -F raw, absolute backing path, spaces intact, never `-b` without `-F`.
     ops.create_overlay(CLUSTER, "pve1", &b, "raw", &o).await.unwrap();
     let chain = backing_chain(std::path::Path::new(&o));
     assert_eq!(chain[0]["backing-filename"], b.as_str());

@@ -1,5 +1,6 @@
-//! Credentials, login tickets, the header set per method (B19), the login answer (B23), and the
-//! injectable [`Clock`] that decides when a ticket is renewed (B18).
+//! Credentials, login tickets, the header set per method (CSRF only on writes), the login answer
+//! (a failed login answers `data: null`), and the injectable [`Clock`] that decides when a ticket is
+//! renewed (tickets expire after 2 hours).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -43,7 +44,7 @@ impl Auth {
     }
 }
 
-/// A source of monotonic time, so tests can move a ticket's age forward (B18). Production uses
+/// A source of monotonic time, so tests can move a ticket's age forward (tickets expire after 2 hours). Production uses
 /// [`SystemClock`].
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant.
@@ -126,7 +127,7 @@ fn sensitive(value: String, what: &str) -> Result<HeaderValue, PveError> {
     Ok(v)
 }
 
-/// The authentication headers for one request (B19): a token header on every method; a ticket
+/// The authentication headers for one request (the CSRF header only on writes): a token header on every method; a ticket
 /// cookie on every method plus `CSRFPreventionToken` on anything but GET/HEAD; nothing anonymous.
 pub(crate) fn auth_headers(
     creds: &Credentials,
@@ -162,7 +163,7 @@ pub(crate) struct LoginAnswer {
     pub(crate) username: String,
 }
 
-/// Reads the answer of `POST /access/ticket` (B23): 401 → `InvalidCredentials` naming `userid`;
+/// Reads the answer of `POST /access/ticket` (a failed login answers `data: null`): 401 → `InvalidCredentials` naming `userid`;
 /// 200 without `data.ticket` (or `data: null`) → `MalformedResponse`; a TFA challenge → `Config`.
 /// `body` is the parsed JSON body, or `Value::Null` when it was not JSON.
 pub(crate) fn parse_login(status: u16, body: &Value, userid: &str) -> Result<LoginAnswer, PveError> {
@@ -305,7 +306,7 @@ mod tests {
 
     #[test]
     fn failed_login_with_null_data_is_invalid_credentials_naming_the_user() {
-        // B23: 401 with {"data":null}.
+        // A failed login: 401 with {"data":null}.
         let e = parse_login(401, &json!({"data": null}), "labuser@pve").unwrap_err();
         match e {
             PveError::InvalidCredentials { userid } => assert_eq!(userid, "labuser@pve"),

@@ -1,5 +1,5 @@
 //! Cluster-wide faults against a real fake cluster: lost quorum, an offline node, slow tasks, and a
-//! privilege-separated token (B22). Each test starts its own cluster, since these faults hit everyone.
+//! privilege-separated token. Each test starts its own cluster, since these faults hit everyone.
 
 // Setup helpers outside #[test] fns panic on failure, as tests do.
 #![allow(clippy::unwrap_used)]
@@ -127,7 +127,7 @@ async fn wait_task_polls_a_running_task_until_ok_or_times_out() {
 
 #[tokio::test]
 async fn privilege_separated_token_sees_nothing_and_permissions_name_what_is_missing() {
-    // B22: a token with only Sys.Audit on / gets an empty guest list (HTTP 200), and the
+    // A token with only Sys.Audit on / gets an empty guest list (HTTP 200), and the
     // permissions check names every missing VM privilege.
     let lab: serde_json::Value =
         serde_json::from_slice(&std::fs::read(testkit::sim_dir().join("lab-cluster.json")).unwrap()).unwrap();

@@ -1,4 +1,4 @@
-//! C15: certificate pinning in real TLS handshakes. Small rustls servers on 127.0.0.1 present
+//! Certificate pinning that really pins, in real TLS handshakes. Small rustls servers on 127.0.0.1 present
 //! certificates made here with rcgen (the right one, the right one with another key, a CA-valid
 //! impostor, a name-less one, an impostor chain with the pinned certificate appended), over TLS 1.2 and
 //! 1.3; and the fake PVE cluster is reached with its CA file, its pin and a wrong pin.

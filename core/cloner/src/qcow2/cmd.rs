@@ -1,5 +1,6 @@
-//! Pure `qemu-img` command builders: argv out, no I/O. Golden-string tests below pin field cases B29,
-//! B30 and B32. Every builder refuses relative paths, so an overlay never records a relative backing file
+//! Pure `qemu-img` command builders: argv out, no I/O. Golden-string tests below pin `create -b`
+//! with `-F`, `rebase` with `-F`, and a base format taken from `qemu-img info`, not `qcow2` hard-coded.
+//! Every builder refuses relative paths, so an overlay never records a relative backing file
 //! that breaks when the overlay moves, and `-b` never appears without `-F` (qemu-img ≥ 6.1 refuses that).
 
 use std::path::Path;
@@ -37,8 +38,8 @@ pub fn info(path: &Path, format: ImageFormat, backing_chain: bool) -> Result<Vec
     Ok(a)
 }
 
-/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>` (B29). `base_format` must be
-/// what `qemu-img info` reported for the base (B32), never guessed from the file name.
+/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>`, never `-b` without `-F`. `base_format` must be
+/// what `qemu-img info` reported for the base (a raw base gets `-F raw`), never guessed from the file name.
 pub fn create_overlay(
     base: &Path,
     base_format: ImageFormat,
@@ -59,7 +60,7 @@ pub fn create_overlay(
     ]))
 }
 
-/// How `qemu-img rebase` treats the data (B30).
+/// How `qemu-img rebase` treats the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RebaseMode {
     /// Safe rebase: qemu-img copies into the overlay every cluster where old and new base differ, so the
@@ -70,7 +71,7 @@ pub enum RebaseMode {
     UnsafeIdentical,
 }
 
-/// `qemu-img rebase [-u] -f qcow2 -F <new base format> -b <absolute new base> <overlay>` (B30): `-f` is
+/// `qemu-img rebase [-u] -f qcow2 -F <new base format> -b <absolute new base> <overlay>`: `-f` is
 /// the overlay's format, `-F` the new base's, both always given.
 pub fn rebase(
     overlay: &Path,
