@@ -1,6 +1,8 @@
 //! Choosing a guest's primary address from what the guest agent, LXC `/interfaces` or the config report.
 //!
-//! Rules (DESIGN §7, field cases B01, B02, B06, B07, B08): loopback, link-local, unspecified, multicast
+//! Rules (DESIGN §7; for agents that list loopback first, only link-local while DHCP is pending,
+//! multi-NIC guests whose order changes between polls, LXC CIDR strings, and LXC answers with an
+//! empty `ip-addresses` or `data: null`): loopback, link-local, unspecified, multicast
 //! and broadcast addresses are never chosen; interfaces of container/virtual bridges (`docker0`,
 //! `virbr0`, `br-…`, `veth…`, …) are skipped; the NIC whose MAC is the VM's lowest `netN` wins; IPv4
 //! before IPv6 unless configured; the previous choice is kept while it is still offered, so a

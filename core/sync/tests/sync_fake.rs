@@ -1,4 +1,4 @@
-//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, field cases.
+//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, and the ways real PVE answers trip clients up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -78,7 +78,7 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
         let state = fake.state().unwrap();
         let fake_guests = state["guests"].as_array().unwrap();
         assert_eq!(snap.cluster_guests(id).count(), fake_guests.len(), "cluster {id}");
-        // Running guests get the address the fake's agent reports (lo listed first is skipped, B01).
+        // Running guests get the address the fake's agent reports (lo listed first is skipped).
         let g = snap.guest(id, 1101).expect("1101");
         assert_eq!(g.status, "running");
         let ip = g.ip.as_ref().expect("1101 has an IP");
@@ -88,7 +88,7 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
             snap.guest(id, 1201).unwrap().ip.as_ref().unwrap().address,
             "10.42.0.10"
         );
-        // Containers: LXC interfaces or the config's static ip= (B08).
+        // Containers: LXC interfaces or the config's static ip= (when `/interfaces` gives nothing).
         let ct = snap.guest(id, 1301).unwrap();
         assert_eq!(
             ct.ip.as_ref().map(|i| i.address.as_str()),
@@ -98,7 +98,7 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
         assert!(snap.clusters[id].with_ip >= 15, "{:?}", snap.clusters[id]);
         assert_eq!(snap.clusters[id].status, "ok");
     }
-    // B12: templates recognised, whatever the form of the field.
+    // Templates recognised, whatever the form of the field.
     assert!(snap.guest("a", 9000).unwrap().template);
     assert!(snap.guest("a", 9002).unwrap().template);
     assert!(!snap.guest("a", 100).unwrap().template);
@@ -196,7 +196,7 @@ async fn offline_node_and_lost_quorum_keep_the_inventory_marked_stale_until_reco
     let before_1102 = s.inventory().snapshot().guest("lab", 1102).unwrap().clone();
     assert_eq!(before_1102.status, "running");
 
-    // B11: node pve2 goes offline: its guests stay, with their last known state, marked stale.
+    // One node down: node pve2 goes offline: its guests stay, with their last known state, marked stale.
     fake.control("POST", "/node", json!({"node": "pve2", "online": false}))
         .unwrap();
     let rep = s

@@ -1,5 +1,5 @@
 //! `GET /rdp/{vmid}.rdp` through the real router with the shipped `scripts/rdp/default.rhai`: a snapshot
-//! of the default file, FreeRDP reading a served file (B35: host, port, user name), IPv6 and odd VM names,
+//! of the default file, FreeRDP reading a served UTF-16 file (host, port, user name), IPv6 and odd VM names,
 //! and who may download it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

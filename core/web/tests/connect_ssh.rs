@@ -1,8 +1,8 @@
 //! The SSH terminal end to end: a WebSocket client (as xterm.js would be) → the real router on a
 //! loopback port → russh → a real OpenSSH sshd standing in for the guest on the loopback address the
 //! fake cluster's agent reports for VM 4001 (127.60.16.3, `allow_ranges = ["127.60.0.0/16"]`).
-//! Field cases: B36 (resize before input, reconnect), B38 (pings through an idle-cutting proxy, idle
-//! timeout 4000), C08 (1001 at shutdown), C09 (Origin + one-time token). Needs root (sshd password mode).
+//! Covers: resize before input and after a reconnect, pings through an idle-cutting proxy and the idle
+//! timeout 4000, 1001 at shutdown, and the Origin check plus one-time token. Needs root (sshd password mode).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,7 +82,7 @@ async fn student_logs_in_runs_unicode_and_a_fullscreen_program_after_resize_and_
         );
     }
 
-    // Resize, then a full-screen-ish program sees the new size (B36: window-change reaches the PTY).
+    // Resize, then a full-screen-ish program sees the new size (window-change reaches the PTY).
     t.control(json!({"type": "resize", "cols": 132, "rows": 40}))
         .await;
     let size = t.run("stty size; tput cols; tput lines").await;

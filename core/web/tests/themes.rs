@@ -1,7 +1,7 @@
 //! Themes and pages: rendered-page snapshots (default, shipped dark theme, a site theme overriding
 //! only `base.html` + `style.css`), themes that extend the default's templates block by block, static
-//! files, the C03 render limits, hot reload (C05 editor saves included) and the reload status the
-//! admin sees.
+//! files, the render limits (lists built with `+` in a loop, self-calling macros, endless loops), hot
+//! reload (every way editors save included) and the reload status the admin sees.
 //!
 //! Every test drives the real router (`web::app`) with `tower::ServiceExt::oneshot` over a real
 //! in-memory inventory, and real theme directories on disk watched by the real reloader.
@@ -574,7 +574,7 @@ async fn static_files_are_versioned_with_etag_and_cache_headers() {
     }
 }
 
-// ---- C03: render limits --------------------------------------------------------------------------
+// ---- render limits --------------------------------------------------------------------------------
 
 const NAMESPACE_CONCAT: &str = "{% set ns = namespace(items=[]) %}{% for v in vms %}{% set ns.items = ns.items + [v.name] %}{% endfor %}{{ ns.items|length }}";
 
@@ -585,7 +585,7 @@ fn five_thousand_vms() -> minijinja::Value {
     context! { vms => minijinja::Value::from_serialize(&vms) }
 }
 
-/// A site theme with extra templates for the C03 checks.
+/// A site theme with extra templates for the render-limit checks.
 fn render_limits_theme() -> (tempfile::TempDir, Arc<Themes>) {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("theme.toml"), "name = \"render-limits\"\n");
