@@ -269,8 +269,8 @@ impl Deployer {
         Ok(())
     }
 
-    /// Checks `plan`'s result against the reservation, gives every VM a name that passes PVE's DNS-name check, records the
-    /// class base and the plan, adds the VM steps. Returns the number of VMs.
+    /// Checks `plan`'s result against the reservation, gives every VM a name that passes PVE's DNS-name
+    /// check, records the class base and the plan, adds the VM steps. Returns the number of VMs.
     fn accept_plan(&self, journal: &Arc<Journal>, params: &Value, mut plan: Value) -> Result<usize> {
         let rec = journal.snapshot();
         let ctx = &params["ctx"];

@@ -393,8 +393,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;
-        // Graceful shutdown: terminals and consoles are upgraded connections the server no longer tracks; tell them
-        // to close (1001 "server restarting") and give them a bounded time to do so.
+        // Graceful shutdown: terminals and consoles are upgraded connections the server no longer tracks;
+        // tell them to close (1001 "server restarting") and give them a bounded time to do so.
         connect.begin_shutdown();
         let open = connect.drain(drain).await;
         if open > 0 {

@@ -2,9 +2,9 @@
 //! parts: a fake PVE cluster whose guest agents and containers answer the way real guests do (loopback
 //! listed first, only link-local while DHCP is pending, two NICs in any order, LXC CIDR strings with `lo`
 //! first, LXC answers with an empty `ip-addresses` or `data: null`, a Docker bridge, Windows' loopback
-//! pseudo-interface), the real syncer, the real Rhai
-//! runtime with the shipped scripts, and — for the ARP tier and the ping/MAC verification — real hosts:
-//! network namespaces this test creates, joined by veth pairs that carry the VMs' MACs.
+//! pseudo-interface), the real syncer, the real Rhai runtime with the shipped scripts, and — for the ARP
+//! tier and the ping/MAC verification — real hosts: network namespaces this test creates, joined by veth
+//! pairs that carry the VMs' MACs.
 //!
 //! Every test runs inside its own network namespace (the test binary re-runs itself there with
 //! `ip netns exec`): verification pings every address a tier returns, and inside the namespace the

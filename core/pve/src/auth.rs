@@ -44,8 +44,8 @@ impl Auth {
     }
 }
 
-/// A source of monotonic time, so tests can move a ticket's age forward (tickets expire after 2 hours). Production uses
-/// [`SystemClock`].
+/// A source of monotonic time, so tests can move a ticket's age forward (tickets expire after 2 hours).
+/// Production uses [`SystemClock`].
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant.
     fn now(&self) -> Instant;
@@ -127,8 +127,9 @@ fn sensitive(value: String, what: &str) -> Result<HeaderValue, PveError> {
     Ok(v)
 }
 
-/// The authentication headers for one request (the CSRF header only on writes): a token header on every method; a ticket
-/// cookie on every method plus `CSRFPreventionToken` on anything but GET/HEAD; nothing anonymous.
+/// The authentication headers for one request (the CSRF header only on writes): a token header on every
+/// method; a ticket cookie on every method plus `CSRFPreventionToken` on anything but GET/HEAD; nothing
+/// anonymous.
 pub(crate) fn auth_headers(
     creds: &Credentials,
     method: &Method,
@@ -163,8 +164,9 @@ pub(crate) struct LoginAnswer {
     pub(crate) username: String,
 }
 
-/// Reads the answer of `POST /access/ticket` (a failed login answers `data: null`): 401 → `InvalidCredentials` naming `userid`;
-/// 200 without `data.ticket` (or `data: null`) → `MalformedResponse`; a TFA challenge → `Config`.
+/// Reads the answer of `POST /access/ticket` (a failed login answers `data: null`): 401 →
+/// `InvalidCredentials` naming `userid`; 200 without `data.ticket` (or `data: null`) → `MalformedResponse`; a
+/// TFA challenge → `Config`.
 /// `body` is the parsed JSON body, or `Value::Null` when it was not JSON.
 pub(crate) fn parse_login(status: u16, body: &Value, userid: &str) -> Result<LoginAnswer, PveError> {
     if status == 401 {

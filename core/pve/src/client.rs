@@ -507,8 +507,8 @@ impl PveClient {
         Ok(Credentials::Ticket(ticket))
     }
 
-    /// Tickets expire after 2 hours: renew by posting the current ticket as the password; if PVE refuses that (the ticket
-    /// already expired, or a server without renewal), log in with the password.
+    /// Tickets expire after 2 hours: renew by posting the current ticket as the password; if PVE refuses that
+    /// (the ticket already expired, or a server without renewal), log in with the password.
     async fn renew(&self, user: &str, password: &Secret, old: &Ticket) -> Result<Ticket, PveError> {
         tracing::debug!(user, "renewing PVE ticket");
         match self.ticket_request(user, &old.ticket).await {
@@ -593,8 +593,8 @@ impl PveClient {
     }
 
     /// `GET /cluster/resources?type=vm`: every guest of the cluster in one call (templates included,
-    /// flagged by `template`). An empty list may mean the token sees nothing (a privilege-separated token without grants): check
-    /// [`PveClient::permissions`].
+    /// flagged by `template`). An empty list may mean the token sees nothing (a privilege-separated token
+    /// without grants): check [`PveClient::permissions`].
     pub async fn cluster_resources(&self) -> Result<Vec<ClusterResource>, PveError> {
         self.get("/cluster/resources", &[("type", "vm")]).await
     }
@@ -652,8 +652,9 @@ impl PveClient {
 
     /// `GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces`. Accepts `{"result":[..]}` and a
     /// bare list. Errors: [`PveError::AgentUnavailable`] when the agent is not configured, not running
-    /// or timed out (PVE answers 500 with a message) — callers should back off per VM and only ask running VMs whose config has
-    /// the agent enabled ([`GuestConfig::agent_enabled`]), so no agent calls go to VMs without one.
+    /// or timed out (PVE answers 500 with a message) — callers should back off per VM and only ask running
+    /// VMs whose config has the agent enabled ([`GuestConfig::agent_enabled`]), so no agent calls go to VMs
+    /// without one.
     pub async fn agent_network_interfaces(
         &self,
         node: &str,
@@ -696,7 +697,8 @@ impl PveClient {
         self.get("/storage", &[]).await
     }
 
-    /// `GET /access/permissions`: what the calling user or token may do (the preflight for a privilege-separated token that sees nothing).
+    /// `GET /access/permissions`: what the calling user or token may do (the preflight for a
+    /// privilege-separated token that sees nothing).
     pub async fn permissions(&self) -> Result<Permissions, PveError> {
         self.get("/access/permissions", &[]).await
     }

@@ -19,7 +19,8 @@ pub enum PveError {
         message: String,
     },
     /// The QEMU guest agent cannot answer: `QEMU guest agent is not running`,
-    /// `No QEMU guest agent configured`, or `VM n qmp command 'guest-…' failed - got timeout` (PVE answers HTTP 500).
+    /// `No QEMU guest agent configured`, or `VM n qmp command 'guest-…' failed - got timeout` (PVE answers
+    /// HTTP 500).
     #[error("guest agent unavailable: {0}")]
     AgentUnavailable(String),
     /// The guest is locked by another operation: `VM is locked (backup)`; `lock` is the word in brackets.
@@ -50,8 +51,8 @@ pub enum PveError {
         /// PVE's message.
         message: String,
     },
-    /// A login (or an API token) was refused: `POST /access/ticket` answered 401 (with `data: null`). Names the user
-    /// or token ID, never the password or secret.
+    /// A login (or an API token) was refused: `POST /access/ticket` answered 401 (with `data: null`). Names
+    /// the user or token ID, never the password or secret.
     #[error("invalid credentials for {userid}")]
     InvalidCredentials {
         /// `user@realm` or `user@realm!tokenid`.
@@ -66,8 +67,8 @@ pub enum PveError {
     /// The answer was not the JSON shape PVE documents (missing `data`, wrong types, no ticket, …).
     #[error("malformed PVE response: {0}")]
     MalformedResponse(String),
-    /// A task ended with an error `exitstatus` (anything but `OK` / `WARNINGS: n`), even though the request that
-    /// started it answered 200 with a UPID.
+    /// A task ended with an error `exitstatus` (anything but `OK` / `WARNINGS: n`), even though the request
+    /// that started it answered 200 with a UPID.
     #[error("task {upid} failed: {exitstatus}")]
     TaskFailed {
         /// The task's UPID.

@@ -26,7 +26,8 @@ fn logins(c: &FakeCluster, since: usize) -> usize {
 
 #[tokio::test]
 async fn ticket_login_reads_and_writes_with_csrf() {
-    // The CSRF header on writes only, against the real server: a write without the CSRF header would be refused with 401.
+    // The CSRF header on writes only, against the real server: a write without the CSRF header would be
+    // refused with 401.
     let c = own_cluster();
     let pve = ticket_client(&c, None);
     pve.login().await.unwrap();

@@ -37,10 +37,9 @@ fn issue(
 ) -> (Issued, rcgen::Certificate) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        sans.first().copied().unwrap_or("pinning"),
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, sans.first().copied().unwrap_or("pin"));
     if ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     }

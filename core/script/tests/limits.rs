@@ -1,5 +1,5 @@
-//! Limits that bound memory and CPU: scripts that try to exhaust memory or CPU end with a typed limit error within the
-//! wall-clock budget, the process RSS stays bounded, and the async runtime keeps answering.
+//! Limits that bound memory and CPU: scripts that try to exhaust memory or CPU end with a typed limit error
+//! within the wall-clock budget, the process RSS stays bounded, and the async runtime keeps answering.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,5 +1,6 @@
-//! Hot reload that keeps working after the first vim save: it survives every way editors save files, merges bursts into one rebuild,
-//! ignores editor temp names, keeps the last good value on errors, and has a polling mode.
+//! Hot reload that keeps working after the first vim save: it survives every way editors save files, merges
+//! bursts into one rebuild, ignores editor temp names, keeps the last good value on errors, and has a polling
+//! mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;

@@ -1,5 +1,6 @@
 //! Accounts, sessions, API tokens and VM assignments: the operations on the `users`, `sessions`,
-//! `api_tokens` and `assignments` trees that keep their invariants, plus [`vm_name_from`] (names that pass PVE's DNS-name check).
+//! `api_tokens` and `assignments` trees that keep their invariants, plus [`vm_name_from`] (names that pass
+//! PVE's DNS-name check).
 //!
 //! Invariants kept here:
 //! - a local user name never contains `@` (so it cannot pose as a Proxmox-realm user `name@realm`);
@@ -346,7 +347,8 @@ impl Store {
     }
 }
 
-/// Derives a Proxmox VE guest name from a display name (a user's name, a class name) that passes PVE's DNS-name check.
+/// Derives a Proxmox VE guest name from a display name (a user's name, a class name) that passes PVE's
+/// DNS-name check.
 ///
 /// PVE checks `name` with its `dns-name` format: every dot-separated label must match
 /// `[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?`. The rule here: umlauts and other Latin letters are

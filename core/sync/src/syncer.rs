@@ -479,8 +479,9 @@ impl Syncer {
             }
         }
         state.offline_nodes = offline_nodes.into_iter().collect();
-        // Preflight (a privilege-separated token sees nothing): once per start, and again while the list is empty, check the privileges;
-        // a privilege-separated token without VM.Audit sees an empty list, not an error.
+        // Preflight (a privilege-separated token sees nothing): once per start, and again while the list is
+        // empty, check the privileges; a privilege-separated token without VM.Audit sees an empty list, not
+        // an error.
         let must_check = guests.is_empty() || c.missing_privs.lock().await.is_none();
         if must_check {
             requests += 1;
@@ -796,7 +797,8 @@ fn merge(
     offline_nodes: &mut std::collections::BTreeSet<String>,
 ) -> GuestRecord {
     if r.status == "unknown" {
-        // The node does not answer: keep the last known record, marked stale (one node down never fails the whole sync).
+        // The node does not answer: keep the last known record, marked stale (one node down never fails the
+        // whole sync).
         offline_nodes.insert(r.node.clone());
         let reason = format!("node {} is not reachable; last known state shown", r.node);
         return match old {

@@ -1,4 +1,5 @@
-//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, and the ways real PVE answers trip clients up.
+//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, and the ways
+//! real PVE answers trip clients up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

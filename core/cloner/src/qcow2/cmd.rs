@@ -38,8 +38,9 @@ pub fn info(path: &Path, format: ImageFormat, backing_chain: bool) -> Result<Vec
     Ok(a)
 }
 
-/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>`, never `-b` without `-F`. `base_format` must be
-/// what `qemu-img info` reported for the base (a raw base gets `-F raw`), never guessed from the file name.
+/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>`, never `-b` without `-F`.
+/// `base_format` must be what `qemu-img info` reported for the base (a raw base gets `-F raw`), never guessed
+/// from the file name.
 pub fn create_overlay(
     base: &Path,
     base_format: ImageFormat,

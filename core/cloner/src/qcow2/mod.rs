@@ -66,8 +66,8 @@ impl FromStr for ImageFormat {
 pub struct ImageInfo {
     /// The file name as qemu-img opened it.
     pub filename: String,
-    /// The format qemu-img detected (`qcow2`, `raw`, …) — the only source of truth for the format, not the file extension;
-    /// see [`ImageInfo::image_format`].
+    /// The format qemu-img detected (`qcow2`, `raw`, …) — the only source of truth for the format, not the
+    /// file extension; see [`ImageInfo::image_format`].
     pub format: String,
     /// Size the guest sees, in bytes.
     #[serde(rename(deserialize = "virtual-size"))]

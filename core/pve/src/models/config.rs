@@ -131,9 +131,9 @@ impl GuestConfig {
         }
     }
 
-    /// True if the QEMU guest agent is enabled (only then is the agent asked): the `agent` property's first positional value
-    /// or its `enabled=` key is 1. Handles `1`, `1,fstrim_cloned_disks=1`, `enabled=1,type=virtio`,
-    /// `0`, `enabled=0`; a missing key means disabled. Only guests that are running AND have this set
+    /// True if the QEMU guest agent is enabled (only then is the agent asked): the `agent` property's first
+    /// positional value or its `enabled=` key is 1. Handles `1`, `1,fstrim_cloned_disks=1`,
+    /// `enabled=1,type=virtio`, `0`, `enabled=0`; a missing key means disabled. Only guests that are running AND have this set
     /// should get `/agent/*` calls.
     pub fn agent_enabled(&self) -> bool {
         let Some(raw) = self.get_str("agent") else {

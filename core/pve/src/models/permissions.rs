@@ -1,4 +1,5 @@
-//! [`Permissions`]: `GET /access/permissions` and the "what is missing" check (a privilege-separated token silently sees nothing).
+//! [`Permissions`]: `GET /access/permissions` and the "what is missing" check (a privilege-separated token
+//! silently sees nothing).
 
 use std::collections::BTreeMap;
 

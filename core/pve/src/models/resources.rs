@@ -53,7 +53,8 @@ impl FromStr for GuestKind {
 /// Units: `cpu` is the used fraction of `maxcpu` (0..1, may exceed 1 briefly), `maxcpu` in vCPUs,
 /// memory and disk sizes in bytes, `uptime` in seconds, `netin`/`netout` in bytes since start.
 /// `template` is undocumented and may be missing, 0/1 or a bool; `tags` is parsed into a set
-/// (PVE separates them with ';'). Every numeric field defaults to 0 when missing (stopped guests and offline nodes omit them).
+/// (PVE separates them with ';'). Every numeric field defaults to 0 when missing (stopped guests and offline
+/// nodes omit them).
 /// `status` is `running`, `stopped`, `paused` (rare here) or `unknown` (the node is offline).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ClusterResource {
@@ -119,8 +120,9 @@ pub struct ClusterResource {
 
 /// `GET /nodes/{node}/{qemu|lxc}/{vmid}/status/current`.
 ///
-/// `qmpstatus` (QEMU only) tells a paused VM from a running one (PVE says `status: running` for it); `lock` tells a hibernated VM
-/// (`suspended`) from a stopped one. Memory in bytes, uptime in seconds, `cpu` a fraction of the vCPUs.
+/// `qmpstatus` (QEMU only) tells a paused VM from a running one (PVE says `status: running` for it); `lock`
+/// tells a hibernated VM (`suspended`) from a stopped one. Memory in bytes, uptime in seconds, `cpu` a
+/// fraction of the vCPUs.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct GuestStatus {
     /// `running` or `stopped`.

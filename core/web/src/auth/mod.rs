@@ -62,7 +62,8 @@ pub const COOKIE_SECURE: &str = "__Host-proxlab_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "_csrf";
-/// Longest accepted password, bytes; longer ones answer 400 before any hashing (a login flood must not pin the runtime in argon2).
+/// Longest accepted password, bytes; longer ones answer 400 before any hashing (a login flood must not pin
+/// the runtime in argon2).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Body limit of the sign-in routes, bytes (bounds the work a login flood can cause).
 pub const AUTH_BODY_LIMIT: usize = 4096;
@@ -208,7 +209,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// A one-time permission to open a WebSocket to one VM (a cookie alone is not enough), made by `POST /api/vm/{vmid}/connect-token`.
+/// A one-time permission to open a WebSocket to one VM (a cookie alone is not enough), made by
+/// `POST /api/vm/{vmid}/connect-token`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectGrant {
     /// The user it was issued to.

@@ -53,7 +53,8 @@ pub mod close {
     pub const TOO_MANY: u16 = 4003;
     /// The VM has no (verified) address, or its address now answers with another machine's MAC.
     pub const NO_ADDRESS: u16 = 4004;
-    /// The SSH (or VNC) connection failed: refused, timed out, no common algorithm (an old guest offering only legacy ones).
+    /// The SSH (or VNC) connection failed: refused, timed out, no common algorithm (an old guest offering
+    /// only legacy ones).
     pub const CONNECT_FAILED: u16 = 4005;
     /// Nobody typed the credentials in time.
     pub const LOGIN_TIMEOUT: u16 = 4006;
@@ -103,8 +104,8 @@ pub struct ConnectConfig {
     pub ssh_connect_timeout: Duration,
     /// SSH keepalive on the guest leg (`ServerAliveInterval`-like; default 15 s, 3 missed → closed).
     pub ssh_keepalive: Duration,
-    /// WebSocket ping interval towards the browser (default 25 s), so proxies that cut idle connections after about 60 s
-    /// keep the socket.
+    /// WebSocket ping interval towards the browser (default 25 s), so proxies that cut idle connections after
+    /// about 60 s keep the socket.
     pub ws_ping_interval: Duration,
     /// A terminal without user input for this long is closed with code 4000 (default 30 min).
     pub idle_timeout: Duration,

@@ -12,15 +12,16 @@
 //! Wire protocol (browser ⇄ portal):
 //! - browser → portal, **text** frames: JSON control, `{"type":"hello","cols":C,"rows":R}` first (the PTY
 //!   is requested with this size before any input is forwarded, so typed-ahead input after a
-//!   reconnect runs at the new size), `{"type":"resize","cols":C,"rows":R}` later (→ SSH `window-change`). Values are clamped to 1..=1000; zero, missing or
-//!   non-numeric values are ignored.
+//!   reconnect runs at the new size), `{"type":"resize","cols":C,"rows":R}` later (→ SSH `window-change`).
+//!   Values are clamped to 1..=1000; zero, missing or non-numeric values are ignored.
 //! - browser → portal, **binary** frames: keystrokes (UTF-8), forwarded to the PTY as they are.
 //! - portal → browser, **binary** frames: terminal output, cut at UTF-8 character boundaries so a
 //!   multi-byte character split across SSH reads arrives whole in one frame.
 //! - portal → browser, **text** frames: status JSON `{"type":"status","state":…,"message":…}` and
 //!   `{"type":"hostkey","status":"new"|"known"|"changed","fingerprint":…,"previous":…}`.
-//! - WebSocket pings every [`super::ConnectConfig::ws_ping_interval`] (idle proxies keep the socket); SSH keepalives on the
-//!   guest leg; close codes from [`super::close`] with a reason; 1001 "server restarting" at shutdown.
+//! - WebSocket pings every [`super::ConnectConfig::ws_ping_interval`] (idle proxies keep the socket); SSH
+//!   keepalives on the guest leg; close codes from [`super::close`] with a reason; 1001 "server restarting"
+//!   at shutdown.
 //!
 //! The guest's credentials are asked in the terminal (user name, then password or the server's
 //! keyboard-interactive prompts, without echo for secrets), used once, and never stored or logged. The
