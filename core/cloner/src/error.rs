@@ -47,8 +47,9 @@ pub enum ClonerError {
         /// Why (server refused the key, key file unreadable or encrypted, ...). Never key material.
         message: String,
     },
-    /// No common key-exchange, host-key, cipher or MAC algorithm (field case C12). `offered` is what the
-    /// server offered, so the admin can see whether the legacy profile would help.
+    /// No common key-exchange, host-key, cipher or MAC algorithm (an old guest offering only legacy
+    /// algorithms). `offered` is what the server offered, so the admin can see whether the legacy profile
+    /// would help.
     #[error("no common {kind} algorithm with {host}: the server offers only: {offered}; we offer: {ours}")]
     Negotiation {
         /// `host:port`.

@@ -7,7 +7,7 @@
 //!   fingerprint or a known_hosts file, with trust-on-first-use only when enabled for that node
 //!   ([`HostKeyPolicy`]); ONE connection per node shared by many channels (at most
 //!   [`NodeAccess::max_sessions`] at once), re-made when lost; keepalive; connect and command timeouts;
-//!   algorithm profiles ([`AlgorithmProfile`]: modern by default, an opt-in legacy one, field case C12).
+//!   algorithm profiles ([`AlgorithmProfile`]: modern by default, an opt-in legacy one for old guests).
 //!   [`SshPool`] keeps one executor per node.
 //! - **[`LocalExecutor`]**: the same [`Executor`] trait, running argv directly (no shell) for a portal that
 //!   runs on the node itself.
@@ -15,7 +15,7 @@
 //!   probed), a backing-chain check before anything reads an image's data ([`Qcow2::info_chain`]: every
 //!   backing file a plain file inside the storage, its format recorded, no `json:`/protocol names, no
 //!   external data files), overlays with an absolute backing path and `-F <real format>`, flatten (`convert` to a temp
-//!   name, then `mv`), safe rebase and identical-content unsafe rebase (B30), remove/mkdir/exists.
+//!   name, then `mv`), safe rebase and identical-content unsafe rebase, both with `-F`, remove/mkdir/exists.
 //!   Command lines come from pure builders in [`qcow2::cmd`] with golden-string tests.
 //! - **Quoting**: [`shell_quote`] / [`shell_join`], POSIX single-quote style, for argv sent over SSH.
 //!

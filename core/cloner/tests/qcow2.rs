@@ -102,7 +102,7 @@ fn guest_bytes(path: &Path) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn b29_overlay_records_absolute_backing_path_and_real_format() {
+async fn overlay_records_absolute_backing_path_and_real_format() {
     for (name, exec) in executors() {
         let (_tmp, root) = storage();
         let base = root.join("images/9000/base-9000-disk-0.qcow2");
@@ -140,7 +140,7 @@ async fn b29_overlay_records_absolute_backing_path_and_real_format() {
 }
 
 #[tokio::test]
-async fn b32_raw_base_named_like_qcow2_gets_f_raw() {
+async fn raw_base_named_like_qcow2_gets_f_raw() {
     for (name, exec) in executors() {
         let (_tmp, root) = storage();
         // The extension lies: this is a raw image.
@@ -176,7 +176,7 @@ async fn b32_raw_base_named_like_qcow2_gets_f_raw() {
 }
 
 #[tokio::test]
-async fn b32_base_in_an_unsupported_format_is_refused() {
+async fn base_in_an_unsupported_format_is_refused() {
     let (_tmp, root) = storage();
     let base = root.join("images/9002/base.vhd");
     make_base(&base, "vpc", b"x");
@@ -275,7 +275,7 @@ async fn flatten_makes_a_standalone_copy_and_leaves_no_temp_file() {
 }
 
 #[tokio::test]
-async fn b30_safe_rebase_moves_the_overlay_and_keeps_what_the_guest_sees() {
+async fn safe_rebase_moves_the_overlay_and_keeps_what_the_guest_sees() {
     for (name, exec) in executors() {
         let (_tmp, root) = storage();
         let old_base = root.join("images/9000/base-v1.qcow2");
@@ -303,7 +303,7 @@ async fn b30_safe_rebase_moves_the_overlay_and_keeps_what_the_guest_sees() {
 }
 
 #[tokio::test]
-async fn b30_unsafe_rebase_only_onto_byte_identical_base() {
+async fn unsafe_rebase_only_onto_byte_identical_base() {
     for (name, exec) in executors() {
         let (_tmp, root) = storage();
         let base = root.join("images/9000/base.qcow2");

@@ -364,7 +364,7 @@ async fn unknown_client_key_is_an_auth_error() {
 }
 
 #[tokio::test]
-async fn c12_legacy_only_server_fails_fast_naming_what_it_offers() {
+async fn legacy_only_server_fails_fast_naming_what_it_offers() {
     let legacy = CustomSshd::start("diffie-hellman-group14-sha1", "ssh-rsa");
     let exec = SshExecutor::new(legacy.access(false)).unwrap();
     let started = Instant::now();
@@ -384,7 +384,7 @@ async fn c12_legacy_only_server_fails_fast_naming_what_it_offers() {
 }
 
 #[tokio::test]
-async fn c12_ssh_rsa_only_host_key_is_a_host_key_negotiation_error() {
+async fn ssh_rsa_only_host_key_is_a_host_key_negotiation_error() {
     let sshd = CustomSshd::start("curve25519-sha256", "ssh-rsa");
     let e = SshExecutor::new(sshd.access(false))
         .unwrap()
@@ -398,7 +398,7 @@ async fn c12_ssh_rsa_only_host_key_is_a_host_key_negotiation_error() {
 }
 
 #[tokio::test]
-async fn c12_legacy_profile_connects_with_rsa_keys() {
+async fn legacy_profile_connects_with_rsa_keys() {
     let legacy = CustomSshd::start("diffie-hellman-group14-sha1", "ssh-rsa");
     let exec = Arc::new(SshExecutor::new(legacy.access(true)).unwrap());
     let out = exec.run(&argv(&["echo", "old appliance"])).await.unwrap();

@@ -179,7 +179,8 @@ pub struct ClassVmView {
     pub outdated: bool,
 }
 
-/// Lower-case `[a-z0-9-]` id from a display name (B17 rule, at most 24 characters), `class` if empty.
+/// Lower-case `[a-z0-9-]` id from a display name (PVE's DNS-name rule, at most 24 characters), `class` if
+/// empty.
 fn slug(name: &str) -> String {
     let s = store::vm_name_from(name, 0).replace('.', "-");
     let s: String = s.chars().take(24).collect();

@@ -29,13 +29,14 @@ pub struct ClusterDeploy {
     pub storage_paths: BTreeMap<String, String>,
 }
 
-/// Concurrency, retry and timeout limits of the job runner (field case B25).
+/// Concurrency, retry and timeout limits of the job runner (parallel clones of one template hit PVE lock
+/// timeouts).
 #[derive(Clone, Debug)]
 pub struct DeployLimits {
     /// VM creations at once on one node (default 6).
     pub per_node: usize,
-    /// VM creations at once on one storage (default 6; B25 suggests 2–3 for full clones, overlays
-    /// are cheap and do not hold the storage lock for long).
+    /// VM creations at once on one storage (default 6; 2–3 avoids storage lock timeouts for full clones,
+    /// overlays are cheap and do not hold the storage lock for long).
     pub per_storage: usize,
     /// VM creations at once in all (default 12): also the deployer's script concurrency.
     pub total: usize,

@@ -61,7 +61,7 @@ pub enum DeployError {
         /// How many were needed.
         needed: usize,
     },
-    /// A preflight check refused the request before any API call (field case B28).
+    /// A preflight check refused the request before any API call (e.g. a linked clone that PVE would refuse).
     #[error("{0}")]
     Preflight(String),
     /// The VM is not one Proxlab created (the template, or a VM made by someone else): left untouched.

@@ -13,8 +13,8 @@
 //! - **The job runner**: the workflow script's `plan(ctx)` decides the VMs; the core runs `create_vm(ctx,
 //!   vm)` in parallel with limits per node, per storage and in all; every step is journaled in the `jobs`
 //!   tree before and after it runs; progress is broadcast as [`JobEvent`]s (the web layer's SSE); lock
-//!   timeouts (B25) and other transient failures are retried with jittered backoff and reported as
-//!   "queued / retrying"; a failed VM is reported and retryable without failing the class.
+//!   timeouts of parallel clones and other transient failures are retried with jittered backoff and reported
+//!   as "queued / retrying"; a failed VM is reported and retryable without failing the class.
 //! - **Classes** ([`Deployer::create_class`] …): create, list, show, update, delete (only the owner; only
 //!   VMs Proxlab created; never the template), co-owners, teacher VM power, the class page's VM list.
 //! - **Invites** ([`Deployer::create_invite`], [`Deployer::join`]): tokens of 256 random bits stored as

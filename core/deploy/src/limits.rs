@@ -1,5 +1,5 @@
-//! Concurrency limits of VM work: per node, per storage and in all (field case B25), and the retry
-//! backoff with jitter.
+//! Concurrency limits of VM work: per node, per storage and in all (so parallel clones do not hit PVE lock
+//! timeouts), and the retry backoff with jitter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

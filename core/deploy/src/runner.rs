@@ -1,6 +1,6 @@
 //! The job runner: runs a workflow's `plan(ctx)` once and `create_vm(ctx, vm)` for every VM in parallel
 //! (bounded per node, per storage and in all), journaling each step before and after it runs, retrying
-//! transient failures (lock timeouts, B25) with jittered backoff, and recording what was made.
+//! transient failures (lock timeouts of parallel clones) with jittered backoff, and recording what was made.
 //!
 //! Job kinds: `deploy` (a new class: plan + VMs), `add-vms` (more student VMs, or a retry of failed
 //! ones), `move` (re-make VMs on the class's current base), `reset` (re-make a VM that left its
@@ -269,8 +269,8 @@ impl Deployer {
         Ok(())
     }
 
-    /// Checks `plan`'s result against the reservation, gives every VM a B17-valid name, records the
-    /// class base and the plan, adds the VM steps. Returns the number of VMs.
+    /// Checks `plan`'s result against the reservation, gives every VM a name that passes PVE's DNS-name
+    /// check, records the class base and the plan, adds the VM steps. Returns the number of VMs.
     fn accept_plan(&self, journal: &Arc<Journal>, params: &Value, mut plan: Value) -> Result<usize> {
         let rec = journal.snapshot();
         let ctx = &params["ctx"];

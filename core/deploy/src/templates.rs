@@ -94,7 +94,7 @@ fn volume_file(volume: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Linked-clone preflight (field case B28), before any API call:
+/// Linked-clone preflight, before any API call:
 /// - the source must be a template (`template: 1`) — "linked clone needs a template";
 /// - every disk must be a converted `base-` volume — "template disks not converted (no base- volume)";
 /// - a clone onto another node than the template's needs every disk's storage to be shared.
@@ -463,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn b28_a_cross_node_linked_clone_on_local_storage_is_refused() {
+    fn cross_node_linked_clone_on_local_storage_is_refused() {
         let t = tpl("pve-a", true, &[("scsi0", "local-lvm:base-9000-disk-0")]);
         let err = linked_clone_preflight(&t, &["pve-b".to_string()], &shared_none).unwrap_err();
         assert!(matches!(err, DeployError::Preflight(_)));
@@ -480,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn b28_b_unconverted_template_disk_is_refused() {
+    fn unconverted_template_disk_is_refused() {
         let mut t = tpl("pve-a", true, &[("scsi0", "local-zfs:vm-9002-disk-0")]);
         t.vmid = 9002;
         let err = linked_clone_preflight(&t, &["pve-a".to_string()], &shared_none).unwrap_err();
@@ -493,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn b28_c_linked_clone_of_a_plain_vm_is_refused() {
+    fn linked_clone_of_a_plain_vm_is_refused() {
         let mut t = tpl("pve-a", false, &[("scsi0", "local-lvm:vm-105-disk-0")]);
         t.vmid = 105;
         let err = linked_clone_preflight(&t, &["pve-a".to_string()], &shared_none).unwrap_err();

@@ -190,7 +190,7 @@ pub struct ClassVm {
     pub class_id: String,
     /// Base, teacher or student.
     pub role: VmRole,
-    /// PVE name (B17-valid).
+    /// PVE name (passes PVE's DNS-name check).
     pub name: String,
     /// Node it was created on.
     pub node: String,

@@ -1,5 +1,5 @@
 //! Classes against the fake lab cluster, a real loopback sshd and real qemu-img: deploy, overlays,
-//! PVE configs, start/revert, joins, publish, delete, lock-timeout retries (B25), linked clones (B28).
+//! PVE configs, start/revert, joins, publish, delete, lock-timeout retries, the linked-clone preflight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -272,7 +272,7 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b25_lock_timeouts_are_retried_with_backoff_and_a_failed_vm_is_retryable_without_failing_the_class() {
+async fn lock_timeouts_are_retried_with_backoff_and_a_failed_vm_is_retryable_without_failing_the_class() {
     let lab = lab();
     let e = env((3200, 3299));
     add_user(&e.store, "teach", Role::Teacher);
@@ -733,7 +733,7 @@ async fn uefi_template_gets_an_efi_overlay_and_a_fresh_tpm_state_and_keeps_its_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b28_linked_clone_preflight_refuses_before_any_write_and_a_good_template_deploys() {
+async fn linked_clone_preflight_refuses_before_any_write_and_a_good_template_deploys() {
     let lab = lab();
     let range = (3450, 3499);
     let e = env(range);
@@ -989,7 +989,7 @@ async fn templates_register_by_name_or_vmid_cache_specs_and_sync_flags_vanished_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b29_b32_overlays_take_the_base_format_from_qemu_img_info_and_survive_spaces_in_paths() {
+async fn overlays_take_the_base_format_from_qemu_img_info_and_survive_spaces_in_paths() {
     use script::Qcow2Ops;
     let lab = lab();
     let root = lab.labnfs.join("images/3999");
@@ -1007,14 +1007,14 @@ async fn b29_b32_overlays_take_the_base_format_from_qemu_img_info_and_survive_sp
         base.display().to_string(),
         root.join("over lay.qcow2").display().to_string(),
     );
-    // B32: the caller says qcow2, qemu-img says raw: refused before anything is written.
+    // A raw base: the caller says qcow2, qemu-img says raw: refused before anything is written.
     let err = ops
         .create_overlay(CLUSTER, "pve1", &b, "qcow2", &o)
         .await
         .unwrap_err();
     assert_eq!(err.code, "qcow2.format", "{err}");
     assert!(!std::path::Path::new(&o).exists());
-    // The right format: -F raw, absolute backing path, spaces intact (B29).
+    // The right format: -F raw, absolute backing path, spaces intact, never `-b` without `-F`.
     ops.create_overlay(CLUSTER, "pve1", &b, "raw", &o).await.unwrap();
     let chain = backing_chain(std::path::Path::new(&o));
     assert_eq!(chain[0]["backing-filename"], b.as_str());

@@ -393,8 +393,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;
-        // C08: terminals and consoles are upgraded connections the server no longer tracks; tell them
-        // to close (1001 "server restarting") and give them a bounded time to do so.
+        // Graceful shutdown: terminals and consoles are upgraded connections the server no longer tracks;
+        // tell them to close (1001 "server restarting") and give them a bounded time to do so.
         connect.begin_shutdown();
         let open = connect.drain(drain).await;
         if open > 0 {
@@ -473,7 +473,7 @@ pub async fn sync_once(cfg: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The privileges Proxlab needs on `/vms` (B22).
+/// The privileges Proxlab needs on `/vms` (a privilege-separated token without them sees no VMs).
 pub const NEEDED_PRIVS: &[&str] = &[
     "VM.Audit",
     "VM.PowerMgmt",

@@ -5,7 +5,7 @@
 //!
 //! A student opens `/ssh/4001` (xterm.js), logs in to the guest with the password typed into the
 //! terminal, sees non-ASCII output rendered, shrinks the browser window and sees the shell and a
-//! full-screen draw use the new size (B36: resize reaches the PTY); another student is refused (404 page,
+//! full-screen draw use the new size (the resize reaches the PTY); another student is refused (404 page,
 //! 404 connect token, no WebSocket). The screenshot is kept as `target/test-artifacts/terminal.png`
 //! (`terminal-failure.png` when a step fails).
 //!

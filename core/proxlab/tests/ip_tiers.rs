@@ -1,12 +1,14 @@
 //! The scripted IP-discovery tiers (`scripts/ip/*.rhai`, `core/proxlab/src/ipscripts.rs`) against real
-//! parts: a fake PVE cluster whose guest agents and containers answer with the field cases' data (B01 B02
-//! B06 B07 B08, a Docker bridge, Windows' loopback pseudo-interface), the real syncer, the real Rhai
-//! runtime with the shipped scripts, and — for the ARP tier and the ping/MAC verification — real hosts:
-//! network namespaces this test creates, joined by veth pairs that carry the VMs' MACs.
+//! parts: a fake PVE cluster whose guest agents and containers answer the way real guests do (loopback
+//! listed first, only link-local while DHCP is pending, two NICs in any order, LXC CIDR strings with `lo`
+//! first, LXC answers with an empty `ip-addresses` or `data: null`, a Docker bridge, Windows' loopback
+//! pseudo-interface), the real syncer, the real Rhai runtime with the shipped scripts, and — for the ARP
+//! tier and the ping/MAC verification — real hosts: network namespaces this test creates, joined by veth
+//! pairs that carry the VMs' MACs.
 //!
 //! Every test runs inside its own network namespace (the test binary re-runs itself there with
 //! `ip netns exec`): verification pings every address a tier returns, and inside the namespace the
-//! documentation addresses of the field cases (192.0.2.x, 198.51.100.x, 203.0.113.x) are unreachable at
+//! documentation addresses used here (192.0.2.x, 198.51.100.x, 203.0.113.x) are unreachable at
 //! once, so nothing ever leaves this machine. Addresses of the namespaced hosts are in 198.18.7.0/24
 //! (RFC 2544 test range) and exist only inside the namespaces. Needs root (CI runs as root).
 
@@ -274,7 +276,7 @@ fn nic(name: &str, mac: &str, addrs: &[&str]) -> Value {
     json!({"name": name, "hardware-address": mac, "ip-addresses": a})
 }
 
-// ---- field cases through the fake cluster's agent --------------------------------------------------
+// ---- real-world agent answers through the fake cluster's agent --------------------------------------
 
 #[test]
 fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
@@ -283,7 +285,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
         &[],
         || {
             let fake = cluster(vec![
-                // B01: lo listed first.
+                // lo listed first.
                 qemu(
                     4110,
                     &["BC:24:11:00:00:20"],
@@ -296,7 +298,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                         ),
                     ])),
                 ),
-                // B02: only APIPA and link-local while DHCP is pending.
+                // Only APIPA and link-local while DHCP is pending.
                 qemu(
                     4111,
                     &["BC:24:11:00:00:21"],
@@ -342,12 +344,12 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                         vec!["192.0.2.20".into()],
                         "20-guest-agent".into()
                     )),
-                    "B01"
+                    "loopback listed first is skipped"
                 );
                 assert_eq!(
                     r.ip(4111),
                     None,
-                    "B02: no usable address is 'pending', not an error"
+                    "only link-local while DHCP is pending: no usable address is 'pending', not an error"
                 );
                 assert_eq!(
                     r.ip(4113).map(|i| (i.0, i.1)),
@@ -368,7 +370,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                     (false, false, MacCheck::Unknown)
                 );
                 assert_eq!(check.state(), "unchecked");
-                // B02's link-local answers never reached verification.
+                // The link-local answers (DHCP pending) never reached verification.
                 assert_eq!(r.facts.get("lab", 4111).check, None);
                 // Later, DHCP finished: the next poll finds it.
                 r.fake
@@ -383,7 +385,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                 assert_eq!(
                     r.ip(4111).map(|i| i.0),
                     Some("198.51.100.21".into()),
-                    "B02 after DHCP"
+                    "the DHCP address once DHCP is done"
                 );
             });
         },
@@ -414,7 +416,7 @@ fn multi_nic_guest_gets_its_net0_address_on_every_poll_in_any_agent_order() {
                 assert_eq!(
                     r.ip(4112).map(|i| (i.0, i.1)),
                     Some(want.clone()),
-                    "B06: lowest netN wins, all kept by netN"
+                    "two NICs: lowest netN wins, all kept by netN"
                 );
                 // Poll again and again (the previous address is passed in), also after the agent's order flips.
                 let mut guest = r.guest(4112);
@@ -454,12 +456,12 @@ fn lxc_tier_strips_prefixes_skips_lo_and_falls_back_to_the_config_ip() {
         &[],
         || {
             let fake = cluster(vec![
-                // B07: `inet: "192.0.2.95/22"`, lo first (the fake lists lo first like PVE).
+                // LXC CIDR strings: `inet: "192.0.2.95/22"`, lo first (the fake lists lo first like PVE).
                 lxc(
                     4120,
                     "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:07:00,ip=192.0.2.95/22,ip6=fe80::be24:11ff:fe00:700/64",
                 ),
-                // B08 B: /interfaces answers `data: null` (container not quite up): the static ip= of net0.
+                // /interfaces answers `data: null` (container not quite up): the static ip= of net0.
                 lxc(
                     4121,
                     "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:07:02,ip=203.0.113.72/24,gw=203.0.113.1",
@@ -474,10 +476,10 @@ fn lxc_tier_strips_prefixes_skips_lo_and_falls_back_to_the_config_ip() {
                 assert_eq!(
                     r.ip(4120),
                     Some(("192.0.2.95".into(), vec!["192.0.2.95".into()], "30-lxc".into())),
-                    "B07"
+                    "LXC CIDR string stripped, lo skipped"
                 );
                 assert_eq!(r.ip(4122), None, "dhcp container without address");
-                // B08 B: the inventory says running; the container's /interfaces now answers null.
+                // `data: null`: the inventory says running; the container's /interfaces now answers null.
                 let mut guest = r.guest(4121);
                 guest.ip = None;
                 r.fake
@@ -492,9 +494,9 @@ fn lxc_tier_strips_prefixes_skips_lo_and_falls_back_to_the_config_ip() {
 }
 
 #[test]
-fn lxc_shape_uses_inet_when_ip_addresses_is_empty_b08a() {
-    // B08 A cannot be produced by the fake (it always fills `ip-addresses`), so the shipped library runs
-    // on the literal answer of the field case.
+fn lxc_shape_uses_inet_when_ip_addresses_is_empty() {
+    // An empty `ip-addresses` next to `inet` cannot be produced by the fake (it always fills
+    // `ip-addresses`), so the shipped library runs on a literal answer of that shape.
     let rt = runtime();
     rt.block_on(async {
         let host = Arc::new(script::NullHost::new(tokio::runtime::Handle::current()));
@@ -512,14 +514,14 @@ fn lxc_shape_uses_inet_when_ip_addresses_is_empty_b08a() {
             ..Default::default()
         };
         let set = Arc::new(runtime.load_set(&sources).unwrap_or_else(|e| panic!("{}", script::format_load_errors(&e))));
-        let b08a = json!([{"name": "eth0", "hwaddr": "bc:24:11:00:07:01", "inet": "198.51.100.71/24", "ip-addresses": []}]);
-        let vm = json!({"vmid": 4199, "status": "running", "macs": [{"index": 0, "mac": "bc:24:11:00:07:01"}], "fixture": b08a});
+        let empty_ip_addresses = json!([{"name": "eth0", "hwaddr": "bc:24:11:00:07:01", "inet": "198.51.100.71/24", "ip-addresses": []}]);
+        let vm = json!({"vmid": 4199, "status": "running", "macs": [{"index": 0, "mac": "bc:24:11:00:07:01"}], "fixture": empty_ip_addresses});
         let v = runtime.run_entry(&set, "ip/05-fixture", "discover", vec![vm.clone()]).await.unwrap();
         assert_eq!(v["address"], "198.51.100.71");
         let mut null = vm;
         null["fixture"] = Value::Null;
         let v = runtime.run_entry(&set, "ip/05-fixture", "discover", vec![null]).await.unwrap();
-        assert!(v.is_null(), "B08 B: data null gives no address and no error: {v}");
+        assert!(v.is_null(), "data null gives no address and no error: {v}");
     });
 }
 

@@ -1,5 +1,6 @@
-//! Credentials, login tickets, the header set per method (B19), the login answer (B23), and the
-//! injectable [`Clock`] that decides when a ticket is renewed (B18).
+//! Credentials, login tickets, the header set per method (CSRF only on writes), the login answer
+//! (a failed login answers `data: null`), and the injectable [`Clock`] that decides when a ticket is
+//! renewed (tickets expire after 2 hours).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -43,8 +44,8 @@ impl Auth {
     }
 }
 
-/// A source of monotonic time, so tests can move a ticket's age forward (B18). Production uses
-/// [`SystemClock`].
+/// A source of monotonic time, so tests can move a ticket's age forward (tickets expire after 2 hours).
+/// Production uses [`SystemClock`].
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant.
     fn now(&self) -> Instant;
@@ -126,8 +127,9 @@ fn sensitive(value: String, what: &str) -> Result<HeaderValue, PveError> {
     Ok(v)
 }
 
-/// The authentication headers for one request (B19): a token header on every method; a ticket
-/// cookie on every method plus `CSRFPreventionToken` on anything but GET/HEAD; nothing anonymous.
+/// The authentication headers for one request (the CSRF header only on writes): a token header on every
+/// method; a ticket cookie on every method plus `CSRFPreventionToken` on anything but GET/HEAD; nothing
+/// anonymous.
 pub(crate) fn auth_headers(
     creds: &Credentials,
     method: &Method,
@@ -162,8 +164,9 @@ pub(crate) struct LoginAnswer {
     pub(crate) username: String,
 }
 
-/// Reads the answer of `POST /access/ticket` (B23): 401 → `InvalidCredentials` naming `userid`;
-/// 200 without `data.ticket` (or `data: null`) → `MalformedResponse`; a TFA challenge → `Config`.
+/// Reads the answer of `POST /access/ticket` (a failed login answers `data: null`): 401 →
+/// `InvalidCredentials` naming `userid`; 200 without `data.ticket` (or `data: null`) → `MalformedResponse`; a
+/// TFA challenge → `Config`.
 /// `body` is the parsed JSON body, or `Value::Null` when it was not JSON.
 pub(crate) fn parse_login(status: u16, body: &Value, userid: &str) -> Result<LoginAnswer, PveError> {
     if status == 401 {
@@ -214,7 +217,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn b19_ticket() -> Credentials {
+    fn csrf_login_ticket() -> Credentials {
         let answer = parse_login(
             200,
             &json!({"data":{"ticket":"PVE:labuser@pve:00000000::FAKE","CSRFPreventionToken":"00000000:FAKECSRF","username":"labuser@pve"}}),
@@ -237,7 +240,7 @@ mod tests {
 
     #[test]
     fn ticket_get_sends_cookie_only() {
-        let h = auth_headers(&b19_ticket(), &Method::GET).unwrap();
+        let h = auth_headers(&csrf_login_ticket(), &Method::GET).unwrap();
         assert_eq!(
             names_and_values(&h),
             [(
@@ -250,7 +253,7 @@ mod tests {
     #[test]
     fn ticket_writes_send_cookie_and_csrf() {
         for m in [Method::POST, Method::PUT, Method::DELETE] {
-            let h = auth_headers(&b19_ticket(), &m).unwrap();
+            let h = auth_headers(&csrf_login_ticket(), &m).unwrap();
             assert_eq!(
                 names_and_values(&h),
                 [
@@ -286,7 +289,7 @@ mod tests {
 
     #[test]
     fn auth_headers_are_marked_sensitive() {
-        for (_, v) in auth_headers(&b19_ticket(), &Method::POST).unwrap() {
+        for (_, v) in auth_headers(&csrf_login_ticket(), &Method::POST).unwrap() {
             assert!(v.is_sensitive());
         }
     }
@@ -305,7 +308,7 @@ mod tests {
 
     #[test]
     fn failed_login_with_null_data_is_invalid_credentials_naming_the_user() {
-        // B23: 401 with {"data":null}.
+        // A failed login: 401 with {"data":null}.
         let e = parse_login(401, &json!({"data": null}), "labuser@pve").unwrap_err();
         match e {
             PveError::InvalidCredentials { userid } => assert_eq!(userid, "labuser@pve"),

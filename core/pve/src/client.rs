@@ -36,7 +36,7 @@ fn seg(s: &str) -> String {
     utf8_percent_encode(s, STRICT).to_string()
 }
 
-/// Encodes SSH public keys for the cloud-init `sshkeys` option (B16): keys joined with `\n`, then
+/// Encodes SSH public keys for the cloud-init `sshkeys` option: keys joined with `\n`, then
 /// strictly percent-encoded (only `A-Z a-z 0-9 - _ . ~` stay; space is `%20`, never `+`). The HTTP
 /// layer form-encodes the result once more, as PVE expects.
 pub fn encode_sshkeys<S: AsRef<str>>(keys: &[S]) -> String {
@@ -507,8 +507,8 @@ impl PveClient {
         Ok(Credentials::Ticket(ticket))
     }
 
-    /// B18: renew by posting the current ticket as the password; if PVE refuses that (the ticket
-    /// already expired, or a server without renewal), log in with the password.
+    /// Tickets expire after 2 hours: renew by posting the current ticket as the password; if PVE refuses that
+    /// (the ticket already expired, or a server without renewal), log in with the password.
     async fn renew(&self, user: &str, password: &Secret, old: &Ticket) -> Result<Ticket, PveError> {
         tracing::debug!(user, "renewing PVE ticket");
         match self.ticket_request(user, &old.ticket).await {
@@ -593,8 +593,8 @@ impl PveClient {
     }
 
     /// `GET /cluster/resources?type=vm`: every guest of the cluster in one call (templates included,
-    /// flagged by `template`). An empty list may mean the token sees nothing (B22): check
-    /// [`PveClient::permissions`].
+    /// flagged by `template`). An empty list may mean the token sees nothing (a privilege-separated token
+    /// without grants): check [`PveClient::permissions`].
     pub async fn cluster_resources(&self) -> Result<Vec<ClusterResource>, PveError> {
         self.get("/cluster/resources", &[("type", "vm")]).await
     }
@@ -652,8 +652,9 @@ impl PveClient {
 
     /// `GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces`. Accepts `{"result":[..]}` and a
     /// bare list. Errors: [`PveError::AgentUnavailable`] when the agent is not configured, not running
-    /// or timed out (B04) — callers should back off per VM and only ask running VMs whose config has
-    /// the agent enabled (B05, [`GuestConfig::agent_enabled`]).
+    /// or timed out (PVE answers 500 with a message) — callers should back off per VM and only ask running
+    /// VMs whose config has the agent enabled ([`GuestConfig::agent_enabled`]), so no agent calls go to VMs
+    /// without one.
     pub async fn agent_network_interfaces(
         &self,
         node: &str,
@@ -672,7 +673,7 @@ impl PveClient {
     }
 
     /// `GET /nodes/{node}/lxc/{vmid}/interfaces`; `data: null` (container stopped or no network yet)
-    /// is an empty list (B08).
+    /// is an empty list.
     pub async fn lxc_interfaces(&self, node: &str, vmid: u32) -> Result<Vec<LxcInterface>, PveError> {
         let path = format!("{}/interfaces", Self::guest_path(node, GuestKind::Lxc, vmid));
         let v = self.get_value(&path, &[]).await?;
@@ -696,7 +697,8 @@ impl PveClient {
         self.get("/storage", &[]).await
     }
 
-    /// `GET /access/permissions`: what the calling user or token may do (B22 preflight).
+    /// `GET /access/permissions`: what the calling user or token may do (the preflight for a
+    /// privilege-separated token that sees nothing).
     pub async fn permissions(&self) -> Result<Permissions, PveError> {
         self.get("/access/permissions", &[]).await
     }
@@ -715,7 +717,7 @@ impl PveClient {
     }
 
     /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/status/{action}` → the task's UPID. The action has not
-    /// happened yet: wait with [`PveClient::wait_task`] (B27).
+    /// happened yet: wait with [`PveClient::wait_task`] (a 200 with a UPID does not mean the task succeeded).
     /// Errors: [`PveError::Locked`], [`PveError::NoQuorum`], [`PveError::NotFound`], …
     pub async fn power(
         &self,
@@ -780,7 +782,7 @@ impl PveClient {
         Self::upid_of(&path, v)
     }
 
-    /// `PUT /nodes/{node}/qemu/{vmid}/config` with `sshkeys` encoded per [`encode_sshkeys`] (B16).
+    /// `PUT /nodes/{node}/qemu/{vmid}/config` with `sshkeys` encoded per [`encode_sshkeys`].
     pub async fn set_sshkeys<S: AsRef<str>>(
         &self,
         node: &str,
@@ -944,7 +946,7 @@ mod tests {
 
     #[test]
     fn sshkey_is_strictly_percent_encoded_without_plus() {
-        // B16 golden value.
+        // Golden value: strict percent-encoding, `%20` for space, never `+`.
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKEFAKE+/FAKE= student@lab:1";
         let enc = encode_sshkeys(&[key]);
         assert_eq!(

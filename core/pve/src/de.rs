@@ -75,7 +75,7 @@ pub(crate) fn f64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Err
     num_of(&v).ok_or_else(|| D::Error::custom(format!("expected a number, got {v}")))
 }
 
-/// `bool` from a bool, 0/1, "0"/"1" or null (→ false). Used for `template` (B12).
+/// `bool` from a bool, 0/1, "0"/"1" or null (→ false). Used for `template` (undocumented, may be missing).
 pub(crate) fn bool_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     let v = Value::deserialize(d)?;
     if v.is_null() {

@@ -19,7 +19,8 @@ pub enum PveError {
         message: String,
     },
     /// The QEMU guest agent cannot answer: `QEMU guest agent is not running`,
-    /// `No QEMU guest agent configured`, or `VM n qmp command 'guest-…' failed - got timeout` (B04).
+    /// `No QEMU guest agent configured`, or `VM n qmp command 'guest-…' failed - got timeout` (PVE answers
+    /// HTTP 500).
     #[error("guest agent unavailable: {0}")]
     AgentUnavailable(String),
     /// The guest is locked by another operation: `VM is locked (backup)`; `lock` is the word in brackets.
@@ -31,7 +32,7 @@ pub enum PveError {
         message: String,
     },
     /// `can't lock file '…' - got timeout` or a cfs-lock request timeout: another operation held the
-    /// config or storage lock too long (B25). Retryable with backoff.
+    /// config or storage lock too long (e.g. parallel clones of one template). Retryable with backoff.
     #[error("lock timeout: {0}")]
     LockTimeout(String),
     /// The guest, node, storage or path does not exist: HTTP 404 or
@@ -50,8 +51,8 @@ pub enum PveError {
         /// PVE's message.
         message: String,
     },
-    /// A login (or an API token) was refused: `POST /access/ticket` answered 401 (B23). Names the user
-    /// or token ID, never the password or secret.
+    /// A login (or an API token) was refused: `POST /access/ticket` answered 401 (with `data: null`). Names
+    /// the user or token ID, never the password or secret.
     #[error("invalid credentials for {userid}")]
     InvalidCredentials {
         /// `user@realm` or `user@realm!tokenid`.
@@ -66,7 +67,8 @@ pub enum PveError {
     /// The answer was not the JSON shape PVE documents (missing `data`, wrong types, no ticket, …).
     #[error("malformed PVE response: {0}")]
     MalformedResponse(String),
-    /// A task ended with an error `exitstatus` (anything but `OK` / `WARNINGS: n`), B27.
+    /// A task ended with an error `exitstatus` (anything but `OK` / `WARNINGS: n`), even though the request
+    /// that started it answered 200 with a UPID.
     #[error("task {upid} failed: {exitstatus}")]
     TaskFailed {
         /// The task's UPID.
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn agent_not_running_500_maps_to_agent_unavailable_trimmed() {
-        // B04: the exact body PVE sends.
+        // Agent not running: the exact body PVE sends.
         let e = classify(500, "QEMU guest agent is not running\n");
         match e {
             PveError::AgentUnavailable(m) => assert_eq!(m, "QEMU guest agent is not running"),
@@ -218,7 +220,7 @@ mod tests {
 
     #[test]
     fn lock_file_timeout_is_lock_timeout_and_retryable() {
-        // B25, both the HTTP 500 and the task-log form.
+        // Lock timeouts, both the HTTP 500 and the task-log form.
         let e = classify(
             500,
             "can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout\n",

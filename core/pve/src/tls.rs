@@ -1,5 +1,5 @@
-//! TLS trust for one cluster: a CA file, a pinned certificate fingerprint (C15), the system roots,
-//! or — loudly — no verification.
+//! TLS trust for one cluster: a CA file, a pinned certificate fingerprint (that really pins), the system
+//! roots, or — loudly — no verification.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,8 @@ impl fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-/// Verifies a server by the SHA-256 of its end-entity certificate alone (C15).
+/// Verifies a server by the SHA-256 of its end-entity certificate alone, with real handshake signature
+/// checks.
 ///
 /// Only the end-entity certificate is compared (extra chain certificates are ignored, so appending
 /// the pinned certificate to an attacker's chain does not help). The TLS 1.2/1.3 handshake signatures

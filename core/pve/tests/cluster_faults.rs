@@ -1,5 +1,5 @@
 //! Cluster-wide faults against a real fake cluster: lost quorum, an offline node, slow tasks, and a
-//! privilege-separated token (B22). Each test starts its own cluster, since these faults hit everyone.
+//! privilege-separated token. Each test starts its own cluster, since these faults hit everyone.
 
 // Setup helpers outside #[test] fns panic on failure, as tests do.
 #![allow(clippy::unwrap_used)]
@@ -127,14 +127,14 @@ async fn wait_task_polls_a_running_task_until_ok_or_times_out() {
 
 #[tokio::test]
 async fn privilege_separated_token_sees_nothing_and_permissions_name_what_is_missing() {
-    // B22: a token with only Sys.Audit on / gets an empty guest list (HTTP 200), and the
+    // A token with only Sys.Audit on / gets an empty guest list (HTTP 200), and the
     // permissions check names every missing VM privilege.
     let lab: serde_json::Value =
         serde_json::from_slice(&std::fs::read(testkit::sim_dir().join("lab-cluster.json")).unwrap()).unwrap();
     let mut guests = lab.clone();
     guests["cluster"]["apitokens"]["auditor@pve!privsep"] = json!("11111111-fake-4000-8000-privsep0000");
     guests["cluster"]["acl"] = json!([{"user": "auditor@pve!privsep", "path": "/", "privs": ["Sys.Audit"]}]);
-    let dir = testkit::temp_dir("pve-b22-");
+    let dir = testkit::temp_dir("pve-privsep-token-");
     let file = dir.path().join("guests.json");
     std::fs::write(&file, serde_json::to_vec(&guests).unwrap()).unwrap();
     let c = FakeCluster::start(ClusterSpec {

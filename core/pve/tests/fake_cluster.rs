@@ -120,7 +120,7 @@ async fn power_start_waits_for_ok_and_the_guest_runs() {
 
 #[tokio::test]
 async fn start_error_answers_200_with_upid_but_the_task_fails() {
-    // B27: the POST succeeds; only the task tells the truth.
+    // A 200 with a UPID, yet the task fails: the POST succeeds; only the task tells the truth.
     let pve = token_client(FakeCluster::shared());
     let stop = pve
         .power("pve3", GuestKind::Qemu, 1109, PowerAction::Stop)
@@ -185,7 +185,7 @@ async fn agent_interfaces_of_a_running_vm_are_listed() {
 
 #[tokio::test]
 async fn agent_500_maps_to_agent_unavailable() {
-    // B04: a stopped VM's agent answers 500 "QEMU guest agent is not running\n".
+    // A stopped VM's agent answers 500 "QEMU guest agent is not running\n".
     let c = FakeCluster::shared();
     let pve = token_client(c);
     match pve.agent_network_interfaces("pve3", 1103).await {
@@ -211,7 +211,7 @@ async fn lxc_interfaces_of_running_and_stopped_containers() {
     let eth0 = ifaces.iter().find(|i| i.name == "eth0").unwrap();
     assert_eq!(eth0.inet.as_deref(), Some("10.43.0.10/16"));
     assert_eq!(eth0.ip_addresses[0].prefix, 16);
-    // B08: a stopped container answers data: null.
+    // A stopped container answers data: null.
     assert!(pve.lxc_interfaces("pve2", 1303).await.unwrap().is_empty());
 }
 
@@ -278,7 +278,7 @@ async fn missing_guest_is_not_found() {
 
 #[tokio::test]
 async fn config_lock_timeout_is_lock_timeout_and_retryable() {
-    // B25, the HTTP 500 form, with PVE's own catalogue error.
+    // A lock timeout, the HTTP 500 form, with PVE's own catalogue error.
     let c = FakeCluster::shared();
     let pve = token_client(c);
     c.control(
@@ -359,7 +359,7 @@ async fn writes_are_never_retried() {
 
 #[tokio::test]
 async fn sshkeys_are_sent_strictly_encoded_and_accepted() {
-    // B16: PVE's "urlencoded" format check refuses the raw key and accepts the strict encoding.
+    // `sshkeys`: PVE's "urlencoded" format check refuses the raw key and accepts the strict encoding.
     let c = FakeCluster::shared();
     let pve = token_client(c);
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKEFAKE+/FAKE= student@lab:1";

@@ -1,5 +1,6 @@
 //! Ticket (user/password) auth against a real fake cluster: login, CSRF on writes, expiry, revocation,
-//! proactive renewal with a test clock (B18), single-flight, and failed logins (B23).
+//! proactive renewal with a test clock (tickets expire after 2 hours), single-flight, and failed logins
+//! (401 with `data: null`).
 //! Each test starts its own cluster, because ticket faults hit every ticket of a cluster.
 
 // Setup helpers outside #[test] fns panic on failure, as tests do.
@@ -25,7 +26,8 @@ fn logins(c: &FakeCluster, since: usize) -> usize {
 
 #[tokio::test]
 async fn ticket_login_reads_and_writes_with_csrf() {
-    // B19 against the real server: a write without the CSRF header would be refused with 401.
+    // The CSRF header on writes only, against the real server: a write without the CSRF header would be
+    // refused with 401.
     let c = own_cluster();
     let pve = ticket_client(&c, None);
     pve.login().await.unwrap();
@@ -53,7 +55,7 @@ async fn first_call_logs_in_once_and_reuses_the_ticket() {
 
 #[tokio::test]
 async fn wrong_password_is_invalid_credentials_without_the_password() {
-    // B23: 401 {"data":null} → InvalidCredentials naming user@realm, no panic.
+    // A failed login: 401 {"data":null} → InvalidCredentials naming user@realm, no panic.
     let c = own_cluster();
     let cfg = common::fast(pve::PveConfig::new(
         c.url.parse().unwrap(),
@@ -163,7 +165,7 @@ async fn second_401_after_relogin_is_auth_expired() {
 
 #[tokio::test]
 async fn ticket_is_renewed_proactively_after_an_hour() {
-    // B18 with a test clock: login at T0; at T0+1h55 the client renews before calling, so the call
+    // Ticket expiry with a test clock: login at T0; at T0+1h55 the client renews before calling, so the call
     // succeeds without a 401 even though the server has expired the old ticket; at T0+2h01 the
     // renewed ticket (6 min old) is used as is.
     let c = own_cluster();

@@ -1,4 +1,4 @@
-//! C15: certificate pinning in real TLS handshakes. Small rustls servers on 127.0.0.1 present
+//! Certificate pinning that really pins, in real TLS handshakes. Small rustls servers on 127.0.0.1 present
 //! certificates made here with rcgen (the right one, the right one with another key, a CA-valid
 //! impostor, a name-less one, an impostor chain with the pinned certificate appended), over TLS 1.2 and
 //! 1.3; and the fake PVE cluster is reached with its CA file, its pin and a wrong pin.
@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-const BODY: &str = r#"{"data":{"version":"9.0.10","release":"9.0","repoid":"c15"}}"#;
+const BODY: &str = r#"{"data":{"version":"9.0.10","release":"9.0","repoid":"pinning"}}"#;
 
 /// A certificate and its key pair.
 struct Issued {
@@ -39,7 +39,7 @@ fn issue(
     let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, sans.first().copied().unwrap_or("c15"));
+        .push(rcgen::DnType::CommonName, sans.first().copied().unwrap_or("pin"));
     if ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     }
@@ -160,7 +160,7 @@ async fn pinned_fixture_cert_is_accepted_over_tls12_and_tls13() {
             &format!("https://127.0.0.1:{}", srv.addr.port()),
             Tls::Fingerprint(pin_of(&fixture.der)),
         );
-        assert_eq!(pve.version().await.unwrap().repoid, "c15");
+        assert_eq!(pve.version().await.unwrap().repoid, "pinning");
     }
 }
 
@@ -187,7 +187,7 @@ async fn same_cert_with_another_key_fails_the_handshake_signature() {
 async fn ca_valid_impostor_fails_the_pin_and_the_error_names_both_fingerprints() {
     // Case 3: valid under WebPKI via a test CA (shown with CaFile), still refused by the pin.
     let (fixture, _) = issue(&["pve-a", "127.0.0.1"], None, false);
-    let (ca, ca_cert) = issue(&["c15-test-ca"], None, true);
+    let (ca, ca_cert) = issue(&["pinning-test-ca"], None, true);
     let (impostor, _) = issue(&["127.0.0.1"], Some((&ca_cert, &ca.key)), false);
     let srv = serve(
         vec![impostor.der.clone(), ca.der.clone()],
@@ -197,7 +197,7 @@ async fn ca_valid_impostor_fails_the_pin_and_the_error_names_both_fingerprints()
     .await;
     let url = format!("https://127.0.0.1:{}", srv.addr.port());
 
-    let dir = testkit::temp_dir("pve-c15-");
+    let dir = testkit::temp_dir("pve-pinning-");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     client(&url, Tls::CaFile(ca_file)).version().await.unwrap();
@@ -229,7 +229,7 @@ async fn pin_replaces_name_checks_for_a_cert_without_ip_san() {
         .await
         .unwrap();
 
-    let dir = testkit::temp_dir("pve-c15-");
+    let dir = testkit::temp_dir("pve-pinning-");
     let ca_file = dir.path().join("named.pem");
     std::fs::write(&ca_file, &named.pem).unwrap();
     let err = client(&url, Tls::CaFile(ca_file)).version().await.unwrap_err();

@@ -1,5 +1,5 @@
-//! C01: scripts that try to exhaust memory or CPU end with a typed limit error within the
-//! wall-clock budget, the process RSS stays bounded, and the async runtime keeps answering.
+//! Limits that bound memory and CPU: scripts that try to exhaust memory or CPU end with a typed limit error
+//! within the wall-clock budget, the process RSS stays bounded, and the async runtime keeps answering.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -77,14 +77,14 @@ fn check_bounds(name: &str, elapsed: Duration, grown_mib: f64, worst_gap: Durati
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c01_string_doubling_hits_string_size_limit() {
+async fn string_doubling_hits_string_size_limit() {
     let (err, t, mib, gap) = run_hostile(r#"let s = "xxxxxxxx"; loop { s += s; }"#).await;
     assert_eq!(assert_limit(&err), Limit::StringSize, "{err}");
     check_bounds("doubling", t, mib, gap);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c01_many_values_each_under_the_cap_hit_a_total_limit() {
+async fn many_values_each_under_the_cap_hit_a_total_limit() {
     let (err, t, mib, gap) =
         run_hostile(r#"let a = []; for i in 0..100000 { a.push("y".pad(60000, "y")); }"#).await;
     // As written, `pad` pads a temporary and returns `()`, so this pushes 100,000 units; every
@@ -98,7 +98,7 @@ async fn c01_many_values_each_under_the_cap_hit_a_total_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c01_many_real_60k_strings_hit_the_total_string_limit() {
+async fn many_real_60k_strings_hit_the_total_string_limit() {
     let (err, t, mib, gap) =
         run_hostile(r#"let a = []; for i in 0..100000 { let s = "y"; s.pad(60000, "y"); a.push(s); }"#).await;
     let limit = assert_limit(&err);
@@ -121,7 +121,7 @@ async fn many_variables_each_holding_a_big_string_hit_the_memory_ceiling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c01_map_index_assignment_is_bounded() {
+async fn map_index_assignment_is_bounded() {
     let (err, t, mib, gap) = run_hostile(r#"let m = #{}; for i in 0..1000000 { m["k" + i] = i; }"#).await;
     let limit = assert_limit(&err);
     assert!(
@@ -135,7 +135,7 @@ async fn c01_map_index_assignment_is_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c01_closure_work_inside_native_map_is_bounded() {
+async fn closure_work_inside_native_map_is_bounded() {
     let (err, t, mib, gap) = run_hostile(r#"let a = []; a.pad(5000000, 0); let b = a.map(|x| x * 2);"#).await;
     assert_limit(&err);
     check_bounds("closure map", t, mib, gap);

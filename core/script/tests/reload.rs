@@ -1,5 +1,6 @@
-//! C05: hot reload survives every way editors save files, merges bursts into one rebuild,
-//! ignores editor temp names, keeps the last good value on errors, and has a polling mode.
+//! Hot reload that keeps working after the first vim save: it survives every way editors save files, merges
+//! bursts into one rebuild, ignores editor temp names, keeps the last good value on errors, and has a polling
+//! mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
@@ -49,7 +50,7 @@ fn atomic_save(dir: &Path, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c05_every_editor_save_style_gives_exactly_one_reload_with_the_final_content() {
+async fn every_editor_save_style_gives_exactly_one_reload_with_the_final_content() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.html"), "v0").unwrap();
     let r = Reloader::start(

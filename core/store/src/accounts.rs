@@ -1,5 +1,6 @@
 //! Accounts, sessions, API tokens and VM assignments: the operations on the `users`, `sessions`,
-//! `api_tokens` and `assignments` trees that keep their invariants, plus [`vm_name_from`] (field case B17).
+//! `api_tokens` and `assignments` trees that keep their invariants, plus [`vm_name_from`] (names that pass
+//! PVE's DNS-name check).
 //!
 //! Invariants kept here:
 //! - a local user name never contains `@` (so it cannot pose as a Proxmox-realm user `name@realm`);
@@ -346,7 +347,8 @@ impl Store {
     }
 }
 
-/// Derives a Proxmox VE guest name from a display name (a user's name, a class name) — field case B17.
+/// Derives a Proxmox VE guest name from a display name (a user's name, a class name) that passes PVE's
+/// DNS-name check.
 ///
 /// PVE checks `name` with its `dns-name` format: every dot-separated label must match
 /// `[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?`. The rule here: umlauts and other Latin letters are
@@ -466,7 +468,7 @@ mod tests {
         }
     }
 
-    /// The B17 table: display name → PVE guest name.
+    /// Display name → PVE guest name, by the DNS-name rule.
     #[test]
     fn vm_names_from_user_names_pass_pve_dns_name_rules() {
         let long = "a".repeat(70);

@@ -1,6 +1,8 @@
 //! Choosing a guest's primary address from what the guest agent, LXC `/interfaces` or the config report.
 //!
-//! Rules (DESIGN §7, field cases B01, B02, B06, B07, B08): loopback, link-local, unspecified, multicast
+//! Rules (DESIGN §7; for agents that list loopback first, only link-local while DHCP is pending,
+//! multi-NIC guests whose order changes between polls, LXC CIDR strings, and LXC answers with an
+//! empty `ip-addresses` or `data: null`): loopback, link-local, unspecified, multicast
 //! and broadcast addresses are never chosen; interfaces of container/virtual bridges (`docker0`,
 //! `virbr0`, `br-…`, `veth…`, …) are skipped; the NIC whose MAC is the VM's lowest `netN` wins; IPv4
 //! before IPv6 unless configured; the previous choice is kept while it is still offered, so a
@@ -349,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn b01_loopback_listed_first_is_skipped() {
+    fn loopback_listed_first_is_skipped() {
         let nics = [
             nic("lo", "00:00:00:00:00:00", &["127.0.0.1", "::1"]),
             nic(
@@ -374,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn b02_only_apipa_and_link_local_gives_no_address() {
+    fn only_apipa_and_link_local_gives_no_address() {
         let nics = [nic(
             "Ethernet",
             "bc:24:11:00:00:21",
@@ -395,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn b06_multi_nic_prefers_lowest_net_index_and_never_flaps() {
+    fn multi_nic_prefers_lowest_net_index_and_never_flaps() {
         let nics = [
             nic("ens19", "bc:24:11:00:00:41", &["203.0.113.41"]),
             nic("ens18", "bc:24:11:00:00:40", &["198.51.100.40"]),
@@ -426,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn b07_lxc_cidr_strings_are_stripped() {
+    fn lxc_cidr_strings_are_stripped() {
         assert_eq!(parse_addr("192.0.2.95/22"), Some(ip("192.0.2.95")));
         assert_eq!(
             parse_addr("fe80::be24:11ff:fe00:700/64"),

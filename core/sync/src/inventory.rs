@@ -53,8 +53,8 @@ pub struct ClusterState {
     pub requests_last_tick: u64,
     /// Failed ticks since start.
     pub failures_total: u64,
-    /// Problems an admin must fix that do not stop the sync, e.g. `token lacks VM.Audit on /vms` (B22),
-    /// or `no VMs visible to this token` for an empty inventory.
+    /// Problems an admin must fix that do not stop the sync, e.g. `token lacks VM.Audit on /vms` (a
+    /// privilege-separated token), or `no VMs visible to this token` for an empty inventory.
     pub warnings: Vec<String>,
 }
 

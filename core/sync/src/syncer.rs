@@ -172,7 +172,7 @@ impl IpDiscovery for AgentDiscovery {
                         .collect();
                     let mut source = "lxc";
                     if choose(&nics, &macs, previous, policy).is_none() {
-                        // Static ip= of the config (B08 B).
+                        // Static ip= of the config (`/interfaces` answered `data: null`).
                         let config = client.guest_config(&guest.node, kind, guest.vmid).await?;
                         nics = config
                             .nics()
@@ -479,8 +479,9 @@ impl Syncer {
             }
         }
         state.offline_nodes = offline_nodes.into_iter().collect();
-        // Preflight (B22): once per start, and again while the list is empty, check the privileges;
-        // a privilege-separated token without VM.Audit sees an empty list, not an error.
+        // Preflight (a privilege-separated token sees nothing): once per start, and again while the list is
+        // empty, check the privileges; a privilege-separated token without VM.Audit sees an empty list, not
+        // an error.
         let must_check = guests.is_empty() || c.missing_privs.lock().await.is_none();
         if must_check {
             requests += 1;
@@ -588,7 +589,7 @@ impl Syncer {
         if guest.status != "running" {
             return None;
         }
-        // Agent flag and MACs first (B05): one config read per start, cached in the inventory, so VMs
+        // Agent flag and MACs first: one config read per start, cached in the inventory, so VMs
         // without an enabled agent never get agent calls.
         if guest.agent.is_none() {
             let kind = if guest.kind == "lxc" {
@@ -774,7 +775,7 @@ fn record_cpu(history: &mut CpuHistory, g: &GuestRecord, old: Option<&GuestRecor
     }
 }
 
-/// Display state of a guest from PVE's fields (B14): `paused` for a running VM whose QMP status is
+/// Display state of a guest from PVE's fields: `paused` for a running VM whose QMP status is
 /// paused, `hibernated` for a stopped VM locked `suspended`, else the status.
 pub fn display_state(status: &str, qmpstatus: Option<&str>, lock: Option<&str>) -> &'static str {
     match (status, qmpstatus, lock) {
@@ -796,7 +797,8 @@ fn merge(
     offline_nodes: &mut std::collections::BTreeSet<String>,
 ) -> GuestRecord {
     if r.status == "unknown" {
-        // The node does not answer: keep the last known record, marked stale (B11).
+        // The node does not answer: keep the last known record, marked stale (one node down never fails the
+        // whole sync).
         offline_nodes.insert(r.node.clone());
         let reason = format!("node {} is not reachable; last known state shown", r.node);
         return match old {
@@ -864,7 +866,7 @@ mod tests {
     use super::display_state;
 
     #[test]
-    fn b14_paused_and_hibernated_are_told_apart_from_running_and_stopped() {
+    fn paused_and_hibernated_are_told_apart_from_running_and_stopped() {
         assert_eq!(display_state("running", Some("paused"), None), "paused");
         assert_eq!(display_state("stopped", None, Some("suspended")), "hibernated");
         // The cluster listing has no qmpstatus: fall back to status.

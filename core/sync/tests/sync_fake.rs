@@ -1,4 +1,5 @@
-//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, field cases.
+//! The sync against real fake PVE clusters (fakepve via testkit): inventory, IPs, staleness, and the ways
+//! real PVE answers trip clients up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,7 +45,7 @@ fn syncer(clusters: &[(&str, &FakeCluster)], store: Option<store::Store>) -> Arc
     Syncer::new(inv, handles, cfg, Arc::new(AgentDiscovery))
 }
 
-fn b05_guests() -> Vec<serde_json::Value> {
+fn guests_with_agent_missing_disabled_or_stopped() -> Vec<serde_json::Value> {
     vec![
         json!({"vmid": 131, "name": "w11-lab", "node": "pve1", "status": "running",
                "config": {"net0": "virtio=BC:24:11:00:01:31,bridge=vmbr0", "memory": 2048}}),
@@ -78,7 +79,7 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
         let state = fake.state().unwrap();
         let fake_guests = state["guests"].as_array().unwrap();
         assert_eq!(snap.cluster_guests(id).count(), fake_guests.len(), "cluster {id}");
-        // Running guests get the address the fake's agent reports (lo listed first is skipped, B01).
+        // Running guests get the address the fake's agent reports (lo listed first is skipped).
         let g = snap.guest(id, 1101).expect("1101");
         assert_eq!(g.status, "running");
         let ip = g.ip.as_ref().expect("1101 has an IP");
@@ -88,7 +89,7 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
             snap.guest(id, 1201).unwrap().ip.as_ref().unwrap().address,
             "10.42.0.10"
         );
-        // Containers: LXC interfaces or the config's static ip= (B08).
+        // Containers: LXC interfaces or the config's static ip= (when `/interfaces` gives nothing).
         let ct = snap.guest(id, 1301).unwrap();
         assert_eq!(
             ct.ip.as_ref().map(|i| i.address.as_str()),
@@ -98,16 +99,16 @@ async fn three_clusters_sync_every_guest_with_agent_ips() {
         assert!(snap.clusters[id].with_ip >= 15, "{:?}", snap.clusters[id]);
         assert_eq!(snap.clusters[id].status, "ok");
     }
-    // B12: templates recognised, whatever the form of the field.
+    // Templates recognised, whatever the form of the field.
     assert!(snap.guest("a", 9000).unwrap().template);
     assert!(snap.guest("a", 9002).unwrap().template);
     assert!(!snap.guest("a", 100).unwrap().template);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b05_no_agent_calls_for_guests_without_an_enabled_agent() {
+async fn no_agent_calls_for_guests_without_an_enabled_agent() {
     let spec = ClusterSpec {
-        extra_guests: b05_guests(),
+        extra_guests: guests_with_agent_missing_disabled_or_stopped(),
         ..ClusterSpec::lab()
     };
     let fake = tokio::task::spawn_blocking(move || FakeCluster::start(spec))
@@ -142,7 +143,7 @@ async fn b05_no_agent_calls_for_guests_without_an_enabled_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b04_agent_not_running_falls_back_without_failing_the_sync() {
+async fn agent_not_running_falls_back_without_failing_the_sync() {
     let spec = ClusterSpec::lab();
     let fake = tokio::task::spawn_blocking(move || FakeCluster::start(spec))
         .await
@@ -196,7 +197,7 @@ async fn offline_node_and_lost_quorum_keep_the_inventory_marked_stale_until_reco
     let before_1102 = s.inventory().snapshot().guest("lab", 1102).unwrap().clone();
     assert_eq!(before_1102.status, "running");
 
-    // B11: node pve2 goes offline: its guests stay, with their last known state, marked stale.
+    // One node down: node pve2 goes offline: its guests stay, with their last known state, marked stale.
     fake.control("POST", "/node", json!({"node": "pve2", "online": false}))
         .unwrap();
     let rep = s
@@ -326,7 +327,7 @@ async fn refresh_after_start_publishes_the_change_and_chases_the_ip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b22_token_without_vm_audit_is_reported_by_name_not_as_no_vms() {
+async fn token_without_vm_audit_is_reported_by_name_not_as_no_vms() {
     // A guests file whose cluster grants a privilege-separated token only Sys.Audit on /.
     let dir = tempfile::tempdir().unwrap();
     let mut spec: serde_json::Value =

@@ -463,7 +463,8 @@ pub fn event_stream(
     })
 }
 
-/// An SSE response with the headers proxies need (C07): `Cache-Control: no-cache`, `X-Accel-Buffering: no`.
+/// An SSE response with the headers proxies need (else progress arrives all at once):
+/// `Cache-Control: no-cache`, `X-Accel-Buffering: no`.
 pub fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
     let mut resp = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

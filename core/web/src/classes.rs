@@ -1045,7 +1045,7 @@ fn job_stream(
 /// `GET /api/jobs/{id}/events` (SSE): first `snapshot` (the job as `GET /api/jobs/{id}`), then its
 /// `job`, `step`, `progress` and `script` events as they happen; the stream ends after the job ends.
 /// A lagging client gets `resync` (fetch the job again). No compression, `Cache-Control: no-cache`,
-/// `X-Accel-Buffering: no`, keep-alive comments every 15 s (C07).
+/// `X-Accel-Buffering: no`, keep-alive comments every 15 s, so proxies neither buffer nor cut the stream.
 pub async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
     let job = visible_job(&st, &p, &id)?;
     let d = deployer(&st)?;

@@ -36,8 +36,8 @@ pub use state::{AppState, WebConfig};
 ///
 /// Layer order (outermost first): trace → request counter → authenticate (principal, CSRF/Origin
 /// check, security headers on every answer, 401/403 included) → compression (skips
-/// `text/event-stream`, C07) → timeout (non-streaming handlers only; SSE bodies are not cut) → per-route
-/// access guard ([`auth::table`]) → handler.
+/// `text/event-stream`, so SSE progress is not buffered) → timeout (non-streaming handlers only; SSE bodies
+/// are not cut) → per-route access guard ([`auth::table`]) → handler.
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
     // Every route comes from the one route table (auth::table), each behind its access guard; register

@@ -1,11 +1,12 @@
 //! `.rdp` files: the settings a site's `rdp_settings(vm, user)` script returns, written in the format
 //! that both Microsoft's Remote Desktop client (mstsc) and FreeRDP read.
 //!
-//! Format (B35): one `key:type:value` per line, CRLF line ends, type `i` (integer), `s` (string) or `b`
-//! (hex binary). Encoding: UTF-16 LE with a byte-order mark `FF FE`, what mstsc itself writes, so
-//! non-ASCII user names (`SCHOOL\jörg`) survive; FreeRDP reads it too (tested with `xfreerdp`). The file
-//! never carries a password: keys naming one are refused. Values with CR, LF or other control characters
-//! are refused (no line injection). The address is `full address:s:HOST:PORT` with IPv6 in brackets.
+//! Format (as mstsc writes it): one `key:type:value` per line, CRLF line ends, type `i` (integer), `s`
+//! (string) or `b` (hex binary). Encoding: UTF-16 LE with a byte-order mark `FF FE`, what mstsc itself
+//! writes, so non-ASCII user names (`SCHOOL\jörg`) survive; FreeRDP reads it too (tested with `xfreerdp`).
+//! The file never carries a password: keys naming one are refused. Values with CR, LF or other control
+//! characters are refused (no line injection). The address is `full address:s:HOST:PORT` with IPv6 in
+//! brackets.
 
 use std::net::IpAddr;
 
@@ -172,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn b35_utf16le_bom_crlf_and_round_trip_with_a_non_ascii_user() {
+    fn utf16le_bom_crlf_and_round_trip_with_a_non_ascii_user() {
         let settings = vec![("username".to_string(), RdpValue::Str("SCHOOL\\jörg".into()))];
         let bytes = render(&target("198.51.100.7", 3389), &settings).unwrap();
         assert_eq!(&bytes[..2], &[0xFF, 0xFE]);

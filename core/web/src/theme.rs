@@ -17,8 +17,8 @@
 //! Auto-escaping (HTML for every template except `*.txt`; JSON for `*.json`), strict undefined
 //! variables, a fuel budget per render ([`ThemeConfig::fuel`]) and a recursion limit. Rendering runs
 //! on a small pool of dedicated threads with a large stack ([`ThemeConfig::render_stack_bytes`]),
-//! never on a Tokio worker (field case C03: deep lazy sequence chains and self-calling macros end in
-//! a template error, not a crashed process).
+//! never on a Tokio worker (a list built with `+` in a loop, deep lazy sequence chains and self-calling
+//! macros end in a template error, not a crashed process).
 //!
 //! # Reload
 //! [`Themes::start`] builds a [`ThemeSet`] (every template compiled eagerly, so a syntax error is

@@ -81,8 +81,9 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("POST",   "/api/users/{name}/password",     Json, [401, 403, 403, 403, 403, 403, 200, 403, 401]),
         ("POST",   "/api/clusters/test",             Json, [401, 403, 403, 403, 403, 403, 400, 403, 401]),
         // Connecting (issue 6). The WebSocket rows carry no Origin and no connect token: refused with 403
-        // before any connection (C09), 404 for callers who may not see the VM. The vendor row asks for a
-        // file that is not vendored (the theme's first static file): 404 for everyone, never 401/403.
+        // before any connection (a cookie alone never opens one), 404 for callers who may not see the VM. The
+        // vendor row asks for a file that is not vendored (the theme's first static file): 404 for everyone,
+        // never 401/403.
         ("GET",    "/rdp/{file}",                    Text, [401, 200, 404, 200, 200, 404, 200, 200, 401]),
         ("GET",    "/ssh/{vmid}",                    Html, [303, 200, 404, 200, 200, 404, 200, 200, 303]),
         ("GET",    "/console/{vmid}",                Html, [303, 200, 404, 200, 200, 404, 200, 200, 303]),

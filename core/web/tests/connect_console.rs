@@ -1,7 +1,8 @@
 //! The console relay end to end: a WebSocket client speaking RFB as noVNC does → the real router →
 //! the fake PVE's `vncproxy` (`websocket=1`) + `vncwebsocket` (a real RFB 3.8 server with VNC
 //! authentication keyed by the ticket). The relay authenticates to PVE itself; the browser sees security
-//! type None and never a ticket. C14 subprotocol rules on the browser leg; refusal for other users.
+//! type None and never a ticket. Subprotocol rules on the browser leg (echo `binary` only when
+//! offered, refuse `base64`); refusal for other users.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,7 +99,7 @@ async fn console(p: &Portal, user: &str, protocols: Option<&str>) -> Result<(Rfb
 async fn console_relays_pve_vnc_end_to_end_without_handing_out_the_ticket() {
     let p = portal(vec![], ConnectConfig::default(), None).await;
     let (mut rfb, chosen) = console(&p, "stud", Some("binary")).await.unwrap();
-    assert_eq!(chosen.as_deref(), Some("binary"), "C14 a: binary echoed");
+    assert_eq!(chosen.as_deref(), Some("binary"), "binary offered: binary echoed");
     let (name, w, h) = rfb.handshake().await;
     assert_eq!(
         (name.as_str(), w, h),
@@ -124,12 +125,12 @@ async fn console_relays_pve_vnc_end_to_end_without_handing_out_the_ticket() {
     assert!(!seen.contains("PVEVNC") && !seen.contains("PVE:"), "{seen:?}");
     drop(rfb);
 
-    // C14 b: no subprotocol offered: 101 without the header, and the console still works.
+    // No subprotocol offered: 101 without the header, and the console still works.
     let (mut rfb, chosen) = console(&p, "stud", None).await.unwrap();
     assert_eq!(chosen, None);
     assert_eq!(rfb.handshake().await.0, "lab-vm-4001");
     drop(rfb);
-    // C14 c: only base64 offered: refused, the relay never base64-encodes.
+    // Only base64 offered: refused, the relay never base64-encodes.
     assert_eq!(console(&p, "stud", Some("base64")).await.err(), Some(400));
     // Several offers including binary: binary chosen.
     let (_, chosen) = console(&p, "stud", Some("base64, binary")).await.unwrap();
@@ -218,7 +219,7 @@ async fn console_refuses_a_user_not_allowed_on_the_vm_and_foreign_origins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c08_shutdown_closes_an_open_console_with_1001() {
+async fn shutdown_closes_an_open_console_with_1001() {
     let p = portal(vec![], ConnectConfig::default(), None).await;
     let (mut rfb, _) = console(&p, "stud", Some("binary")).await.unwrap();
     rfb.handshake().await;

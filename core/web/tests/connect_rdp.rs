@@ -1,5 +1,5 @@
 //! `GET /rdp/{vmid}.rdp` through the real router with the shipped `scripts/rdp/default.rhai`: a snapshot
-//! of the default file, FreeRDP reading a served file (B35: host, port, user name), IPv6 and odd VM names,
+//! of the default file, FreeRDP reading a served UTF-16 file (host, port, user name), IPv6 and odd VM names,
 //! and who may download it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -140,7 +140,7 @@ fn have(tool: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b35_freerdp_reads_a_served_file_with_the_vms_address_port_and_user() {
+async fn freerdp_reads_a_served_file_with_the_vms_address_port_and_user() {
     assert!(
         have("xfreerdp") && have("xvfb-run"),
         "xfreerdp/xvfb-run missing: run dev/setup (freerdp2-x11 xvfb)"

@@ -1,8 +1,8 @@
 //! The SSH terminal end to end: a WebSocket client (as xterm.js would be) → the real router on a
 //! loopback port → russh → a real OpenSSH sshd standing in for the guest on the loopback address the
 //! fake cluster's agent reports for VM 4001 (127.60.16.3, `allow_ranges = ["127.60.0.0/16"]`).
-//! Field cases: B36 (resize before input, reconnect), B38 (pings through an idle-cutting proxy, idle
-//! timeout 4000), C08 (1001 at shutdown), C09 (Origin + one-time token). Needs root (sshd password mode).
+//! Covers: resize before input and after a reconnect, pings through an idle-cutting proxy and the idle
+//! timeout 4000, 1001 at shutdown, and the Origin check plus one-time token. Needs root (sshd password mode).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,7 +82,7 @@ async fn student_logs_in_runs_unicode_and_a_fullscreen_program_after_resize_and_
         );
     }
 
-    // Resize, then a full-screen-ish program sees the new size (B36: window-change reaches the PTY).
+    // Resize, then a full-screen-ish program sees the new size (window-change reaches the PTY).
     t.control(json!({"type": "resize", "cols": 132, "rows": 40}))
         .await;
     let size = t.run("stty size; tput cols; tput lines").await;
@@ -144,7 +144,7 @@ async fn student_logs_in_runs_unicode_and_a_fullscreen_program_after_resize_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b36_reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input() {
+async fn reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input() {
     let (p, _sshd) = setup(|_| {}).await;
     let mut t = open(&p, None).await;
     t.control(json!({"type": "hello", "cols": 90, "rows": 20})).await;
@@ -172,7 +172,7 @@ async fn b36_reconnect_gets_a_pty_of_the_new_hello_size_before_typed_ahead_input
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b38_pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_timeout_closes_with_4000() {
+async fn pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_timeout_closes_with_4000() {
     let (p, _sshd) = setup(|c| {
         c.ws_ping_interval = Duration::from_millis(250);
         c.idle_timeout = Duration::from_secs(5);
@@ -208,7 +208,7 @@ async fn b38_pings_keep_an_idle_terminal_alive_through_a_proxy_and_the_idle_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c09_upgrade_needs_the_portals_exact_origin_and_a_one_time_token() {
+async fn upgrade_needs_the_portals_exact_origin_and_a_one_time_token() {
     let (p, _sshd) = setup(|_| {}).await;
     let path = |t: &str| format!("/ws/terminal/{VM}?token={t}");
     let token = p.token("stud", VM, "ssh").await.unwrap();
@@ -404,7 +404,7 @@ async fn wrong_passwords_close_with_4001_and_a_user_gets_at_most_their_session_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c08_shutdown_closes_open_terminals_with_1001_and_refuses_new_ones() {
+async fn shutdown_closes_open_terminals_with_1001_and_refuses_new_ones() {
     let (p, _sshd) = setup(|_| {}).await;
     let mut t = open(&p, None).await;
     t.control(json!({"type": "hello", "cols": 80, "rows": 24})).await;

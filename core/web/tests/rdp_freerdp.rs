@@ -72,7 +72,7 @@ fn check(user: &str, port_offset: bool) {
 }
 
 #[test]
-fn b35_freerdp_reads_our_utf16_file_with_host_port_and_user() {
+fn freerdp_reads_our_utf16_file_with_host_port_and_user() {
     if !have("xfreerdp") || !have("xvfb-run") {
         panic!("xfreerdp/xvfb-run missing: run dev/setup (Debian packages freerdp2-x11 xvfb)");
     }

@@ -1,7 +1,7 @@
 //! Themes and pages: rendered-page snapshots (default, shipped dark theme, a site theme overriding
 //! only `base.html` + `style.css`), themes that extend the default's templates block by block, static
-//! files, the C03 render limits, hot reload (C05 editor saves included) and the reload status the
-//! admin sees.
+//! files, the render limits (lists built with `+` in a loop, self-calling macros, endless loops), hot
+//! reload (every way editors save included) and the reload status the admin sees.
 //!
 //! Every test drives the real router (`web::app`) with `tower::ServiceExt::oneshot` over a real
 //! in-memory inventory, and real theme directories on disk watched by the real reloader.
@@ -574,22 +574,22 @@ async fn static_files_are_versioned_with_etag_and_cache_headers() {
     }
 }
 
-// ---- C03: render limits --------------------------------------------------------------------------
+// ---- render limits --------------------------------------------------------------------------------
 
-const C03_CONCAT: &str = "{% set ns = namespace(items=[]) %}{% for v in vms %}{% set ns.items = ns.items + [v.name] %}{% endfor %}{{ ns.items|length }}";
+const NAMESPACE_CONCAT: &str = "{% set ns = namespace(items=[]) %}{% for v in vms %}{% set ns.items = ns.items + [v.name] %}{% endfor %}{{ ns.items|length }}";
 
-fn c03_vms() -> minijinja::Value {
+fn five_thousand_vms() -> minijinja::Value {
     let vms: Vec<serde_json::Value> = (1..=5000)
         .map(|i| serde_json::json!({"name": format!("lab-{i:04}")}))
         .collect();
     context! { vms => minijinja::Value::from_serialize(&vms) }
 }
 
-/// A site theme with extra templates for the C03 checks.
-fn c03_theme() -> (tempfile::TempDir, Arc<Themes>) {
+/// A site theme with extra templates for the render-limit checks.
+fn render_limits_theme() -> (tempfile::TempDir, Arc<Themes>) {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("theme.toml"), "name = \"c03\"\n");
-    write(&dir.path().join("templates/concat.html"), C03_CONCAT);
+    write(&dir.path().join("theme.toml"), "name = \"render-limits\"\n");
+    write(&dir.path().join("templates/concat.html"), NAMESPACE_CONCAT);
     write(
         &dir.path().join("templates/macro.html"),
         "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
@@ -607,21 +607,21 @@ fn c03_theme() -> (tempfile::TempDir, Arc<Themes>) {
 }
 
 #[tokio::test]
-async fn c03_namespace_concat_over_5000_items_renders_5000() {
-    let (_dir, t) = c03_theme();
-    let out = t.render("concat.html", c03_vms).await.unwrap();
+async fn namespace_concat_over_5000_items_renders_5000() {
+    let (_dir, t) = render_limits_theme();
+    let out = t.render("concat.html", five_thousand_vms).await.unwrap();
     assert_eq!(out, "5000");
 }
 
 #[test]
-fn c03_namespace_concat_renders_even_on_a_2_mib_stack_thread() {
+fn namespace_concat_renders_even_on_a_2_mib_stack_thread() {
     // The pinned minijinja materialises deep `seq + [x]` chains; this holds without our big stack.
     let set = ThemeSet::build(None, &ThemeConfig::default()).unwrap();
     let out = std::thread::Builder::new()
         .stack_size(2 * 1024 * 1024)
         .spawn(move || {
             let env = set.env();
-            env.render_str(C03_CONCAT, c03_vms())
+            env.render_str(NAMESPACE_CONCAT, five_thousand_vms())
         })
         .unwrap()
         .join()
@@ -631,8 +631,8 @@ fn c03_namespace_concat_renders_even_on_a_2_mib_stack_thread() {
 }
 
 #[tokio::test]
-async fn c03_self_calling_macro_ends_with_a_recursion_error() {
-    let (_dir, t) = c03_theme();
+async fn self_calling_macro_ends_with_a_recursion_error() {
+    let (_dir, t) = render_limits_theme();
     let started = Instant::now();
     let err = t.render("macro.html", || context! {}).await.unwrap_err();
     assert!(err.to_string().contains("recursion"), "{err}");
@@ -640,8 +640,8 @@ async fn c03_self_calling_macro_ends_with_a_recursion_error() {
 }
 
 #[tokio::test]
-async fn c03_huge_range_and_endless_loops_end_with_a_template_error() {
-    let (_dir, t) = c03_theme();
+async fn huge_range_and_endless_loops_end_with_a_template_error() {
+    let (_dir, t) = render_limits_theme();
     let err = t.render("range.html", || context! {}).await.unwrap_err();
     assert!(err.to_string().contains("range has too many elements"), "{err}");
 
@@ -841,7 +841,7 @@ async fn a_broken_template_keeps_the_last_good_version_and_reports_file_and_line
 }
 
 #[tokio::test]
-async fn c05_editor_saves_keep_reloading_after_atomic_renames() {
+async fn editor_saves_keep_reloading_after_atomic_renames() {
     let dir = tempfile::tempdir().unwrap();
     site_theme(dir.path(), "save 0");
     let t = themes(site_config(dir.path()));

@@ -2,8 +2,9 @@
 // (pinned by package-lock.json, copied by dev/build-assets). Loaded as a module (noVNC is ES modules).
 //
 // The page fetches a one-time connect token (POST data-token-path with the CSRF token) and opens
-// data-ws-path&token=… with the `binary` subprotocol (C14). The portal does the VNC authentication with
-// Proxmox itself: noVNC sees security type "None" and never gets a Proxmox ticket or password.
+// data-ws-path&token=… with the `binary` subprotocol (the relay never base64-encodes). The portal does the
+// VNC authentication with Proxmox itself: noVNC sees security type "None" and never gets a Proxmox ticket or
+// password.
 const root = document.getElementById("console-page");
 const stateEl = document.getElementById("conn-state");
 const msgEl = document.getElementById("conn-message");

@@ -3,7 +3,7 @@
 //
 // Protocol (see core/web/src/connect/ssh.rs): the page fetches a one-time connect token
 // (POST data-token-path with the CSRF token), opens the WebSocket data-ws-path&token=…, sends
-//   {"type":"hello","cols":C,"rows":R}   first (the PTY gets this size before any input, B36)
+//   {"type":"hello","cols":C,"rows":R}   first (the PTY gets this size before any input is sent)
 //   {"type":"resize","cols":C,"rows":R}  whenever the terminal is resized
 // as text frames and the keystrokes as binary frames. Output arrives as binary frames (whole UTF-8
 // characters), status as text JSON ({"type":"status"|"hostkey",...}). Close codes 4000–4009 carry a

@@ -1,5 +1,6 @@
-//! Pure `qemu-img` command builders: argv out, no I/O. Golden-string tests below pin field cases B29,
-//! B30 and B32. Every builder refuses relative paths, so an overlay never records a relative backing file
+//! Pure `qemu-img` command builders: argv out, no I/O. Golden-string tests below pin `create -b`
+//! with `-F`, `rebase` with `-F`, and a base format taken from `qemu-img info`, not `qcow2` hard-coded.
+//! Every builder refuses relative paths, so an overlay never records a relative backing file
 //! that breaks when the overlay moves, and `-b` never appears without `-F` (qemu-img ≥ 6.1 refuses that).
 
 use std::path::Path;
@@ -37,8 +38,9 @@ pub fn info(path: &Path, format: ImageFormat, backing_chain: bool) -> Result<Vec
     Ok(a)
 }
 
-/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>` (B29). `base_format` must be
-/// what `qemu-img info` reported for the base (B32), never guessed from the file name.
+/// `qemu-img create -f qcow2 -F <base format> -b <absolute base> <overlay>`, never `-b` without `-F`.
+/// `base_format` must be what `qemu-img info` reported for the base (a raw base gets `-F raw`), never guessed
+/// from the file name.
 pub fn create_overlay(
     base: &Path,
     base_format: ImageFormat,
@@ -59,7 +61,7 @@ pub fn create_overlay(
     ]))
 }
 
-/// How `qemu-img rebase` treats the data (B30).
+/// How `qemu-img rebase` treats the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RebaseMode {
     /// Safe rebase: qemu-img copies into the overlay every cluster where old and new base differ, so the
@@ -70,7 +72,7 @@ pub enum RebaseMode {
     UnsafeIdentical,
 }
 
-/// `qemu-img rebase [-u] -f qcow2 -F <new base format> -b <absolute new base> <overlay>` (B30): `-f` is
+/// `qemu-img rebase [-u] -f qcow2 -F <new base format> -b <absolute new base> <overlay>`: `-f` is
 /// the overlay's format, `-F` the new base's, both always given.
 pub fn rebase(
     overlay: &Path,
@@ -142,7 +144,7 @@ mod tests {
     use crate::shell_join;
 
     #[test]
-    fn b29_overlay_golden_string() {
+    fn overlay_golden_string() {
         let a = create_overlay(
             Path::new("/var/lib/vz/images/9000/base-9000-disk-0.qcow2"),
             ImageFormat::Qcow2,
@@ -160,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn b29_paths_with_spaces_and_quotes_stay_one_argument() {
+    fn paths_with_spaces_and_quotes_stay_one_argument() {
         let a = create_overlay(
             Path::new("/mnt/pve/my nfs/base 'gold'.qcow2"),
             ImageFormat::Qcow2,
@@ -176,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn b29_relative_backing_path_is_refused() {
+    fn relative_backing_path_is_refused() {
         let e = create_overlay(
             Path::new("../9000/base-9000-disk-0.qcow2"),
             ImageFormat::Qcow2,
@@ -195,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn b30_safe_rebase_golden_string() {
+    fn safe_rebase_golden_string() {
         let a = rebase(
             Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
             Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.qcow2"),
@@ -210,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn b30_unsafe_rebase_still_carries_f_upper() {
+    fn unsafe_rebase_still_carries_f_upper() {
         let a = rebase(
             Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
             Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.raw"),
@@ -225,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_raw_base_from_info_json_gives_f_raw() {
+    fn raw_base_from_info_json_gives_f_raw() {
         let json = r#"{"format":"raw","virtual-size":10737418240,"filename":"/var/lib/vz/images/9001/base-9001-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
         let a = create_overlay(
@@ -241,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_format_comes_from_json_not_the_extension() {
+    fn format_comes_from_json_not_the_extension() {
         // A qcow2 image named `.raw`: the JSON wins.
         let json = r#"{"format":"qcow2","virtual-size":1048576,"filename":"/s/images/9/base-9-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
@@ -256,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn b32_unknown_format_is_refused() {
+    fn unknown_format_is_refused() {
         let json = r#"{"format":"vpc","virtual-size":1048576,"filename":"/s/base.vhd"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
         assert!(matches!(info.image_format(), Err(ClonerError::UnsupportedFormat(f)) if f == "vpc"));

@@ -66,8 +66,8 @@ impl FromStr for ImageFormat {
 pub struct ImageInfo {
     /// The file name as qemu-img opened it.
     pub filename: String,
-    /// The format qemu-img detected (`qcow2`, `raw`, …) — the only source of truth for the format (B32);
-    /// see [`ImageInfo::image_format`].
+    /// The format qemu-img detected (`qcow2`, `raw`, …) — the only source of truth for the format, not the
+    /// file extension; see [`ImageInfo::image_format`].
     pub format: String,
     /// Size the guest sees, in bytes.
     #[serde(rename(deserialize = "virtual-size"))]
@@ -164,7 +164,7 @@ impl Qcow2 {
     }
 
     /// Also accept paths under `root` — e.g. a template storage that holds class bases while overlays live
-    /// on the lab storage (field case B30). Errors as [`Qcow2::new`].
+    /// on the lab storage, so an overlay can be rebased onto a base there. Errors as [`Qcow2::new`].
     pub fn allow_root(mut self, root: impl Into<PathBuf>) -> Result<Qcow2, ClonerError> {
         let root = Self::check_root(&root.into())?;
         if !self.roots.contains(&root) {
@@ -620,7 +620,7 @@ impl Qcow2 {
 
     /// Unsafe rebase (`-u`, only the backing-file name changes) of `overlay` onto `new_base` — only after
     /// checking that `new_base` is byte-identical to the overlay's current backing file (same size, then
-    /// same `sha256sum`, both computed on the node). `-F` is still given (B30). For moving a base to
+    /// same `sha256sum`, both computed on the node). `-F` is still given. For moving a base to
     /// another path or storage without copying data; never onto different content.
     /// Errors: [`ClonerError::NotIdentical`]; [`ClonerError::NotFound`] when the overlay has no backing
     /// file; otherwise as [`Qcow2::rebase_safe`].

@@ -1,4 +1,5 @@
-//! Algorithm profiles (field case C12).
+//! Algorithm profiles: modern by default, and a legacy one for old guests that offer only SHA-1 key
+//! exchange and `ssh-rsa` host keys.
 //!
 //! `modern` (the default): russh's safe defaults minus `ssh-rsa` (RSA with SHA-1) host-key signatures —
 //! curve25519 / mlkem768x25519 / DH group14-18 with SHA-2 key exchange, Ed25519, ECDSA and RSA-SHA2 host
@@ -17,7 +18,7 @@ pub enum AlgorithmProfile {
     /// Modern algorithms only (the default, and the only profile for Proxmox nodes in production).
     #[default]
     Modern,
-    /// Modern, then `diffie-hellman-group14-sha1` and `ssh-rsa` appended (old appliances, C12).
+    /// Modern, then `diffie-hellman-group14-sha1` and `ssh-rsa` appended (old appliances).
     Legacy,
 }
 

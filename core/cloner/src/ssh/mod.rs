@@ -54,8 +54,8 @@ pub struct NodeAccess {
     pub key_file: PathBuf,
     /// How the node's host key is verified.
     pub host_key: HostKeyPolicy,
-    /// Opt into the legacy algorithm profile ([`AlgorithmProfile::Legacy`], field case C12). Keep false
-    /// for Proxmox nodes (C12: legacy never applies to node connections); it exists for old guests
+    /// Opt into the legacy algorithm profile ([`AlgorithmProfile::Legacy`]). Keep false
+    /// for Proxmox nodes (legacy never applies to node connections); it exists for old guests
     /// reached with the same client. Default false.
     pub legacy_algorithms: bool,
     /// Limit for TCP connect + key exchange + authentication. Default 10 s.

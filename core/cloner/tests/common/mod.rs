@@ -89,7 +89,8 @@ pub fn fingerprint_of(pub_file: &Path) -> String {
 }
 
 /// A loopback sshd with an RSA host key and an RSA client key, and chosen key-exchange and host-key
-/// algorithm lists (field case C12 fixture). Stopped (by its PID, our child) on drop.
+/// algorithm lists (an old appliance that offers only legacy algorithms). Stopped (by its PID, our child) on
+/// drop.
 pub struct CustomSshd {
     pub host: String,
     pub port: u16,

@@ -49,7 +49,7 @@ pub struct AgentInterface {
 }
 
 /// One interface from `GET /nodes/{node}/lxc/{vmid}/interfaces`: `inet`/`inet6` are CIDR strings
-/// (`10.43.0.10/16`); `ip-addresses` may be missing, null or empty (B08).
+/// (`10.43.0.10/16`); `ip-addresses` may be missing, null or empty (DHCP containers).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LxcInterface {
     /// Interface name (`lo`, `eth0`).

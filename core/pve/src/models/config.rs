@@ -131,9 +131,9 @@ impl GuestConfig {
         }
     }
 
-    /// True if the QEMU guest agent is enabled (B05): the `agent` property's first positional value
-    /// or its `enabled=` key is 1. Handles `1`, `1,fstrim_cloned_disks=1`, `enabled=1,type=virtio`,
-    /// `0`, `enabled=0`; a missing key means disabled. Only guests that are running AND have this set
+    /// True if the QEMU guest agent is enabled (only then is the agent asked): the `agent` property's first
+    /// positional value or its `enabled=` key is 1. Handles `1`, `1,fstrim_cloned_disks=1`,
+    /// `enabled=1,type=virtio`, `0`, `enabled=0`; a missing key means disabled. Only guests that are running AND have this set
     /// should get `/agent/*` calls.
     pub fn agent_enabled(&self) -> bool {
         let Some(raw) = self.get_str("agent") else {
@@ -307,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_flag_forms_from_b05() {
+    fn agent_flag_is_read_in_positional_and_enabled_forms() {
         assert!(!cfg(r#"{"name":"w11-lab","net0":"virtio=BC:24:11:00:01:31,bridge=vmbr0"}"#).agent_enabled());
         assert!(!cfg(r#"{"agent":"enabled=0"}"#).agent_enabled());
         assert!(!cfg(r#"{"agent":"0"}"#).agent_enabled());

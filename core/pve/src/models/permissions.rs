@@ -1,4 +1,5 @@
-//! [`Permissions`]: `GET /access/permissions` and the "what is missing" check (B22).
+//! [`Permissions`]: `GET /access/permissions` and the "what is missing" check (a privilege-separated token
+//! silently sees nothing).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ pub const REQUIRED_VM_PRIVILEGES: &[&str] = &[
 ///
 /// PVE computes this per ACL path (`/`, `/vms`, `/vms/100`, `/pool/x`, `/storage/y`): the value is 1
 /// if the privilege propagates to paths below, 0 if it holds on that path only. A privilege-separated
-/// API token sees only what was granted to the token itself (B22): an empty `/cluster/resources` list
+/// API token sees only what was granted to the token itself: an empty `/cluster/resources` list
 /// then means "nothing visible to this token", which [`Permissions::missing`] makes explicit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -88,7 +89,7 @@ mod tests {
 
     #[test]
     fn privsep_token_with_only_sys_audit_misses_every_vm_privilege() {
-        // B22 input, verbatim.
+        // A privilege-separated token with only Sys.Audit on /, verbatim.
         let p = perms(r#"{"/":{"Sys.Audit":1}}"#);
         assert_eq!(p.missing("/vms", REQUIRED_VM_PRIVILEGES), REQUIRED_VM_PRIVILEGES);
         assert!(p.missing("/", &["Sys.Audit"]).is_empty());

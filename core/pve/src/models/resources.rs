@@ -52,8 +52,9 @@ impl FromStr for GuestKind {
 ///
 /// Units: `cpu` is the used fraction of `maxcpu` (0..1, may exceed 1 briefly), `maxcpu` in vCPUs,
 /// memory and disk sizes in bytes, `uptime` in seconds, `netin`/`netout` in bytes since start.
-/// `template` is undocumented and may be missing, 0/1 or a bool (B12); `tags` is parsed into a set
-/// (B15). Every numeric field defaults to 0 when missing (stopped guests and offline nodes omit them).
+/// `template` is undocumented and may be missing, 0/1 or a bool; `tags` is parsed into a set
+/// (PVE separates them with ';'). Every numeric field defaults to 0 when missing (stopped guests and offline
+/// nodes omit them).
 /// `status` is `running`, `stopped`, `paused` (rare here) or `unknown` (the node is offline).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ClusterResource {
@@ -119,8 +120,9 @@ pub struct ClusterResource {
 
 /// `GET /nodes/{node}/{qemu|lxc}/{vmid}/status/current`.
 ///
-/// `qmpstatus` (QEMU only) tells a paused VM from a running one (B14); `lock` tells a hibernated VM
-/// (`suspended`) from a stopped one. Memory in bytes, uptime in seconds, `cpu` a fraction of the vCPUs.
+/// `qmpstatus` (QEMU only) tells a paused VM from a running one (PVE says `status: running` for it); `lock`
+/// tells a hibernated VM (`suspended`) from a stopped one. Memory in bytes, uptime in seconds, `cpu` a
+/// fraction of the vCPUs.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct GuestStatus {
     /// `running` or `stopped`.
@@ -156,13 +158,13 @@ pub struct GuestStatus {
 }
 
 impl GuestStatus {
-    /// The state to show a user (B14): paused and hibernated VMs are not "running" / "stopped".
+    /// The state to show a user: paused and hibernated VMs are not "running" / "stopped".
     pub fn display_state(&self) -> DisplayState {
         DisplayState::from_parts(&self.status, self.qmpstatus.as_deref(), self.lock.as_deref())
     }
 }
 
-/// A guest's state as a user should see it (B14).
+/// A guest's state as a user should see it (paused and hibernated told apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DisplayState {
@@ -312,7 +314,7 @@ mod tests {
 
     #[test]
     fn template_flag_tolerates_missing_int_and_bool() {
-        // B12 input, verbatim.
+        // Templates as 1, missing and 0, verbatim.
         let body = r#"{"data":[
  {"id":"qemu/9000","vmid":9000,"name":"tpl-ubuntu","node":"pve-a","status":"stopped","template":1,"type":"qemu","uptime":0},
  {"id":"qemu/105","vmid":105,"name":"lab-db","node":"pve-a","status":"stopped","type":"qemu"},
@@ -347,7 +349,7 @@ mod tests {
 
     #[test]
     fn paused_vm_displays_paused_with_resume() {
-        // B14 input A.
+        // Paused: PVE says running, QMP says paused.
         let s: GuestStatus =
             serde_json::from_str(r#"{"status":"running","qmpstatus":"paused","vmid":160}"#).unwrap();
         assert_eq!(s.display_state(), DisplayState::Paused);
@@ -356,7 +358,7 @@ mod tests {
 
     #[test]
     fn hibernated_vm_displays_hibernated_and_start_resumes() {
-        // B14 input B.
+        // Hibernated: PVE says stopped, locked `suspended`.
         let s: GuestStatus =
             serde_json::from_str(r#"{"status":"stopped","lock":"suspended","vmid":161}"#).unwrap();
         assert_eq!(s.display_state(), DisplayState::Hibernated);

@@ -1,4 +1,5 @@
-//! [`Tags`]: a guest's PVE tags as a case-insensitive set (B15).
+//! [`Tags`]: a guest's PVE tags as a case-insensitive set (';'-separated in PVE, so comma input causes no
+//! endless diffs).
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -11,7 +11,7 @@ use crate::de;
 /// A PVE task ID: `UPID:{node}:{pid}:{pstart}:{starttime}:{type}:{id}:{user}:`.
 ///
 /// `pid`, `pstart` and `starttime` are hexadecimal in the string (starttime is a Unix time in
-/// seconds). Parsing splits on `:` by position (B27): `user` may hold `@` and `!`
+/// seconds). Parsing splits on `:` by position: `user` may hold `@` and `!`
 /// (`portal@pve!lab`), and neither `id` nor `user` holds a `:`. The trailing `:` is required.
 /// Status is polled on `node`, the node that *runs* the task (not a clone's target node).
 /// `Display` and serde give back the original string unchanged.
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn upid_with_token_user_parses_by_position() {
-        // B27 input, verbatim.
+        // A clone UPID with a token user, verbatim.
         let raw = "UPID:pve-a:0000ABCD:00112233:65F00000:qmclone:9000:portal@pve!lab:";
         let u: Upid = raw.parse().unwrap();
         assert_eq!(u.node, "pve-a");

@@ -62,11 +62,12 @@ pub const COOKIE_SECURE: &str = "__Host-proxlab_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "_csrf";
-/// Longest accepted password, bytes; longer ones answer 400 before any hashing (C11).
+/// Longest accepted password, bytes; longer ones answer 400 before any hashing (a login flood must not pin
+/// the runtime in argon2).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
-/// Body limit of the sign-in routes, bytes (C11).
+/// Body limit of the sign-in routes, bytes (bounds the work a login flood can cause).
 pub const AUTH_BODY_LIMIT: usize = 4096;
-/// Lifetime of a one-time connect token for a WebSocket upgrade (C09).
+/// Lifetime of a one-time connect token for a WebSocket upgrade (a cookie alone never opens one).
 pub const CONNECT_TOKEN_TTL: Duration = Duration::from_secs(30);
 /// Open streams re-check their principal at least this often (expiry by time; changes are noticed at
 /// once through the tree watchers).
@@ -208,7 +209,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// A one-time permission to open a WebSocket to one VM (C09), made by `POST /api/vm/{vmid}/connect-token`.
+/// A one-time permission to open a WebSocket to one VM (a cookie alone is not enough), made by
+/// `POST /api/vm/{vmid}/connect-token`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectGrant {
     /// The user it was issued to.
@@ -712,7 +714,7 @@ impl AuthState {
         (grant.expires_ms > now).then_some(grant)
     }
 
-    /// C09: checks the `Origin` of a WebSocket upgrade. It must be present and equal the portal's origin
+    /// Checks the `Origin` of a WebSocket upgrade. It must be present and equal the portal's origin
     /// exactly (scheme, host and port; no prefix or substring match); `null`, foreign and same-site
     /// sibling origins get 403, and so does a missing `Origin`.
     pub fn check_ws_origin(&self, headers: &HeaderMap) -> Result<(), AppError> {

@@ -1,4 +1,4 @@
-//! Password hashing with argon2id (RFC 9106), off the async workers (field case C11).
+//! Password hashing with argon2id (RFC 9106), off the async workers (a login flood must not pin the runtime).
 //!
 //! Parameters follow the OWASP Password Storage Cheat Sheet: m = 19,456 KiB (19 MiB), t = 2, p = 1.
 //! They are stored in every PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`), so a hash made

@@ -327,7 +327,8 @@ struct ConnectInput {
 }
 
 /// `POST /api/vm/{vmid}/connect-token` `{purpose: "ssh"|"console"}`: a one-time token (valid 30 s) that
-/// a WebSocket upgrade to this VM must present (C09); 404 for a VM the caller may not use.
+/// a WebSocket upgrade to this VM must present (a cookie alone is not enough); 404 for a VM the caller may
+/// not use.
 pub async fn connect_token(
     State(st): State<AppState>,
     p: Principal,

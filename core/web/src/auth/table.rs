@@ -417,7 +417,7 @@ fn table() -> Vec<Route> {
             pages::static_file,
         ),
         // Connecting to a VM (issue 6): .rdp file, terminal and console pages, their WebSockets (Origin +
-        // one-time connect token checked in the handlers, C09), and the vendored npm files.
+        // one-time connect token checked in the handlers), and the vendored npm files.
         r(Get, "/rdp/{file}", Text, Authenticated, connect::rdp::rdp_file),
         r(
             Get,

@@ -9,7 +9,7 @@
 //! they are (split to at most [`MAX_FRAME`] bytes towards PVE), answers pings on each leg itself, pings
 //! the browser every [`super::ConnectConfig::ws_ping_interval`], and closes with 1001 at shutdown.
 //!
-//! Subprotocols (C14), negotiated separately on the two legs: towards PVE always exactly `binary`, and the
+//! Subprotocols, negotiated separately on the two legs: towards PVE always exactly `binary`, and the
 //! 101 must echo `binary` (else a relay error); towards the browser `binary` is echoed only when offered,
 //! no header when none was offered, and an offer without `binary` (e.g. only `base64`) is refused with 400
 //! — the relay never base64-encodes.
@@ -103,7 +103,7 @@ pub async fn console_ws(
         .into_response();
     }
     match ws {
-        // `protocols` echoes `binary` only when the browser offered it (C14 b: no header otherwise).
+        // `protocols` echoes `binary` only when the browser offered it (no header when it offered none).
         Ok(ws) => super::limited(ws)
             .protocols([SUBPROTOCOL])
             .on_upgrade(move |socket| run(socket, console)),

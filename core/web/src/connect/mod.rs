@@ -53,7 +53,8 @@ pub mod close {
     pub const TOO_MANY: u16 = 4003;
     /// The VM has no (verified) address, or its address now answers with another machine's MAC.
     pub const NO_ADDRESS: u16 = 4004;
-    /// The SSH (or VNC) connection failed: refused, timed out, no common algorithm (C12).
+    /// The SSH (or VNC) connection failed: refused, timed out, no common algorithm (an old guest offering
+    /// only legacy ones).
     pub const CONNECT_FAILED: u16 = 4005;
     /// Nobody typed the credentials in time.
     pub const LOGIN_TIMEOUT: u16 = 4006;
@@ -103,7 +104,8 @@ pub struct ConnectConfig {
     pub ssh_connect_timeout: Duration,
     /// SSH keepalive on the guest leg (`ServerAliveInterval`-like; default 15 s, 3 missed → closed).
     pub ssh_keepalive: Duration,
-    /// WebSocket ping interval towards the browser (B38; default 25 s), so idle proxies keep the socket.
+    /// WebSocket ping interval towards the browser (default 25 s), so proxies that cut idle connections after
+    /// about 60 s keep the socket.
     pub ws_ping_interval: Duration,
     /// A terminal without user input for this long is closed with code 4000 (default 30 min).
     pub idle_timeout: Duration,
@@ -122,7 +124,7 @@ pub struct ConnectConfig {
     pub clusters: HashMap<String, ClusterDial>,
     /// Loopback ranges of fake guests (`[ip] allow_ranges`: tests and the demo only).
     pub test_ranges: Vec<ipnet::IpNet>,
-    /// VM tag that turns on the legacy SSH algorithm profile for old guests (C12; default `ssh-legacy`).
+    /// VM tag that turns on the legacy SSH algorithm profile for old guests (default `ssh-legacy`).
     pub legacy_tag: String,
     /// Name of the RDP script under `scripts/rdp/` (default `default`).
     pub rdp_script: String,
@@ -303,7 +305,7 @@ impl FactsBook {
 }
 
 /// Shared state of the connect features: settings, scripts, facts, the per-user session count and the
-/// shutdown signal every relay listens to (C08).
+/// shutdown signal every relay listens to (graceful shutdown).
 pub struct ConnectState {
     /// Settings.
     pub config: ConnectConfig,
@@ -452,7 +454,7 @@ impl ConnectState {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Tells every relay to close (code 1001, "server restarting") and refuses new ones (C08).
+    /// Tells every relay to close (code 1001, "server restarting") and refuses new ones (graceful shutdown).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
     }
@@ -531,11 +533,11 @@ impl Drop for TerminalGuard {
 pub struct ConnectQuery {
     /// Cluster of the VMID (default: the caller's active cluster).
     pub cluster: Option<String>,
-    /// The one-time connect token (WebSocket upgrades only, C09).
+    /// The one-time connect token (WebSocket upgrades only).
     pub token: Option<String>,
 }
 
-/// The checks every WebSocket upgrade passes before anything is connected (C09), in this order: the VM
+/// The checks every WebSocket upgrade passes before anything is connected, in this order: the VM
 /// is the caller's (404 otherwise, as for a VM that does not exist); a cookie session's `Origin` equals
 /// the portal's own exactly (a bearer-token client may omit it); the one-time connect token was issued to
 /// this user for this VM and `purpose` within the last 30 s. Returns the cluster id.

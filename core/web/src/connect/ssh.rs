@@ -10,17 +10,18 @@
 //! request picks the target. Frames and messages from the browser are limited to [`MAX_WS_MESSAGE`].
 //!
 //! Wire protocol (browser ⇄ portal):
-//! - browser → portal, **text** frames: JSON control, `{"type":"hello","cols":C,"rows":R}` first (B36:
-//!   the PTY is requested with this size before any input is forwarded), `{"type":"resize","cols":C,
-//!   "rows":R}` later (→ SSH `window-change`). Values are clamped to 1..=1000; zero, missing or
-//!   non-numeric values are ignored.
+//! - browser → portal, **text** frames: JSON control, `{"type":"hello","cols":C,"rows":R}` first (the PTY
+//!   is requested with this size before any input is forwarded, so typed-ahead input after a
+//!   reconnect runs at the new size), `{"type":"resize","cols":C,"rows":R}` later (→ SSH `window-change`).
+//!   Values are clamped to 1..=1000; zero, missing or non-numeric values are ignored.
 //! - browser → portal, **binary** frames: keystrokes (UTF-8), forwarded to the PTY as they are.
 //! - portal → browser, **binary** frames: terminal output, cut at UTF-8 character boundaries so a
 //!   multi-byte character split across SSH reads arrives whole in one frame.
 //! - portal → browser, **text** frames: status JSON `{"type":"status","state":…,"message":…}` and
 //!   `{"type":"hostkey","status":"new"|"known"|"changed","fingerprint":…,"previous":…}`.
-//! - WebSocket pings every [`super::ConnectConfig::ws_ping_interval`] (B38); SSH keepalives on the
-//!   guest leg; close codes from [`super::close`] with a reason; 1001 "server restarting" at shutdown (C08).
+//! - WebSocket pings every [`super::ConnectConfig::ws_ping_interval`] (idle proxies keep the socket); SSH
+//!   keepalives on the guest leg; close codes from [`super::close`] with a reason; 1001 "server restarting"
+//!   at shutdown.
 //!
 //! The guest's credentials are asked in the terminal (user name, then password or the server's
 //! keyboard-interactive prompts, without echo for secrets), used once, and never stored or logged. The
@@ -53,7 +54,7 @@ use crate::auth::{Action, Authn, Decision, Principal, Target, decide};
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// Smallest and largest terminal dimension accepted (B36).
+/// Smallest and largest terminal dimension accepted (clamped; zero and NaN are ignored).
 pub const DIM_MIN: u32 = 1;
 /// See [`DIM_MIN`].
 pub const DIM_MAX: u32 = 1000;
@@ -692,7 +693,7 @@ impl client::Handler for Guest {
 }
 
 /// russh's preference lists: the modern profile (russh's defaults without `ssh-rsa` SHA-1 signatures), or
-/// with `legacy` `diffie-hellman-group14-sha1` and `ssh-rsa` appended after them (C12; never group1).
+/// with `legacy` `diffie-hellman-group14-sha1` and `ssh-rsa` appended after them (old guests; never group1).
 pub fn preferred(legacy: bool) -> Preferred {
     let base = Preferred::DEFAULT;
     let mut kex_list: Vec<kex::Name> = base.kex.iter().copied().collect();
@@ -882,7 +883,7 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
         "ok",
     );
 
-    // PTY with the browser's size (B36), then the shell.
+    // PTY with the browser's size (before any input is forwarded), then the shell.
     let channel = handle
         .channel_open_session()
         .await
@@ -1099,7 +1100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn b36_sizes_are_clamped_and_bad_values_ignored() {
+    fn sizes_are_clamped_and_bad_values_ignored() {
         assert_eq!(
             parse_control(r#"{"type":"resize","cols":132,"rows":40}"#),
             Some(Control::Resize(Size { cols: 132, rows: 40 }))

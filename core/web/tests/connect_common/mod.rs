@@ -438,7 +438,7 @@ fn rand_marker() -> String {
 }
 
 /// A TCP proxy on 127.0.0.1 that closes a connection after `idle` without bytes in either direction
-/// (what nginx's `proxy_read_timeout` does to a silent WebSocket, B38). Returns its address.
+/// (what nginx's `proxy_read_timeout` does to a silent WebSocket after about 60 s). Returns its address.
 pub async fn idle_cutting_proxy(target: SocketAddr, idle: Duration) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
