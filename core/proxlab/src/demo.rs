@@ -72,11 +72,21 @@ vmid_range = [4000, 4999]
     if prepare_only {
         return Ok(());
     }
-    let token = crate::admin::demo_admin_token(&Config::load(&config_path)?)?;
+    let cfg = Config::load(&config_path)?;
+    // The tokens are made on a thread of their own, outside the runtime: an account state made inside
+    // it starts watchers that keep the database open, and the server must open it next.
+    let (token, teacher_token) = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<(String, String)> {
+            Ok((
+                crate::admin::demo_admin_token(&cfg)?,
+                demo_token(&cfg, "teacher")?,
+            ))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("making the demo tokens failed"))?
+    })?;
     println!("proxlab demo: admin API token for today (curl -H \"Authorization: Bearer $T\"): T={token}");
     println!("proxlab demo: open http://{listen}/ and sign in");
-    let cfg = Config::load(&config_path)?;
-    let teacher_token = demo_token(&cfg, "teacher")?;
     // Plain HTTP to our own loopback listener; the TLS config (ring provider) is only needed because the
     // workspace's reqwest has no default crypto provider.
     let http = reqwest::Client::builder()
