@@ -173,31 +173,6 @@ pub fn blocking_lock(g: &GuestRecord) -> Option<&str> {
     g.lock.as_deref().filter(|l| *l != "suspended")
 }
 
-/// The word of a power action (`start`, `stop`, …).
-pub fn action_name(a: PowerAction) -> &'static str {
-    match a {
-        PowerAction::Start => "start",
-        PowerAction::Stop => "stop",
-        PowerAction::Shutdown => "shutdown",
-        PowerAction::Reboot => "reboot",
-        PowerAction::Suspend => "suspend",
-        PowerAction::Resume => "resume",
-    }
-}
-
-/// The power action of a word, if it is one.
-pub fn power_action(word: &str) -> Option<PowerAction> {
-    Some(match word {
-        "start" => PowerAction::Start,
-        "stop" => PowerAction::Stop,
-        "shutdown" => PowerAction::Shutdown,
-        "reboot" => PowerAction::Reboot,
-        "resume" => PowerAction::Resume,
-        "suspend" => PowerAction::Suspend,
-        _ => return None,
-    })
-}
-
 impl Ops {
     /// The service over the syncer's clients and inventory.
     pub fn new(syncer: Arc<Syncer>, config: OpsConfig) -> Ops {
@@ -253,7 +228,7 @@ impl Ops {
     pub async fn power(&self, cluster: &str, vmid: u32, action: PowerAction) -> OpResult {
         let me = self.clone();
         let c = cluster.to_string();
-        self.exclusive(cluster, vmid, action_name(action), async move {
+        self.exclusive(cluster, vmid, action.as_str(), async move {
             me.run_power(c, vmid, action).await
         })
         .await
@@ -379,7 +354,7 @@ impl Ops {
             _ => false,
         };
         if already {
-            let mut out = OpOutcome::new(action_name(action));
+            let mut out = OpOutcome::new(action.as_str());
             out.message = Some(format!("VM {vmid} is already {}", g.status));
             out.guest = serde_json::to_value(g.as_ref()).ok();
             return Ok(out);
@@ -397,8 +372,8 @@ impl Ops {
         } else {
             client.power(&g.node, kind, vmid, action).await?
         };
-        tracing::debug!(cluster = %cluster, vmid, action = action_name(action), upid = %upid, "following the power task");
-        self.follow(&client, &cluster, vmid, upid, OpOutcome::new(action_name(action)))
+        tracing::debug!(cluster = %cluster, vmid, action = action.as_str(), upid = %upid, "following the power task");
+        self.follow(&client, &cluster, vmid, upid, OpOutcome::new(action.as_str()))
             .await
     }
 

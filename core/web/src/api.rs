@@ -350,7 +350,7 @@ pub async fn vm_power(
         let snapshot = st.auth.index().baseline_snapshot(&p.name, &cluster, vmid);
         st.ops.revert_to_snapshot(&cluster, vmid, snapshot).await
     } else {
-        let Some(pa) = ops::power_action(&action) else {
+        let Ok(pa) = action.parse::<pve::PowerAction>() else {
             return AppError::NotFound(format!(
                 "unknown action {action:?}; use start, stop, shutdown, reboot, resume, suspend or revert"
             ))

@@ -669,7 +669,7 @@ pub async fn teacher_power(
     st.auth
         .audit(&p.name, authn.addr, "class.teacher_vm", &id, &result);
     match r {
-        Ok(_) => Ok(Json(json!({"vm": vm, "action": ops::action_name(action)})).into_response()),
+        Ok(_) => Ok(Json(json!({"vm": vm, "action": action.as_str()})).into_response()),
         Err(e) => Ok(crate::api::op_error_response(&e)),
     }
 }
