@@ -10,10 +10,12 @@
 // plan.json: {"phase", "artifacts", "profiles", ...phase fields}; phases:
 //   cluster  {admin, admin_password, cluster: {id, name, url, token_id, token_secret, fingerprint}}:
 //            the admin signs in, fills /admin/clusters, tests the connection, reads the proxlab.toml snippet.
-//   setup    {admin, teacher, teacher_password, template_vmid, spare_template_vmid, class_name, pool_size}:
-//            the admin registers the template on /classes (open to all teachers), registers the spare one
-//            and unregisters it with its button; the teacher creates the class, watches the deployment to the end,
-//            creates an invite link and copies it.
+//   setup    {admin, teacher, teacher_password, template_vmid, spare_template_vmid, class_name, pool_size,
+//            teacher_classes, teacher_vms, invite_max}:
+//            the admin registers the template on /classes (open to all teachers), registers the spare one,
+//            opens it to the teacher by name with its dialog and unregisters it with its button, and sets
+//            the teacher's own limits on /admin/users; the teacher creates the class, watches the
+//            deployment to the end, creates an invite link for invite_max new accounts and copies it.
 //   students {invite, students: [{user, display, password}]}: each registers through the invite link, sees
 //            the join page (opening the link joins no one), clicks Join, lands on the portal with a
 //            "joined" notice and one VM, starts it, sees its IP appear without a reload, opens Connect
@@ -175,6 +177,18 @@ async function phaseSetup() {
       ]);
       const row = page.locator(`#templates tr[data-template$="/${plan.spare_template_vmid}"]`);
       await row.waitFor({ timeout: 10000 });
+      // Opened to the teacher by name with its dialog: the row says so at once and after a reload.
+      await row.getByRole("button", { name: "Change who may use it" }).click();
+      const dialog = page.locator("#visibility-dialog");
+      await dialog.locator('select[name="visibility"]').selectOption("teachers");
+      await dialog.locator('input[name="teachers"]').fill(plan.teacher);
+      await dialog.getByRole("button", { name: "Save" }).click();
+      await dialog.waitFor({ state: "hidden", timeout: 10000 });
+      const cell = row.locator('[data-f="visibility"]');
+      if ((await cell.textContent()).trim() !== plan.teacher) { throw new Error("the row says it is open to " + (await cell.textContent())); }
+      await open(page, "/classes");
+      seen.spare_visibility = (await row.locator('[data-f="visibility"]').textContent()).trim();
+      if (seen.spare_visibility !== plan.teacher) { throw new Error("after a reload the spare template is open to " + seen.spare_visibility); }
       await row.getByRole("button", { name: "Unregister" }).click();
       await row.waitFor({ state: "detached", timeout: 10000 });
       await page.locator("#register-template [data-f=result]").filter({ hasText: "unregistered" }).waitFor({ timeout: 10000 });
@@ -183,6 +197,21 @@ async function phaseSetup() {
         throw new Error("the unregistered template is still listed after a reload");
       }
       seen.spare_unregistered = true;
+    });
+    await step("admin sets the teacher's own limits on /admin/users", async () => {
+      await open(page, "/admin/users");
+      const row = page.locator(`#users tr[data-user="${plan.teacher}"]`);
+      await row.getByRole("button", { name: "Set limits" }).click();
+      const dialog = page.locator("#limits-dialog");
+      await dialog.locator('input[name="classes"]').fill(String(plan.teacher_classes));
+      await dialog.locator('input[name="vms"]').fill(String(plan.teacher_vms));
+      await Promise.all([
+        page.waitForEvent("load", { timeout: 20000 }),
+        dialog.getByRole("button", { name: "Save limits" }).click(),
+      ]);
+      seen.teacher_limits = (await page.locator(`#users tr[data-user="${plan.teacher}"] [data-f="limits"]`).textContent()).replace(/\s+/g, " ").trim();
+      const want = `0 of ${plan.teacher_classes} classes, 0 of ${plan.teacher_vms} VMs set for ${plan.teacher}`;
+      if (seen.teacher_limits !== want) { throw new Error(`the limits cell says ${JSON.stringify(seen.teacher_limits)}, want ${JSON.stringify(want)}`); }
     });
     await context.close();
   }
@@ -234,6 +263,7 @@ async function phaseSetup() {
     await screenshot(page, "teacher-class-ready");
   });
   await step("teacher creates and copies the invite link", async () => {
+    await page.locator("#invite-max").fill(String(plan.invite_max));
     await page.locator('button[data-action="invite"]').click();
     const input = page.locator("#invite-url");
     await input.waitFor({ state: "visible", timeout: 10000 });
@@ -244,6 +274,10 @@ async function phaseSetup() {
     seen.clipboard = await page.evaluate(() => navigator.clipboard.readText());
     if (seen.clipboard !== seen.invite) { throw new Error(`clipboard has ${JSON.stringify(seen.clipboard)}`); }
     await screenshot(page, "teacher-invite");
+    await page.reload();
+    const cells = page.locator("#class-invites tbody tr").first().locator("td");
+    seen.invite_accounts = (await cells.nth(5).textContent()).trim();
+    if (seen.invite_accounts !== `0 of ${plan.invite_max}`) { throw new Error("the invite row's new accounts say " + seen.invite_accounts); }
   });
   await context.close();
 }

@@ -32,6 +32,8 @@ pub struct TeacherUsage {
     pub vms_limit: u32,
     /// Admin accounts have no limits (the numbers are then informative only).
     pub unlimited: bool,
+    /// The limits an admin set for this teacher (`None` in a field: the site's default applies).
+    pub set: TeacherLimits,
 }
 
 /// VMIDs a class of `pool_size` students holds: teacher VM, class base and the students.
@@ -42,17 +44,46 @@ pub(crate) fn class_vms(pool_size: u32) -> u64 {
 impl Deployer {
     /// The classes and VMs `user` owns now, with their limits.
     pub fn teacher_usage(&self, user: &str) -> Result<TeacherUsage> {
-        let set = self.inner.teacher_limits.get(user)?.unwrap_or_default();
-        let l = &self.inner.cfg.limits;
         let owned: Vec<store::ClassRecord> =
             self.classes()?.into_iter().filter(|c| c.owner == user).collect();
         let role = self.inner.store.users.get(user)?.map(|u| u.role);
+        let (classes, vms) = owned
+            .iter()
+            .fold((0, 0), |(n, v), c| (n + 1, v + class_vms(c.pool_size)));
+        self.usage_of(user, role, classes, vms)
+    }
+
+    /// [`Deployer::teacher_usage`] of every teacher and admin account at once (one pass over the
+    /// classes), by account name: what the admin's users page shows.
+    pub fn teacher_usages(&self) -> Result<std::collections::BTreeMap<String, TeacherUsage>> {
+        let mut owned: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+        for c in self.classes()? {
+            let e = owned.entry(c.owner.clone()).or_default();
+            e.0 += 1;
+            e.1 += class_vms(c.pool_size);
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for u in self.inner.store.users.values()? {
+            if !matches!(u.role, Role::Teacher | Role::Admin) {
+                continue;
+            }
+            let (classes, vms) = owned.get(&u.name).copied().unwrap_or_default();
+            let usage = self.usage_of(&u.name, Some(u.role), classes, vms)?;
+            out.insert(u.name, usage);
+        }
+        Ok(out)
+    }
+
+    fn usage_of(&self, user: &str, role: Option<Role>, classes: u64, vms: u64) -> Result<TeacherUsage> {
+        let set = self.inner.teacher_limits.get(user)?.unwrap_or_default();
+        let l = &self.inner.cfg.limits;
         Ok(TeacherUsage {
-            classes: owned.len() as u64,
+            classes,
             classes_limit: set.classes.unwrap_or(l.classes_per_teacher),
-            vms: owned.iter().map(|c| class_vms(c.pool_size)).sum(),
+            vms,
             vms_limit: set.vms.unwrap_or(l.vms_per_teacher),
             unlimited: role == Some(Role::Admin),
+            set,
         })
     }
 

@@ -298,9 +298,24 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
             "phase": "setup", "artifacts": artifacts, "profiles": profiles,
             "admin": "admin", "teacher": "teacher", "teacher_password": "teacher-pass-123",
             "template_vmid": 9000, "spare_template_vmid": 9001, "class_name": CLASS_NAME, "pool_size": POOL,
+            "teacher_classes": 3, "teacher_vms": 40, "invite_max": 3,
         }),
     );
     assert_eq!(seen["spare_unregistered"], true, "{seen}");
+    assert_eq!(seen["spare_visibility"], "teacher", "{seen}");
+    // The limits the admin set in the page are the teacher's, and the class of POOL + 2 VMs fit them.
+    let (s, users) = api.get("/api/users").await;
+    assert_eq!(s, 200, "{users}");
+    let usage = &users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "teacher")
+        .unwrap()["limits"];
+    assert_eq!(usage["classes_limit"], 3, "{usage}");
+    assert_eq!(usage["vms_limit"], 40, "{usage}");
+    assert_eq!(usage["vms"], POOL + 2, "{usage}");
+    assert_eq!(seen["invite_accounts"], "0 of 3", "{seen}");
     let class_id = seen["class_id"].as_str().unwrap().to_string();
     let invite = seen["invite"].as_str().unwrap().to_string();
     let progress = seen["progress"].as_array().unwrap();

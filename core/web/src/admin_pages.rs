@@ -97,10 +97,19 @@ pub struct UserRow {
     pub active_tokens: usize,
     /// True for the caller's own account (it cannot be disabled or demoted from here).
     pub is_self: bool,
+    /// For teacher and admin accounts when classes are configured: the classes and VMs they own
+    /// against their limits, and the limits an admin set for them.
+    pub limits: Option<deploy::TeacherUsage>,
 }
 
 fn user_rows(st: &AppState, me: &str) -> AppResult<Vec<UserRow>> {
     let now = st.auth.clock.now_secs();
+    let mut usages = match &st.deploy {
+        Some(d) => d
+            .teacher_usages()
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        None => Default::default(),
+    };
     let mut tokens: HashMap<String, usize> = HashMap::new();
     for t in st.auth.store.tokens_all()? {
         if !t.revoked && t.expires_at.is_none_or(|e| e > now) {
@@ -112,7 +121,11 @@ fn user_rows(st: &AppState, me: &str) -> AppResult<Vec<UserRow>> {
         .store
         .users_all()?
         .into_iter()
-        .map(|u| row_of(st, &u, me, tokens.get(&u.name).copied().unwrap_or(0)))
+        .map(|u| {
+            let mut row = row_of(st, &u, me, tokens.get(&u.name).copied().unwrap_or(0));
+            row.limits = usages.remove(&u.name);
+            row
+        })
         .collect())
 }
 
@@ -127,6 +140,7 @@ fn row_of(st: &AppState, u: &UserRecord, me: &str, active_tokens: usize) -> User
         created_at: u.created_at,
         active_tokens,
         is_self: u.name == me,
+        limits: None,
     }
 }
 
@@ -137,6 +151,10 @@ pub async fn users_page(State(st): State<AppState>, p: Principal) -> Response {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    let default_limits = st.deploy.as_ref().map(|d| {
+        let l = &d.config().limits;
+        context! { classes => l.classes_per_teacher, vms => l.vms_per_teacher }
+    });
     render_page(
         &st,
         Some(&p),
@@ -148,6 +166,7 @@ pub async fn users_page(State(st): State<AppState>, p: Principal) -> Response {
                 users => Value::from_serialize(&users),
                 roles => vec!["student", "teacher", "admin"],
                 min_password => MIN_PASSWORD_CHARS,
+                default_limits => default_limits,
             }
         },
     )

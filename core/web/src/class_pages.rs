@@ -143,6 +143,10 @@ pub struct InviteRow {
     pub revoked: bool,
     /// Users who joined with it.
     pub uses: u64,
+    /// Accounts students created with it so far.
+    pub registrations: u64,
+    /// Most accounts students may create with it (`None`: records made before the cap existed).
+    pub max_registrations: Option<u64>,
 }
 
 /// A recent job of `class.html` (`jobs[]`, newest first).
@@ -320,7 +324,8 @@ pub async fn classes_page(State(st): State<AppState>, p: Principal) -> Response 
 /// `self_registration`, `base_version`, `last_job`), `vms` ([`ClassVmRow`]s: teacher, base, students
 /// by slot), `teacher_vm` (its row or none), `invites` ([`InviteRow`]s), `jobs` ([`JobRow`]s, the 10
 /// newest), `active_job` (id of a running job or none), `waiting` (list of {`user`, `since`}),
-/// `can_delete` (owner or admin) and `api` (`/api/classes/{id}`). Others get the 404 page.
+/// `can_delete` (owner or admin), `api` (`/api/classes/{id}`) and `max_pool` (the most students a class
+/// holds, the cap of an invite's new accounts). Others get the 404 page.
 pub async fn class_page(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Response {
     let not_found = format!("There is no class `{id}`.");
     if decide(&p, Action::ManageClass, &Target::Class(&id), &st.auth.index()) != Decision::Allow {
@@ -391,6 +396,8 @@ pub async fn class_page(State(st): State<AppState>, p: Principal, Path(id): Path
             expires_at: i.expires_at,
             revoked: i.revoked,
             uses: i.uses,
+            registrations: i.registrations,
+            max_registrations: i.max_registrations,
         })
         .collect();
     let jobs: Vec<JobRow> = d
@@ -441,6 +448,7 @@ pub async fn class_page(State(st): State<AppState>, p: Principal, Path(id): Path
             waiting => Value::from_serialize(&waiting),
             can_delete => can_delete,
             api => api,
+            max_pool => deploy::MAX_POOL,
         }
     })
     .await

@@ -8,6 +8,8 @@
 //   select[data-user-role=NAME]        PUT /api/users/NAME {role}
 //   button[data-user-toggle=NAME]      PUT /api/users/NAME {disabled: !current}
 //   button[data-user-password=NAME]    opens #password-dialog, which POSTs /api/users/NAME/password
+//   button[data-user-limits=NAME]      opens #limits-dialog, which PUTs /api/teachers/NAME/limits
+//                                      (empty fields: the site's default)
 //   button[data-delete=URL]            DELETE URL after confirm(data-confirm)
 //   button[data-post=URL]              POST URL (e.g. /api/sync/trigger)
 //   button[data-switch=ID]             POST /api/clusters/switch {cluster: ID}
@@ -153,6 +155,18 @@
       pwDialog.querySelector('[data-f="username"]').value = user;
       show(form.querySelector('[data-f="result"]'), "", true);
       pwDialog.showModal();
+      return;
+    }
+    var limitsDialog = document.getElementById("limits-dialog");
+    if (btn.hasAttribute("data-user-limits") && limitsDialog) {
+      var teacher = btn.getAttribute("data-user-limits");
+      var lform = limitsDialog.querySelector("form");
+      lform.setAttribute("data-api", "/api/teachers/" + encodeURIComponent(teacher) + "/limits");
+      limitsDialog.querySelector('[data-f="user"]').textContent = teacher;
+      lform.elements.classes.value = btn.getAttribute("data-classes") || "";
+      lform.elements.vms.value = btn.getAttribute("data-vms") || "";
+      show(lform.querySelector('[data-f="result"]'), "", true);
+      limitsDialog.showModal();
       return;
     }
     if (btn.hasAttribute("data-delete")) {

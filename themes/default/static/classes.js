@@ -95,7 +95,7 @@
       if (tform.elements.cluster && tform.elements.cluster.value) { body.cluster = tform.elements.cluster.value; }
       if (tform.elements.visibility) { body.visibility = tform.elements.visibility.value; }
       if (body.visibility === "teachers" && tform.elements.teachers) {
-        body.teachers = tform.elements.teachers.value.split(",").map(function (t) { return t.trim(); }).filter(function (t) { return t; });
+        body.teachers = teacherList(tform.elements.teachers.value);
       }
       var button = tform.querySelector('button[type="submit"]');
       if (button) { button.disabled = true; }
@@ -109,9 +109,69 @@
     });
   }
 
+  function teacherList(text) {
+    return text.split(",").map(function (t) { return t.trim(); }).filter(function (t) { return t; });
+  }
+
+  // The page's words for a catalogue record's visibility ({kind: all_teachers|teachers|admins_only, names}).
+  function openTo(record) {
+    var v = record.visibility || {};
+    if (v.kind === "all_teachers") { return { visibility: "all", teachers: [] }; }
+    if (v.kind === "teachers") { return { visibility: "teachers", teachers: v.names || [] }; }
+    return { visibility: "admins", teachers: [] };
+  }
+
+  function visibilityText(o) {
+    if (o.visibility === "all") { return "all teachers"; }
+    if (o.visibility === "teachers") { return o.teachers.join(", "); }
+    return "admins only";
+  }
+
+  // The visibility dialog: PUT /api/templates/{cluster}/{vmid} {visibility, teachers}; the row's
+  // "Open to" cell follows the answer.
+  var vdialog = document.getElementById("visibility-dialog");
+  var vbutton = null;
+  if (vdialog) {
+    var vform = vdialog.querySelector("form");
+    vdialog.addEventListener("click", function (ev) {
+      if (ev.target.closest && ev.target.closest("button[data-close]")) { vdialog.close(); }
+    });
+    vform.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      if (!vbutton) { return; }
+      var out = vform.querySelector('[data-f="result"]');
+      var body = { visibility: vform.elements.visibility.value };
+      if (body.visibility === "teachers") { body.teachers = teacherList(vform.elements.teachers.value); }
+      var b = vbutton;
+      show(out, "Saving…", true);
+      call("PUT", "/api/templates/" + encodeURIComponent(b.getAttribute("data-cluster")) + "/" +
+        encodeURIComponent(b.getAttribute("data-vmid")), body).then(function (t) {
+        var o = openTo(t);
+        var row = b.closest("tr");
+        setText(row && row.querySelector('[data-f="visibility"]'), visibilityText(o));
+        b.setAttribute("data-visibility", o.visibility);
+        b.setAttribute("data-teachers", o.teachers.join(", "));
+        vdialog.close();
+        if (tform) { show(tform.querySelector('[data-f="result"]'), (t.name || "The template") + " is open to " + visibilityText(o) + ".", true); }
+      }).catch(function (e) { show(out, e.message, false); });
+    });
+  }
+
   var ttable = document.getElementById("templates");
   if (ttable && tform) {
     ttable.addEventListener("click", function (ev) {
+      var vb = ev.target.closest ? ev.target.closest('button[data-action="template-visibility"]') : null;
+      if (vb && vdialog) {
+        vbutton = vb;
+        var f = vdialog.querySelector("form");
+        vdialog.querySelector('[data-f="template"]').textContent = vb.getAttribute("data-name") + " (" +
+          vb.getAttribute("data-cluster") + "/" + vb.getAttribute("data-vmid") + ")";
+        f.elements.visibility.value = vb.getAttribute("data-visibility") || "all";
+        f.elements.teachers.value = vb.getAttribute("data-teachers") || "";
+        show(f.querySelector('[data-f="result"]'), "", true);
+        vdialog.showModal();
+        return;
+      }
       var button = ev.target.closest ? ev.target.closest('button[data-action="unregister-template"]') : null;
       if (!button) { return; }
       var out = tform.querySelector('[data-f="result"]');
@@ -280,6 +340,12 @@
       var ttl = document.getElementById("invite-ttl");
       var v = ttl ? ttl.value : "";
       var body = v === "never" ? { never: true } : (v ? { expires_in_secs: parseInt(v, 10) } : {});
+      var max = document.getElementById("invite-max");
+      if (max && max.value.trim() !== "") {
+        var n = Number(max.value.trim());
+        if (!Number.isInteger(n) || n < 0) { show(result, "New accounts at most: give a whole number (or leave it empty).", false); return; }
+        body.max_registrations = n;
+      }
       busy(button, call("POST", api + "/invite", body)).then(function (d) {
         var url = d.url;
         if (url.charAt(0) === "/") { url = window.location.origin + url; }
