@@ -456,6 +456,10 @@ async function phaseDelete() {
     await page.locator("#class-result").filter({ hasText: /delet/i }).waitFor({ timeout: 20000 });
     seen.result = (await page.locator("#class-result").textContent()).trim();
     await screenshot(page, "teacher-deleting");
+    // The page leaves for the class list with a notice naming the class, never for a 404.
+    await page.waitForURL((u) => new URL(u).pathname === "/classes", { timeout: 30000 });
+    seen.notice = (await page.locator("#classes-notice").textContent({ timeout: 10000 })).trim();
+    if (!seen.notice.includes("is being deleted")) { throw new Error("the class list's notice says " + seen.notice); }
     const deadline = Date.now() + 120000;
     for (;;) {
       await page.goto(base + "/classes");

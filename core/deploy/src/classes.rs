@@ -236,6 +236,7 @@ impl Deployer {
             .map_err(DeployError::Invalid)?;
         store::accounts::validate_text("a class description", &spec.description, MAX_DESCRIPTION, true)
             .map_err(DeployError::Invalid)?;
+        self.check_name_free(owner, &name, None)?;
         let max_pool = self.max_pool();
         if spec.pool_size > max_pool {
             return Err(DeployError::Invalid(format!(
@@ -604,6 +605,22 @@ impl Deployer {
             .ok_or_else(|| DeployError::not_found(format!("class {id}")))
     }
 
+    /// Refuses a class name `owner` already uses for another class (letter case and surrounding
+    /// space do not make a name different): two classes a teacher cannot tell apart in their list.
+    fn check_name_free(&self, owner: &str, name: &str, except: Option<&str>) -> Result<()> {
+        let wanted = name.trim().to_lowercase();
+        let taken = self.classes()?.into_iter().any(|c| {
+            c.owner == owner && Some(c.id.as_str()) != except && c.name.trim().to_lowercase() == wanted
+        });
+        if taken {
+            return Err(DeployError::Invalid(format!(
+                "the class name {:?} is taken: {owner} has a class of that name already; choose another",
+                name.trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Changes a class's settings. A larger `pool_size` starts an `add-vms` job (returned); a smaller one
     /// starts a `delete-class` job for free student VMs (never assigned ones: [`DeployError::Conflict`]
     /// when too few are free). Errors: [`DeployError::NotFound`], [`DeployError::Invalid`].
@@ -623,8 +640,9 @@ impl Deployer {
             check_specs(s)?;
         }
         if let Some(n) = &u.name {
-            store::accounts::validate_text("a class name", n, MAX_CLASS_NAME, false)
+            let n = store::accounts::validate_text("a class name", n, MAX_CLASS_NAME, false)
                 .map_err(DeployError::Invalid)?;
+            self.check_name_free(&class.owner, &n, Some(id))?;
         }
         if let Some(d) = &u.description {
             store::accounts::validate_text("a class description", d, MAX_DESCRIPTION, true)
@@ -704,7 +722,8 @@ impl Deployer {
                 } else {
                     default_node.clone()
                 };
-                let name = store::vm_name_from(&format!("{id}-s{slot:0width$}"), *vmid);
+                // The same rule as the workflow scripts' first deployment: `<class>-student-s<slot>`.
+                let name = store::vm_name_from(&format!("{id}-student-s{slot:0width$}"), *vmid);
                 json!({"name": name, "vmid": vmid, "role": "student", "user": "", "slot": slot, "node": node})
             })
             .collect();

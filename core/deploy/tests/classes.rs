@@ -236,6 +236,18 @@ async fn fifty_concurrent_joins_get_fifty_different_vms_and_the_51st_is_told_the
         "{:#?}",
         add.steps
     );
+    // VMs added later are named like the first ones: `<class>-student-s<slot>`.
+    let names: Vec<String> = e
+        .deployer
+        .class_vms(&class.id)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.role == deploy::VmRole::Student)
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names.len(), 51, "{names:?}");
+    let prefix = format!("{}-student-s", class.id);
+    assert!(names.iter().all(|n| n.starts_with(&prefix)), "{names:?}");
     let got = e.deployer.assign(&class.id, &full[0]).unwrap();
     assert!(matches!(got, JoinOutcome::Assigned { .. }), "{got:?}");
     assert!(e.deployer.waiting_list(&class.id).unwrap().is_empty());

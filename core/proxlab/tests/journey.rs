@@ -462,12 +462,16 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     );
 
     // 6. Delete: nothing of the class is left on the cluster or the storage.
-    browser_phase(
+    let seen = browser_phase(
         &root,
         &server,
         dir.path(),
         json!({"phase": "delete", "artifacts": artifacts, "profiles": profiles, "teacher": "teacher",
                "class_id": class_id}),
+    );
+    assert!(
+        seen["notice"].as_str().unwrap().starts_with(CLASS_NAME),
+        "the class list names the class being deleted: {seen}"
     );
     api.wait("the class to be gone", 60, async |a: &Api| {
         a.get(&format!("/api/classes/{class_id}")).await.0 == 404

@@ -352,6 +352,30 @@ async fn class_names_descriptions_co_owners_and_templates() {
         "{id}"
     );
     assert_eq!(v["class"]["name"], json!(name));
+    // The same teacher cannot make a second class of that name (nor rename one to it), whatever the
+    // letter case; nothing is stored.
+    let classes_now = w.fx.store.classes.values().unwrap().len();
+    let again = json!({"name": format!(" {} ", name.to_uppercase()), "template_vmid": 9000, "pool_size": 0, "node": "pve1"});
+    let a = w.call("teach", "POST", "/api/classes", Some(again)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(
+        a.message().contains("class name") && a.message().contains("taken"),
+        "{}",
+        a.message()
+    );
+    assert_eq!(w.fx.store.classes.values().unwrap().len(), classes_now);
+    let before = class_record(&w, "c1");
+    let a = w
+        .call(
+            "teach",
+            "PUT",
+            "/api/classes/c1",
+            Some(json!({"name": name.clone()})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(a.message().contains("taken"), "{}", a.message());
+    assert_eq!(class_record(&w, "c1"), before);
     let job = v["job"]["id"].as_str().unwrap().to_string();
     let j = w.deployer.wait_job(&job, Duration::from_secs(180)).await.unwrap();
     assert_eq!(j.state, store::JobState::Done, "{j:?}");

@@ -84,6 +84,22 @@
     });
   }
 
+  // ---- /classes: a notice left by the page before (a class deleted) ---------------------------------
+
+  var list = document.getElementById("classes");
+  if (list) {
+    var notice = null;
+    try { notice = window.sessionStorage.getItem("proxlab-notice"); window.sessionStorage.removeItem("proxlab-notice"); } catch (x) { /* private mode */ }
+    if (notice) {
+      var p = document.createElement("p");
+      p.className = "banner ok";
+      p.id = "classes-notice";
+      p.setAttribute("role", "status");
+      p.textContent = notice;
+      list.parentNode.insertBefore(p, list);
+    }
+  }
+
   // ---- /classes: registering a template (admins) ---------------------------------------------------
 
   var tform = document.getElementById("register-template");
@@ -224,10 +240,13 @@
   var progress = document.getElementById("job-progress");
   var jobPanel = document.getElementById("job-panel");
   var reloading = false;
+  var leaving = null; // set once the class is being deleted: where to go instead of reloading
   function reloadSoon() {
     if (reloading) { return; }
     reloading = true;
-    window.setTimeout(function () { window.location.reload(); }, 800);
+    window.setTimeout(function () {
+      if (leaving) { window.location.href = leaving; } else { window.location.reload(); }
+    }, 800);
   }
 
   // A job event is flat: {job_id, job_kind, class_id, seq, at, type: job|step|progress, ...its fields}.
@@ -315,8 +334,12 @@
       if (typed !== id) { show(result, "The class id did not match; nothing was deleted.", false); return; }
       show(result, "Deleting…", true);
       call("DELETE", api + "?confirm=" + encodeURIComponent(typed)).then(function () {
+        var name = (document.querySelector(".page-head h1") || {}).textContent || id;
         show(result, "The class is being deleted.", true);
-        window.setTimeout(function () { window.location.href = "/classes"; }, 1200);
+        // Back to the class list with a notice, never to this page's 404 once the class is gone.
+        try { window.sessionStorage.setItem("proxlab-notice", name + " is being deleted: its VMs and overlays are removed in the background."); } catch (x) { /* private mode */ }
+        leaving = "/classes";
+        reloadSoon();
       }).catch(function (e) { show(result, e.message, false); });
     });
   }
