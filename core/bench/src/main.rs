@@ -11,9 +11,15 @@
 //!   (sign-in and start p50/p99, PVE start tasks per VM, power operations in flight, the server's peak
 //!   RSS), and the start-visible latency: PVE task end → `/api/events` and `/api/vms` (target ≤ 2 s).
 //!
-//! Usage: `proxlab-bench [read|memory|reload|sync|deploy|start|all] [--duration SECS] [--students N]`.
+//! - `hours`: the class-hours timer wheel with 1,000 classes of 5 weekly slots: planning time, memory,
+//!   wake-ups per hour and CPU over one simulated week.
+//!
+//! Usage: `proxlab-bench [read|memory|reload|sync|deploy|start|hours|all] [--duration SECS]
+//! [--students N] [--classes N]` (clap; `--help` lists them).
 //! Needs `wrk` (Debian package) for `read` and `reload`, and the `proxlab` binary next to this one
 //! (`cargo build --release -p proxlab`; env `PROXLAB_BIN` overrides) for `start`.
+
+mod hours;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -611,21 +617,42 @@ async fn bench_memory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which benchmark to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Read,
+    Memory,
+    Reload,
+    Sync,
+    Deploy,
+    Start,
+    Hours,
+    All,
+}
+
+/// Proxlab's benchmarks; every figure beside its ceiling or floor measured in the same run.
+#[derive(Debug, clap::Parser)]
+#[command(name = "proxlab-bench")]
+struct Cli {
+    /// The benchmark to run.
+    #[arg(value_enum, default_value = "all")]
+    what: Which,
+    /// Seconds per wrk run (`read`, `reload`).
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Students in the Start storm (`start`).
+    #[arg(long, default_value_t = 500)]
+    students: usize,
+    /// Classes on the timer wheel (`hours`).
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let what = args.first().map(String::as_str).unwrap_or("all").to_string();
-    let secs = args
-        .iter()
-        .position(|a| a == "--duration")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5u64);
-    let students = args
-        .iter()
-        .position(|a| a == "--students")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500usize);
+    let cli = <Cli as clap::Parser>::parse();
+    let secs = cli.duration;
+    let students = cli.students;
+    let run = |w: Which| cli.what == w || cli.what == Which::All;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -640,24 +667,27 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     rt.block_on(async {
-        if what == "read" || what == "all" {
+        if run(Which::Read) {
             bench_read(secs).await?;
         }
-        if what == "memory" || what == "all" {
+        if run(Which::Memory) {
             bench_memory().await?;
         }
-        if what == "reload" || what == "all" {
+        if run(Which::Reload) {
             bench_reload(secs).await?;
         }
-        if what == "sync" || what == "all" {
+        if run(Which::Sync) {
             bench_sync().await?;
         }
-        if what == "deploy" || what == "all" {
+        if run(Which::Deploy) {
             bench_deploy().await?;
         }
-        if what == "start" || what == "all" {
+        if run(Which::Start) {
             bench_start(students).await?;
             bench_start_visible(20).await?;
+        }
+        if run(Which::Hours) {
+            hours::bench_hours(cli.classes)?;
         }
         let _ = Duration::ZERO;
         Ok(())
