@@ -27,18 +27,31 @@ struct Cli {
     command: Command,
 }
 
+/// `--config FILE` (or `PROXLAB_CONFIG`) of every command that reads the configuration.
+#[derive(clap::Args, Debug)]
+struct ConfigPath {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        env = "PROXLAB_CONFIG",
+        default_value = "proxlab.toml",
+        global = true
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the portal.
     Serve {
-        /// Configuration file.
-        #[arg(long, short, env = "PROXLAB_CONFIG", default_value = "proxlab.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Sync the inventory of every cluster.
     Sync {
-        #[arg(long, short, env = "PROXLAB_CONFIG", default_value = "proxlab.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         /// Run one sync (inventory + IP lookups), print a summary per cluster and exit; exits 1 when a
         /// cluster failed.
         #[arg(long)]
@@ -46,32 +59,20 @@ enum Command {
     },
     /// Preflight: checks each cluster's connection and the API token's privileges.
     Check {
-        #[arg(long, short, env = "PROXLAB_CONFIG", default_value = "proxlab.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Manage accounts (run with the server stopped): add, passwd, list, disable, enable.
     User {
-        #[arg(
-            long,
-            short,
-            env = "PROXLAB_CONFIG",
-            default_value = "proxlab.toml",
-            global = true
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         #[command(subcommand)]
         cmd: admin::UserCmd,
     },
     /// Manage API tokens for scripts (run with the server stopped): create, list, revoke.
     Token {
-        #[arg(
-            long,
-            short,
-            env = "PROXLAB_CONFIG",
-            default_value = "proxlab.toml",
-            global = true
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         #[command(subcommand)]
         cmd: admin::TokenCmd,
     },
@@ -125,12 +126,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             wiring::serve(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync { config, once } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             if !once {
                 anyhow::bail!(
                     "`proxlab sync` runs inside `proxlab serve`; use `proxlab sync --once` for a one-off sync"
@@ -139,16 +140,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wiring::sync_once(cfg).await
         }
         Command::Check { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             wiring::check(cfg).await
         }
         Command::User { config, cmd } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             admin::user(&cfg, cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { config, cmd } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             admin::token(&cfg, cmd)?;
             Ok(ExitCode::SUCCESS)
         }
