@@ -21,7 +21,8 @@
 //!   external data files), overlays with an absolute backing path and `-F <real format>`, flatten (`convert` to a temp
 //!   name, then `mv`), safe rebase and identical-content unsafe rebase, both with `-F`, remove/mkdir/exists.
 //!   Command lines come from pure builders in [`qcow2::cmd`] with golden-string tests.
-//! - **Quoting**: [`shell_quote`] / [`shell_join`], POSIX single-quote style, for argv sent over SSH.
+//! - **Quoting**: [`shell_quote`] / [`shell_join`] / [`checked_shell_quote`], POSIX single-quote style,
+//!   for argv sent over SSH — the one shell quoter of Proxlab (the script host's `ssh::quote` uses it).
 //!
 //! It must never:
 //! - depend on another Proxlab crate (it is used by `script` host modules and the deploy jobs, not the
@@ -59,6 +60,6 @@ mod ssh;
 pub use error::ClonerError;
 pub use exec::{ExecOutput, Executor, LocalExecutor, MAX_OUTPUT};
 pub use qcow2::{ImageFormat, ImageInfo, Qcow2, RebaseMode};
-pub use quote::{shell_join, shell_quote};
+pub use quote::{checked_shell_quote, shell_join, shell_quote};
 pub use ssh::guest::{self, GuestConnection, GuestHostKeys, GuestProfile};
 pub use ssh::{AlgorithmProfile, HostKeyPolicy, NodeAccess, SshExecutor, SshPool};
