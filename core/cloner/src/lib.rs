@@ -9,6 +9,10 @@
 //!   [`NodeAccess::max_sessions`] at once), re-made when lost; keepalive; connect and command timeouts;
 //!   algorithm profiles ([`AlgorithmProfile`]: modern by default, an opt-in legacy one for old guests).
 //!   [`SshPool`] keeps one executor per node.
+//! - **[`guest`]**: the same client with the guest profile, for the browser terminal: one interactive
+//!   shell on a VM's sshd, the user's own credentials passed through once, the presented host key
+//!   handed back and judged against the per-VM record ([`GuestHostKeys`]) before any credential is
+//!   sent, never any key of ours.
 //! - **[`LocalExecutor`]**: the same [`Executor`] trait, running argv directly (no shell) for a portal that
 //!   runs on the node itself.
 //! - **[`Qcow2`]**: `qemu-img info -f <format>` with the format PVE's volume config states (never
@@ -17,7 +21,8 @@
 //!   external data files), overlays with an absolute backing path and `-F <real format>`, flatten (`convert` to a temp
 //!   name, then `mv`), safe rebase and identical-content unsafe rebase, both with `-F`, remove/mkdir/exists.
 //!   Command lines come from pure builders in [`qcow2::cmd`] with golden-string tests.
-//! - **Quoting**: [`shell_quote`] / [`shell_join`], POSIX single-quote style, for argv sent over SSH.
+//! - **Quoting**: [`shell_quote`] / [`shell_join`] / [`checked_shell_quote`], POSIX single-quote style,
+//!   for argv sent over SSH — the one shell quoter of Proxlab (the script host's `ssh::quote` uses it).
 //!
 //! It must never:
 //! - depend on another Proxlab crate (it is used by `script` host modules and the deploy jobs, not the
@@ -55,5 +60,6 @@ mod ssh;
 pub use error::ClonerError;
 pub use exec::{ExecOutput, Executor, LocalExecutor, MAX_OUTPUT};
 pub use qcow2::{ImageFormat, ImageInfo, Qcow2, RebaseMode};
-pub use quote::{shell_join, shell_quote};
+pub use quote::{checked_shell_quote, shell_join, shell_quote};
+pub use ssh::guest::{self, GuestConnection, GuestHostKeys, GuestProfile};
 pub use ssh::{AlgorithmProfile, HostKeyPolicy, NodeAccess, SshExecutor, SshPool};

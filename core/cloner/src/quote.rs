@@ -38,6 +38,23 @@ pub fn shell_quote(arg: &str) -> String {
     out
 }
 
+/// [`shell_quote`] for a caller that cannot rely on an executor's argv check (a script composing a
+/// `sh -c` line itself): a NUL byte, which no shell argument can carry, is
+/// [`crate::ClonerError::Config`] instead of a silently cut argument.
+///
+/// ```
+/// assert_eq!(cloner::checked_shell_quote("it's").unwrap(), r"'it'\''s'");
+/// assert!(cloner::checked_shell_quote("a\0b").is_err());
+/// ```
+pub fn checked_shell_quote(arg: &str) -> Result<String, crate::ClonerError> {
+    if arg.contains('\0') {
+        return Err(crate::ClonerError::Config(
+            "an argument with a NUL byte cannot be passed to a shell".into(),
+        ));
+    }
+    Ok(shell_quote(arg))
+}
+
 /// Join argv into one command line for a POSIX shell: each element through [`shell_quote`], separated by
 /// single spaces. The first word is also quoted when it contains `=`, so it is never read as a variable
 /// assignment.
@@ -132,5 +149,69 @@ mod tests {
         let mut want: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
         want.push(String::new()); // after the last NUL
         assert_eq!(got, want);
+    }
+
+    /// Hostile arguments — quotes of both kinds, newlines, command substitution with `$()` and
+    /// backquotes, variables, globs, a leading `-`, an `=` in the first word — reach a real `sh -c`
+    /// unchanged, one argument each; a NUL byte is refused by the checked quoter and by the executors.
+    #[test]
+    fn hostile_arguments_round_trip_through_sh_and_nul_is_refused() {
+        let hostile = [
+            "'; rm -rf / #",
+            "\"double\" 'single'",
+            "$(touch /tmp/proxlab-quote-pwned)",
+            "`touch /tmp/proxlab-quote-pwned`",
+            "${IFS}$0$@",
+            "line one\nline two\n",
+            "-rf",
+            "--output=/etc/passwd",
+            "-",
+            "*",
+            "a=b",
+            "\\'\\",
+            " leading and trailing ",
+            "\r\t\x1b[31m",
+        ];
+        // As the only word after the program, and as the first word (where `=` matters).
+        let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
+        argv.extend(hostile.iter().map(|s| s.to_string()));
+        let line = shell_join(&argv);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {out:?}");
+        let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        let want: Vec<&[u8]> = hostile.iter().map(|s| s.as_bytes()).chain([&b""[..]]).collect();
+        assert_eq!(got, want, "{line}");
+        for arg in hostile {
+            assert_eq!(checked_shell_quote(arg).unwrap(), shell_quote(arg));
+        }
+        assert!(!std::path::Path::new("/tmp/proxlab-quote-pwned").exists());
+        let first = shell_join(&["a=b".to_string(), "c".to_string()]);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{first} 2>/dev/null; echo $?"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "127",
+            "not an assignment"
+        );
+
+        assert!(checked_shell_quote("a\0b").is_err());
+        let exec = crate::LocalExecutor::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let argv = ["printf".to_string(), "a\0b".to_string()];
+        let refused = rt.block_on(crate::Executor::run(&exec, &argv));
+        assert!(
+            matches!(refused, Err(crate::ClonerError::Config(_))),
+            "{refused:?}"
+        );
     }
 }

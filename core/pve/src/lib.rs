@@ -36,7 +36,9 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod check;
 mod client;
+pub mod console;
 mod de;
 mod error;
 mod models;
@@ -44,6 +46,7 @@ mod secret;
 mod tls;
 
 pub use auth::{Auth, Clock, ManualClock, SystemClock};
+pub use check::{ClusterCheck, ClusterProbe};
 pub use client::{PveClient, PveConfig, WebSocketTarget, encode_sshkeys};
 pub use error::{PveError, classify, classify_task_failure};
 pub use models::*;

@@ -140,7 +140,7 @@ pub trait Host: Send + Sync + 'static {
     }
 
     /// Runs `argv` on a configured node of a cluster over SSH. The implementation must quote each
-    /// element for the remote shell (see [`crate::shell_join`]); it never passes a script string
+    /// element for the remote shell (see [`cloner::shell_join`]); it never passes a script string
     /// to a shell unquoted.
     fn ssh_exec(
         &self,
@@ -183,48 +183,5 @@ impl NullHost {
 impl Host for NullHost {
     fn runtime(&self) -> tokio::runtime::Handle {
         self.handle.clone()
-    }
-}
-
-/// Quotes one argument for a POSIX shell: safe characters pass unchanged, anything else is put in
-/// single quotes with embedded `'` written as `'\''`. The empty string becomes `''`.
-pub fn shell_quote(arg: &str) -> String {
-    let safe = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if safe {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-/// Joins `argv` into one command line for a remote POSIX shell, each element quoted with
-/// [`shell_quote`]. This is what an SSH executor sends as the `exec` request.
-pub fn shell_join(argv: &[String]) -> String {
-    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quote_leaves_safe_words_and_quotes_the_rest() {
-        assert_eq!(shell_quote("qemu-img"), "qemu-img");
-        assert_eq!(
-            shell_quote("/var/lib/vz/images/100/base.qcow2"),
-            "/var/lib/vz/images/100/base.qcow2"
-        );
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("x; rm -rf /"), "'x; rm -rf /'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("$(id)"), "'$(id)'");
-        assert_eq!(
-            shell_join(&["ls".into(), "-l".into(), "my file".into()]),
-            "ls -l 'my file'"
-        );
     }
 }

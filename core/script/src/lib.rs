@@ -48,7 +48,7 @@ pub use api_doc::api_markdown;
 pub use check::{check, check_sources, parse_vm_ref, run_entry_file, sample_args, vm_arg};
 pub use engine::{CallState, EngineFactory, Limits, rss_kib};
 pub use error::{Diagnostic, Limit, LoadError, ScriptError, format_load_errors};
-pub use host::{ExecOutput, Host, HostError, JobSink, NullHost, Qcow2Ops, shell_join, shell_quote};
+pub use host::{ExecOutput, Host, HostError, JobSink, NullHost, Qcow2Ops};
 pub use modules::net::{ArpEntry, classify as classify_ip, in_cidr, normalize_mac, parse_proc_net_arp};
 pub use modules::pve::error_code as pve_error_code;
 pub use plugin::{

@@ -28,7 +28,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use minijinja::{Value, context};
-use pve::{Auth, PveClient, PveConfig, Secret, Tls};
+use pve::{Auth, ClusterProbe, PveConfig, Secret, Tls};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use store::{AssignmentRecord, Role, UserRecord};
@@ -503,15 +503,12 @@ pub async fn test_cluster(State(st): State<AppState>, p: Principal, authn: Authn
             return e.into_response();
         }
     };
-    let out = async {
-        let v = client.version().await?;
-        let nodes = client.nodes().await?;
-        let guests = client.cluster_resources().await?;
-        Ok::<_, pve::PveError>((v, nodes, guests.len()))
-    }
-    .await;
-    let (result, body) = match out {
-        Ok((v, nodes, guests)) => {
+    let (result, body) = match client.run().await {
+        Ok(pve::ClusterCheck {
+            version: v,
+            nodes,
+            guests,
+        }) => {
             let nodes: Vec<_> = nodes
                 .iter()
                 .map(|n| json!({"node": n.node, "status": n.status}))
@@ -534,7 +531,7 @@ pub async fn test_cluster(State(st): State<AppState>, p: Principal, authn: Authn
     Json(body).into_response()
 }
 
-fn test_client(input: &ClusterTest) -> AppResult<PveClient> {
+fn test_client(input: &ClusterTest) -> AppResult<ClusterProbe> {
     let url: url::Url = input
         .url
         .trim()
@@ -577,8 +574,7 @@ fn test_client(input: &ClusterTest) -> AppResult<PveClient> {
     };
     let mut cfg = PveConfig::new(url, auth, tls);
     cfg.timeout = Duration::from_secs(TEST_TIMEOUT_SECS);
-    cfg.read_retries = 0;
-    PveClient::new(cfg).map_err(|e| AppError::BadRequest(e.to_string()))
+    ClusterProbe::new(cfg).map_err(|e| AppError::BadRequest(e.to_string()))
 }
 
 // ---- assignments ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 //! before authentication.
 
 mod algorithms;
+pub mod guest;
 mod hostkey;
 
 use std::collections::HashMap;

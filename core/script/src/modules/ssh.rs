@@ -26,8 +26,9 @@ pub(crate) fn argv_of(argv: &rhai::Array) -> Result<Vec<String>, Box<EvalAltResu
 pub mod ssh_mod {
     use super::argv_of;
     use crate::engine::{call_state, throw};
-    use crate::host::{ExecOutput, shell_join, shell_quote};
+    use crate::host::ExecOutput;
     use crate::modules::to_dyn;
+    use cloner::shell_join;
 
     /// Runs `argv` (array of strings; element 0 is the program) on `node` of `cluster` over SSH.
     /// Each element is quoted for the remote shell, so spaces, quotes and `;` stay literal
@@ -95,8 +96,11 @@ pub mod ssh_mod {
     }
 
     /// Quotes one string for a POSIX shell (`'it'\''s'`), for building messages or for the rare
-    /// `["sh", "-c", ...]` where the script composes a command line itself.
-    pub fn quote(arg: &str) -> String {
-        shell_quote(arg)
+    /// `["sh", "-c", ...]` where the script composes a command line itself. The quoting is the one the
+    /// SSH executor uses for argv.
+    /// Errors: `arg.nul` for a string with a NUL byte (no shell argument can carry one).
+    #[rhai_fn(return_raw)]
+    pub fn quote(arg: &str) -> Result<String, Box<EvalAltResult>> {
+        cloner::checked_shell_quote(arg).map_err(|e| throw("arg.nul", e.to_string()))
     }
 }

@@ -1,7 +1,8 @@
 //! The VM console in the browser: `GET /console/{vmid}` (noVNC page) and `GET /ws/console/{vmid}?token=…`,
 //! a relay to PVE's `POST /nodes/{node}/{qemu|lxc}/{vmid}/vncproxy` (`websocket=1`) +
 //! `GET …/vncwebsocket?port=…&vncticket=…`, opened per browser connection with Proxlab's own cluster
-//! credentials after the same checks as the terminal ([`super::check_upgrade`]).
+//! credentials after the same checks as the terminal ([`super::check_upgrade`]). The PVE leg is
+//! [`pve::console`]; this module keeps the browser leg and the RFB handshake between the two.
 //!
 //! The PVE ticket never reaches the browser: the relay performs the RFB security handshake with PVE
 //! itself (VNC authentication, RFB 3.8 §7.2.2, with the ticket as the password, as PVE expects) and offers
@@ -23,14 +24,10 @@ use axum::extract::ws::{
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use des::cipher::{BlockCipherEncrypt, KeyInit};
 use futures::{SinkExt, StreamExt};
-use pve::PveClient;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
+pub use pve::console::vnc_auth_response;
+use pve::console::{ConsoleKind, VncConsole, VncSocket, VncTarget};
 use tokio_tungstenite::tungstenite::Message as UpMessage;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue as UpHeaderValue;
 
 use super::{ConnectQuery, SessionGuard, close};
 use crate::auth::{Action, Authn, Decision, Principal, Target, decide};
@@ -41,7 +38,7 @@ use crate::state::AppState;
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// The subprotocol both legs use.
-pub const SUBPROTOCOL: &str = "binary";
+pub const SUBPROTOCOL: &str = pve::console::VNC_SUBPROTOCOL;
 
 /// `GET /console/{vmid}`: `console.html` with the same context as the terminal page (`vm`, `ws_path`,
 /// `token_path`, `vendor`, `csrf_token`, `user`).
@@ -72,9 +69,7 @@ struct Console {
     client_addr: IpAddr,
     cluster: String,
     vmid: u32,
-    node: String,
-    kind: String,
-    client: PveClient,
+    upstream: VncTarget,
     _slot: SessionGuard,
 }
 
@@ -144,116 +139,9 @@ fn prepare(
         client_addr,
         cluster,
         vmid,
-        node: g.node.clone(),
-        kind: if g.kind == "lxc" {
-            "lxc".into()
-        } else {
-            "qemu".into()
-        },
-        client,
+        upstream: VncTarget::new(&client, &g.node, ConsoleKind::of_type(&g.kind), vmid),
         _slot: slot,
     })
-}
-
-/// Byte stream over a WebSocket's binary frames (for the RFB handshake).
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-type Upstream = WebSocketStream<Box<dyn Io>>;
-
-/// Opens the upstream leg: `vncproxy` (websocket=1) for a ticket, then the `vncwebsocket` with subprotocol
-/// `binary` over this cluster's TLS trust. Returns the socket and the ticket (the VNC password).
-async fn open_upstream(c: &Console) -> Result<(Upstream, pve::Secret), String> {
-    let base = format!("/nodes/{}/{}/{}", c.node, c.kind, c.vmid);
-    let answer = c
-        .client
-        .post_value(&format!("{base}/vncproxy"), &[("websocket", "1")])
-        .await
-        .map_err(|e| format!("vncproxy: {e}"))?;
-    let ticket = pve::Secret::new(
-        answer
-            .get("ticket")
-            .and_then(|t| t.as_str())
-            .ok_or("vncproxy: no ticket")?,
-    );
-    let port = match answer.get("port") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        _ => return Err("vncproxy: no port".into()),
-    };
-    let target = c
-        .client
-        .websocket_target(
-            &format!("{base}/vncwebsocket"),
-            &[("port", port.as_str()), ("vncticket", ticket.expose())],
-        )
-        .await
-        .map_err(|e| format!("vncwebsocket: {e}"))?;
-    let mut req = target
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("vncwebsocket request: {e}"))?;
-    let h = req.headers_mut();
-    h.insert("sec-websocket-protocol", UpHeaderValue::from_static(SUBPROTOCOL));
-    for (name, value) in &target.headers {
-        let mut v =
-            UpHeaderValue::from_str(value.expose()).map_err(|_| "authentication header is not valid")?;
-        v.set_sensitive(true);
-        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| "authentication header name is not valid")?;
-        h.insert(name, v);
-    }
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| "connecting to the cluster timed out".to_string())?
-    .map_err(|e| format!("connecting to the cluster: {e}"))?;
-    let io: Box<dyn Io> = match &target.tls {
-        Some(cfg) => {
-            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| format!("server name {}: {e}", target.host))?;
-            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with the cluster: {e}"))?;
-            Box::new(tls)
-        }
-        None => Box::new(tcp),
-    };
-    let (ws, resp) = tokio_tungstenite::client_async(req, io)
-        .await
-        .map_err(|e| format!("vncwebsocket handshake: {e}"))?;
-    let chosen = resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok());
-    if chosen != Some(SUBPROTOCOL) {
-        return Err(format!(
-            "PVE answered the console with subprotocol {chosen:?}, not `{SUBPROTOCOL}`"
-        ));
-    }
-    Ok((ws, ticket))
-}
-
-/// The VNC authentication response (RFB §7.2.2): the 16-byte challenge DES-encrypted (ECB) with the
-/// password's first 8 bytes (zero-padded), each byte's bits reversed — as every VNC server expects.
-pub fn vnc_auth_response(password: &[u8], challenge: &[u8; 16]) -> [u8; 16] {
-    let mut key = [0u8; 8];
-    for (k, b) in key.iter_mut().zip(password.iter()) {
-        *k = b.reverse_bits();
-    }
-    let cipher = des::Des::new(&key.into());
-    let mut out = [0u8; 16];
-    for (i, half) in challenge.chunks_exact(8).enumerate() {
-        let mut block = des::cipher::Block::<des::Des>::default();
-        block.copy_from_slice(half);
-        cipher.encrypt_block(&mut block);
-        out[i * 8..i * 8 + 8].copy_from_slice(&block);
-    }
-    out
 }
 
 /// Buffered reads of whole byte counts over WebSocket frames, for the handshake.
@@ -277,7 +165,7 @@ impl DownReader {
 }
 
 struct UpReader {
-    ws: Upstream,
+    ws: VncSocket,
     buf: Vec<u8>,
 }
 
@@ -401,8 +289,8 @@ async fn run(socket: WebSocket, c: Console) {
     let target = format!("{}/{}", c.cluster, c.vmid);
     let (mut down_tx, down_rx) = socket.split();
     let shutdown_rx = c.st.connect.shutdown_signal();
-    let (ws, ticket) = tokio::select! {
-        r = open_upstream(&c) => match r {
+    let VncConsole { socket: ws, ticket } = tokio::select! {
+        r = c.upstream.open() => match r {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(vm = %target, error = %e, "console relay could not reach PVE");
@@ -512,27 +400,6 @@ async fn run(socket: WebSocket, c: Console) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vnc_auth_matches_the_known_answer() {
-        // Password "password": DES key 0e86ceceeef64e26 (bits reversed). Known answers computed with
-        // Python `cryptography` (the same construction the fake PVE's VNC server checks).
-        let hex = |b: [u8; 16]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        assert_eq!(
-            hex(vnc_auth_response(b"password", &[0u8; 16])),
-            "ff97502e9422f089ff97502e9422f089"
-        );
-        let counting: [u8; 16] = std::array::from_fn(|i| i as u8);
-        assert_eq!(
-            hex(vnc_auth_response(b"password", &counting)),
-            "b866924125c8eebb9debc1db61c538e2"
-        );
-        // Only the first 8 bytes of the password matter.
-        assert_eq!(
-            vnc_auth_response(b"passwordXYZ", &counting),
-            vnc_auth_response(b"password", &counting)
-        );
-    }
 
     #[test]
     fn offered_protocols_are_split_and_trimmed() {

@@ -3,54 +3,44 @@
 //! is a loud warning in the terminal, the log and the audit log, and the user decides before any
 //! credential is sent.
 
-use serde::{Deserialize, Serialize};
+use cloner::GuestHostKeys;
+pub use cloner::guest::{HostKeyRecord, HostKeyStatus};
 use store::Store;
 
 /// Name of the sled tree.
 pub const TREE: &str = "guest_host_keys";
-
-/// The recorded key of one VM.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostKeyRecord {
-    /// Key algorithm (`ssh-ed25519`, `rsa-sha2-512`, …).
-    pub algorithm: String,
-    /// `SHA256:<base64>` as `ssh-keygen -lf` prints it.
-    pub fingerprint: String,
-    /// The public key in OpenSSH form (`ssh-ed25519 AAAA…`).
-    pub openssh: String,
-    /// When it was first seen (Unix s).
-    pub first_seen: u64,
-    /// When it was last seen (Unix s).
-    pub last_seen: u64,
-}
-
-/// How a presented key compares with the record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostKeyStatus {
-    /// No key recorded for this VM yet.
-    New,
-    /// The recorded key.
-    Known,
-    /// Another key than the recorded one.
-    Changed(HostKeyRecord),
-}
 
 /// Errors reading or writing the tree (the message only).
 #[derive(Debug, thiserror::Error)]
 #[error("host key store: {0}")]
 pub struct HostKeyStoreError(String);
 
-fn err(e: impl std::fmt::Display) -> HostKeyStoreError {
-    HostKeyStoreError(e.to_string())
+/// The sled tree as the cloner's guest host-key store; the rules (first use, known, changed) are the
+/// cloner's ([`GuestHostKeys`]). Guests are named `cluster/vmid` ([`store::vm_key`]).
+pub struct VmHostKeys<'a>(pub &'a Store);
+
+impl GuestHostKeys for VmHostKeys<'_> {
+    fn load(&self, guest: &str) -> Result<Option<HostKeyRecord>, String> {
+        let tree = self.0.db().open_tree(TREE).map_err(|e| e.to_string())?;
+        match tree.get(guest.as_bytes()).map_err(|e| e.to_string())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, guest: &str, record: &HostKeyRecord) -> Result<(), String> {
+        let tree = self.0.db().open_tree(TREE).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        tree.insert(guest.as_bytes(), bytes).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 /// The record of `cluster`/`vmid`, if any.
 pub fn get(store: &Store, cluster: &str, vmid: u32) -> Result<Option<HostKeyRecord>, HostKeyStoreError> {
-    let tree = store.db().open_tree(TREE).map_err(err)?;
-    match tree.get(store::vm_key(cluster, vmid).as_bytes()).map_err(err)? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(err)?)),
-        None => Ok(None),
-    }
+    VmHostKeys(store)
+        .load(&store::vm_key(cluster, vmid))
+        .map_err(HostKeyStoreError)
 }
 
 /// Compares `presented` with the record.
@@ -60,27 +50,17 @@ pub fn compare(
     vmid: u32,
     presented: &HostKeyRecord,
 ) -> Result<HostKeyStatus, HostKeyStoreError> {
-    Ok(match get(store, cluster, vmid)? {
-        None => HostKeyStatus::New,
-        Some(r) if r.openssh == presented.openssh => HostKeyStatus::Known,
-        Some(r) => HostKeyStatus::Changed(r),
-    })
+    VmHostKeys(store)
+        .compare(&store::vm_key(cluster, vmid), presented)
+        .map_err(HostKeyStoreError)
 }
 
 /// Records `key` as the VM's key (first use, or the user accepted a change), keeping `first_seen` of an
 /// identical record.
 pub fn record(store: &Store, cluster: &str, vmid: u32, key: &HostKeyRecord) -> Result<(), HostKeyStoreError> {
-    let tree = store.db().open_tree(TREE).map_err(err)?;
-    let mut rec = key.clone();
-    if let Some(old) = get(store, cluster, vmid)?
-        && old.openssh == key.openssh
-    {
-        rec.first_seen = old.first_seen;
-    }
-    let bytes = serde_json::to_vec(&rec).map_err(err)?;
-    tree.insert(store::vm_key(cluster, vmid).as_bytes(), bytes)
-        .map_err(err)?;
-    Ok(())
+    VmHostKeys(store)
+        .record(&store::vm_key(cluster, vmid), key)
+        .map_err(HostKeyStoreError)
 }
 
 #[cfg(test)]

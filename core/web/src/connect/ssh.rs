@@ -1,5 +1,6 @@
 //! The SSH terminal in the browser: `GET /ssh/{vmid}` (page with xterm.js) and
-//! `GET /ws/terminal/{vmid}?token=…` (the WebSocket relay to the guest's sshd, over russh).
+//! `GET /ws/terminal/{vmid}?token=…` (the WebSocket relay to the guest's sshd, over the cloner's SSH client with its guest profile,
+//! [`cloner::guest`]).
 //!
 //! Before the upgrade ([`super::check_upgrade`]): the VM is the caller's, the `Origin` is the portal's,
 //! the one-time connect token matches, and the user has a free terminal slot and has not opened too many
@@ -30,7 +31,6 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{
@@ -39,16 +39,14 @@ use axum::extract::ws::{
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cloner::guest::{GuestConnection, GuestProfile, Interactive, ShellEvent};
 use futures::{SinkExt, StreamExt};
 use minijinja::context;
-use russh::client;
-use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
-use russh::{ChannelMsg, MethodKind, Preferred, kex};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::hostkeys::{self, HostKeyRecord, HostKeyStatus};
+use super::hostkeys::{self, HostKeyStatus};
 use super::{ConnectQuery, TerminalGuard, close, tag_port};
 use crate::auth::{Action, Authn, Decision, Principal, Target, decide};
 use crate::error::AppError;
@@ -673,65 +671,12 @@ impl Term {
     }
 }
 
-/// Client handler: remembers the host key the guest presented (checked against the record right after
-/// the key exchange, before any credential is sent).
-struct Guest {
-    presented: Arc<std::sync::Mutex<Option<PublicKey>>>,
-}
-
-impl client::Handler for Guest {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        server_key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let key: PublicKey = server_key.public_key().clone();
-        *self.presented.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
-        Ok(true)
-    }
-}
-
-/// russh's preference lists: the modern profile (russh's defaults without `ssh-rsa` SHA-1 signatures), or
-/// with `legacy` `diffie-hellman-group14-sha1` and `ssh-rsa` appended after them (old guests; never group1).
-pub fn preferred(legacy: bool) -> Preferred {
-    let base = Preferred::DEFAULT;
-    let mut kex_list: Vec<kex::Name> = base.kex.iter().copied().collect();
-    let mut keys: Vec<Algorithm> = base
-        .key
-        .iter()
-        .filter(|a| **a != Algorithm::Rsa { hash: None })
-        .cloned()
-        .collect();
-    if legacy {
-        kex_list.push(kex::DH_G14_SHA1);
-        keys.push(Algorithm::Rsa { hash: None });
-    }
-    Preferred {
-        kex: std::borrow::Cow::Owned(kex_list),
-        key: std::borrow::Cow::Owned(keys),
-        ..base
-    }
-}
-
-fn describe_connect_error(e: &russh::Error, legacy: bool) -> (String, String) {
+/// What the terminal shows when the guest's sshd cannot be reached: the user's hint, and the detail for
+/// the log.
+fn describe_connect_error(e: &cloner::ClonerError, legacy: bool) -> (String, String) {
     match e {
-        russh::Error::NoCommonAlgo {
-            kind,
-            ours: _,
-            theirs,
-        } => {
-            let kind = match kind {
-                russh::AlgorithmKind::Kex => "key exchange",
-                russh::AlgorithmKind::Key => "host key",
-                russh::AlgorithmKind::Cipher => "cipher",
-                russh::AlgorithmKind::Compression => "compression",
-                russh::AlgorithmKind::Mac => "MAC",
-            };
-            let detail = format!(
-                "no common {kind} algorithm: the VM offers only {}",
-                theirs.join(", ")
-            );
+        cloner::ClonerError::Negotiation { kind, offered, .. } => {
+            let detail = format!("no common {kind} algorithm: the VM offers only {offered}");
             let hint = if legacy {
                 "The VM's SSH server uses algorithms Proxlab does not support.".to_string()
             } else {
@@ -740,6 +685,10 @@ fn describe_connect_error(e: &russh::Error, legacy: bool) -> (String, String) {
             };
             (detail, hint)
         }
+        cloner::ClonerError::Connect { message, .. } => (
+            message.clone(),
+            format!("Cannot connect to the VM's SSH server: {message}"),
+        ),
         other => (
             other.to_string(),
             format!("Cannot connect to the VM's SSH server: {other}"),
@@ -759,49 +708,31 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
         .await;
     term.write(&format!("Connecting to {} ({}:{})…\n", s.name, s.address, s.port))
         .await;
-    let presented = Arc::new(std::sync::Mutex::new(None));
-    let config = client::Config {
-        preferred: preferred(s.legacy),
-        keepalive_interval: Some(cfg.ssh_keepalive),
-        keepalive_max: 3,
-        inactivity_timeout: None,
-        nodelay: true,
-        ..Default::default()
-    };
-    let handler = Guest {
-        presented: presented.clone(),
+    let profile = GuestProfile {
+        legacy_algorithms: s.legacy,
+        connect_timeout: cfg.ssh_connect_timeout,
+        keepalive_interval: cfg.ssh_keepalive,
     };
     let addr = SocketAddr::new(s.address, s.port);
-    let connect = client::connect(Arc::new(config), addr, handler);
-    let mut handle = tokio::select! {
-        r = tokio::time::timeout(cfg.ssh_connect_timeout, connect) => match r {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
+    let mut conn = tokio::select! {
+        r = GuestConnection::connect(addr, &profile, now) => match r {
+            Ok(c) => c,
+            Err(cloner::ClonerError::Timeout { .. }) => {
+                term.write("\x1b[1;31mThe VM's SSH server did not answer in time.\x1b[0m\n").await;
+                return Err(End::new(close::CONNECT_FAILED, "the VM's SSH server did not answer"));
+            }
+            Err(e) => {
                 let (detail, hint) = describe_connect_error(&e, s.legacy);
                 tracing::warn!(vm = %format!("{}/{}", s.cluster, s.vmid), address = %addr, profile = if s.legacy { "legacy" } else { "modern" }, error = %detail, "guest ssh connect failed");
                 term.write(&format!("\x1b[1;31m{hint}\x1b[0m\n")).await;
                 return Err(End::new(close::CONNECT_FAILED, hint));
-            }
-            Err(_) => {
-                term.write("\x1b[1;31mThe VM's SSH server did not answer in time.\x1b[0m\n").await;
-                return Err(End::new(close::CONNECT_FAILED, "the VM's SSH server did not answer"));
             }
         },
         _ = super::shutdown_requested(term.shutdown.clone()) => return Err(End::new(axum::extract::ws::close_code::AWAY, "server restarting")),
     };
 
     // Host key: recorded per VM; a change is loud and needs the user's "yes".
-    let key = presented.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let Some(key) = key else {
-        return Err(End::new(close::CONNECT_FAILED, "the VM presented no host key"));
-    };
-    let record = HostKeyRecord {
-        algorithm: key.algorithm().to_string(),
-        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-        openssh: key.to_openssh().unwrap_or_default(),
-        first_seen: now,
-        last_seen: now,
-    };
+    let record = conn.host_key().clone();
     let store = &s.st.auth.store;
     let status = hostkeys::compare(store, &s.cluster, s.vmid, &record).unwrap_or(HostKeyStatus::New);
     match &status {
@@ -847,9 +778,7 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
             .await;
             let answer = term.read_line(true, Instant::now() + cfg.login_timeout).await?;
             if answer.trim() != "yes" {
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "", "en")
-                    .await;
+                conn.disconnect().await;
                 return Err(End::new(
                     close::HOST_KEY,
                     "the VM's host key changed and was not accepted",
@@ -874,7 +803,7 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
             break u;
         }
     };
-    authenticate(&mut handle, term, &user, s, deadline).await?;
+    authenticate(&mut conn, term, &user, s, deadline).await?;
     s.st.auth.audit(
         &s.user.name,
         s.client_addr,
@@ -884,25 +813,22 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
     );
 
     // PTY with the browser's size (before any input is forwarded), then the shell.
-    let channel = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| End::new(close::CONNECT_FAILED, format!("cannot open a session: {e}")))?;
     let size = term.size;
-    channel
-        .request_pty(true, "xterm-256color", size.cols, size.rows, 0, 0, &[])
+    let (mut rd, wr) = conn
+        .open_shell("xterm-256color", size.cols, size.rows)
         .await
-        .map_err(|e| End::new(close::CONNECT_FAILED, format!("cannot get a terminal: {e}")))?;
-    channel
-        .request_shell(true)
-        .await
-        .map_err(|e| End::new(close::CONNECT_FAILED, format!("cannot start a shell: {e}")))?;
+        .map_err(|e| {
+            let message = match e {
+                cloner::ClonerError::Connect { message, .. } => message,
+                other => other.to_string(),
+            };
+            End::new(close::CONNECT_FAILED, message)
+        })?;
     term.status("connected", &format!("{user}@{}", s.address)).await;
-    let (mut rd, wr) = channel.split();
     // Keystrokes typed ahead during the login (after the password line) go first, after the size.
     if !term.pending.is_empty() {
         let ahead: Vec<u8> = term.pending.drain(..).collect();
-        let _ = wr.data_bytes(ahead).await;
+        let _ = wr.send(ahead).await;
     }
     let mut carry = Vec::new();
     let mut exit: Option<u32> = None;
@@ -913,59 +839,57 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
     let end = loop {
         let idle_at = term.last_input + cfg.idle_timeout;
         tokio::select! {
-            msg = rd.wait() => match msg {
-                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+            ev = rd.next() => match ev {
+                ShellEvent::Output(data) => {
                     let whole = take_whole_chars(&mut carry, &data);
                     if !whole.is_empty() && term.out.send(Out::Bytes(whole)).await.is_err() {
                         break End::new(close::PROTOCOL, "browser gone");
                     }
                 }
-                Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(exit_status),
-                Some(ChannelMsg::Eof) => {}
-                Some(ChannelMsg::Close) | None => {
+                ShellEvent::Exit(code) => exit = Some(code),
+                ShellEvent::Closed => {
                     break End::new(axum::extract::ws::close_code::NORMAL, match exit {
                         Some(code) => format!("session ended (exit status {code})"),
                         None => "session ended".to_string(),
                     });
                 }
-                Some(_) => {}
             },
             ev = term.input.recv() => match ev {
                 Some(In::Data(d)) => {
                     term.last_input = Instant::now();
-                    if wr.data_bytes(d).await.is_err() {
+                    if wr.send(d).await.is_err() {
                         break End::new(close::CONNECT_FAILED, "the SSH connection was lost");
                     }
                 }
                 Some(In::Control(Control::Hello(sz) | Control::Resize(sz))) => {
                     term.size = sz;
-                    let _ = wr.window_change(sz.cols, sz.rows, 0, 0).await;
+                    wr.resize(sz.cols, sz.rows).await;
                 }
                 Some(In::TooBig) => {
-                    let _ = wr.close().await;
+                    wr.close().await;
                     break too_big();
                 }
                 Some(In::Closed) | None => {
-                    let _ = wr.close().await;
+                    wr.close().await;
                     break End::new(axum::extract::ws::close_code::NORMAL, "closed by the browser");
                 }
             },
             _ = tokio::time::sleep_until(idle_at) => {
                 let mins = cfg.idle_timeout.as_secs().div_ceil(60);
                 term.write(&format!("\n\x1b[1;33mClosed after {} without input.\x1b[0m\n", plural(mins, "minute"))).await;
-                let _ = wr.close().await;
+                wr.close().await;
                 break End::new(close::IDLE, format!("closed after {} without input", plural(mins, "minute")));
             }
             _ = recheck.tick() => {
                 if let Some(why) = vm_gone(s) {
                     term.write(&format!("\n\x1b[1;33m{why}\x1b[0m\n")).await;
-                    let _ = wr.close().await;
+                    wr.close().await;
                     break End::new(close::VM_GONE, why);
                 }
             }
             _ = &mut shutdown => {
                 term.write("\n\x1b[1;33mThe portal is restarting; reconnect in a moment.\x1b[0m\n").await;
-                let _ = wr.close().await;
+                wr.close().await;
                 break End::new(axum::extract::ws::close_code::AWAY, "server restarting");
             }
         }
@@ -973,9 +897,7 @@ async fn session(s: &Session, term: &mut Term) -> Result<End, End> {
     if !carry.is_empty() {
         let _ = term.out.send(Out::Bytes(std::mem::take(&mut carry))).await;
     }
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
+    conn.disconnect().await;
     Ok(end)
 }
 
@@ -1011,21 +933,18 @@ fn vm_gone(s: &Session) -> Option<String> {
 
 /// Password or keyboard-interactive authentication, prompted in the terminal, up to 3 attempts.
 async fn authenticate(
-    handle: &mut client::Handle<Guest>,
+    conn: &mut GuestConnection,
     term: &mut Term,
     user: &str,
     s: &Session,
     deadline: Instant,
 ) -> Result<(), End> {
-    let lost = |e: russh::Error| End::new(close::CONNECT_FAILED, format!("the SSH connection was lost: {e}"));
-    let methods = match handle.authenticate_none(user).await.map_err(lost)? {
-        client::AuthResult::Success => return Ok(()),
-        client::AuthResult::Failure {
-            remaining_methods, ..
-        } => remaining_methods,
+    let methods = match conn.auth_none(user).await.map_err(lost)? {
+        None => return Ok(()),
+        Some(m) => m,
     };
-    let ki = methods.contains(&MethodKind::KeyboardInteractive);
-    let pw = methods.contains(&MethodKind::Password);
+    let ki = methods.keyboard_interactive;
+    let pw = methods.password;
     if !ki && !pw {
         term.write("\x1b[1;31mThis VM accepts neither passwords nor keyboard-interactive logins.\x1b[0m\n")
             .await;
@@ -1036,16 +955,13 @@ async fn authenticate(
             term.write("Permission denied, please try again.\n").await;
         }
         let ok = if ki {
-            keyboard_interactive(handle, term, user, deadline).await?
+            keyboard_interactive(conn, term, user, deadline).await?
         } else {
             term.write(&format!("{user}@{}'s password: ", s.address)).await;
             let password = pve::Secret::new(term.read_line(false, deadline).await?);
-            let r = handle
-                .authenticate_password(user, password.expose())
-                .await
-                .map_err(lost)?;
+            let r = conn.auth_password(user, password.expose()).await.map_err(lost)?;
             drop(password);
-            r.success()
+            r
         };
         if ok {
             return Ok(());
@@ -1055,22 +971,30 @@ async fn authenticate(
     Err(End::new(close::AUTH_FAILED, "authentication failed"))
 }
 
+/// The guest connection broke during the login.
+fn lost(e: cloner::ClonerError) -> End {
+    let message = match e {
+        cloner::ClonerError::Connect { message, .. } => message,
+        other => other.to_string(),
+    };
+    End::new(
+        close::CONNECT_FAILED,
+        format!("the SSH connection was lost: {message}"),
+    )
+}
+
 async fn keyboard_interactive(
-    handle: &mut client::Handle<Guest>,
+    conn: &mut GuestConnection,
     term: &mut Term,
     user: &str,
     deadline: Instant,
 ) -> Result<bool, End> {
-    let lost = |e: russh::Error| End::new(close::CONNECT_FAILED, format!("the SSH connection was lost: {e}"));
-    let mut resp = handle
-        .authenticate_keyboard_interactive_start(user, None)
-        .await
-        .map_err(lost)?;
+    let mut resp = conn.auth_interactive_start(user).await.map_err(lost)?;
     for _ in 0..10 {
         match resp {
-            client::KeyboardInteractiveAuthResponse::Success => return Ok(true),
-            client::KeyboardInteractiveAuthResponse::Failure { .. } => return Ok(false),
-            client::KeyboardInteractiveAuthResponse::InfoRequest {
+            Interactive::Success => return Ok(true),
+            Interactive::Failure => return Ok(false),
+            Interactive::Prompts {
                 name,
                 instructions,
                 prompts,
@@ -1082,13 +1006,10 @@ async fn keyboard_interactive(
                 }
                 let mut answers = Vec::with_capacity(prompts.len());
                 for p in prompts {
-                    term.write(&p.prompt).await;
+                    term.write(&p.text).await;
                     answers.push(term.read_line(p.echo, deadline).await?);
                 }
-                resp = handle
-                    .authenticate_keyboard_interactive_respond(answers)
-                    .await
-                    .map_err(lost)?;
+                resp = conn.auth_interactive_respond(answers).await.map_err(lost)?;
             }
         }
     }
@@ -1141,20 +1062,6 @@ mod tests {
         // Invalid bytes are not held back forever.
         let mut carry = Vec::new();
         assert_eq!(take_whole_chars(&mut carry, b"a\xff"), b"a\xff");
-    }
-
-    #[test]
-    fn legacy_profile_appends_sha1_kex_and_ssh_rsa_last() {
-        let modern = preferred(false);
-        assert!(!modern.kex.iter().any(|k| k.as_ref().contains("sha1")));
-        assert!(!modern.key.contains(&Algorithm::Rsa { hash: None }));
-        let legacy = preferred(true);
-        assert_eq!(
-            legacy.kex.last().map(|k| k.as_ref()),
-            Some("diffie-hellman-group14-sha1")
-        );
-        assert_eq!(legacy.key.last(), Some(&Algorithm::Rsa { hash: None }));
-        assert!(!legacy.kex.iter().any(|k| k.as_ref().contains("group1-")));
     }
 
     #[test]
