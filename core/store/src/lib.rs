@@ -359,6 +359,25 @@ mod tests {
     }
 
     #[test]
+    fn typed_job_states_and_roles_read_and_write_the_stored_strings_unchanged() {
+        // A job and an assignment as the tree holds them, with the state and role as strings.
+        let job = r#"{"id":"j1","kind":"deploy","state":"failed","owner":"teach","class_id":"c1","steps":[{"name":"s01","cluster":"lab","vmid":1201,"state":"done","error":null,"attempts":1,"started_at":5,"finished_at":6,"role":"student","node":"pve1","detail":"","result":null}],"error":"boom","created_at":4,"finished_at":7,"cluster":"lab","params":null,"updated_at":7}"#;
+        let rec: JobRecord = serde_json::from_str(job).unwrap();
+        assert_eq!(rec.state, JobState::Failed);
+        assert_eq!(rec.steps[0].state, JobState::Done);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), job);
+        for (role, text) in [
+            (AssignmentRole::Teacher, "\"teacher\""),
+            (AssignmentRole::Base, "\"base\""),
+            (AssignmentRole::Student, "\"student\""),
+            (AssignmentRole::Direct, "\"direct\""),
+        ] {
+            assert_eq!(serde_json::to_string(&role).unwrap(), text);
+            assert_eq!(serde_json::from_str::<AssignmentRole>(text).unwrap(), role);
+        }
+    }
+
+    #[test]
     fn newer_schema_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
         {
