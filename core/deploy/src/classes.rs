@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use store::{ClassRecord, ClassSpecs, JobRecord, JobState, JobStep, TemplateRecord, vm_key};
 
 use crate::Deployer;
-use crate::cleanup::POWER_TIMEOUT;
 use crate::error::{DeployError, Result};
 use crate::journal::Journal;
 use crate::runner::{KIND_ADD, KIND_DELETE, KIND_DEPLOY, vm_step};
@@ -1046,17 +1045,16 @@ impl Deployer {
         self.update_class(id, |c| c.co_owners.retain(|u| u != user))
     }
 
-    /// Power action on the class's teacher VM (`POST /nodes/{node}/qemu/{vmid}/status/{action}`, waits
-    /// for the task). Errors: [`DeployError::NotFound`] when the class has no teacher VM; [`DeployError::Pve`].
+    /// Power action on the class's teacher VM through the VM operations (`ops`: one at a time per VM,
+    /// follows the task to its end). Errors: [`DeployError::NotFound`] when the class has no teacher VM;
+    /// [`DeployError::Op`].
     pub async fn teacher_power(&self, id: &str, action: PowerAction) -> Result<crate::trees::ClassVm> {
         let vm = self
             .class_vms(id)?
             .into_iter()
             .find(|v| v.role == VmRole::Teacher)
             .ok_or_else(|| DeployError::not_found(format!("teacher VM of class {id}")))?;
-        let client = self.pve(&vm.cluster)?;
-        let upid = client.power(&vm.node, GuestKind::Qemu, vm.vmid, action).await?;
-        client.wait_task(&upid, POWER_TIMEOUT).await?;
+        self.ops()?.power(&vm.cluster, vm.vmid, action).await?;
         Ok(vm)
     }
 

@@ -1,8 +1,6 @@
 //! Removing what Proxlab made under a VMID (the VM, then any volume left on the storage), with the
 //! "is this ours?" check that keeps Proxlab's hands off the template and other people's VMs.
 
-use std::time::Duration;
-
 use pve::{GuestConfig, GuestKind, PowerAction, PveClient, PveError, Upid};
 use serde_json::Value;
 
@@ -62,19 +60,20 @@ impl Deployer {
             .find(|g| g.vmid == vmid))
     }
 
-    /// Stops (if running) and destroys QEMU VM `vmid` on `node` with its disks:
-    /// `DELETE /nodes/{node}/qemu/{vmid}?purge=1&destroy-unreferenced-disks=1`. The caller checked it is
-    /// Proxlab's.
-    pub(crate) async fn destroy_vm(&self, client: &PveClient, node: &str, vmid: u32) -> Result<()> {
+    /// Stops (if running, through the VM operations) and destroys QEMU VM `vmid` of `cluster` on `node`
+    /// with its disks: `DELETE /nodes/{node}/qemu/{vmid}?purge=1&destroy-unreferenced-disks=1`. The
+    /// caller checked it is Proxlab's.
+    pub(crate) async fn destroy_vm(
+        &self,
+        client: &PveClient,
+        cluster: &str,
+        node: &str,
+        vmid: u32,
+    ) -> Result<()> {
         let st = client.guest_status(node, GuestKind::Qemu, vmid).await;
         match st {
             Ok(s) if s.status != "stopped" => {
-                let upid = client
-                    .power(node, GuestKind::Qemu, vmid, PowerAction::Stop)
-                    .await?;
-                client
-                    .wait_task(&upid, self.inner.cfg.limits.task_timeout)
-                    .await?;
+                self.ops()?.power_fresh(cluster, vmid, PowerAction::Stop).await?;
             }
             Ok(_) => {}
             Err(PveError::NotFound(_)) => return Ok(()),
@@ -165,7 +164,7 @@ impl Deployer {
                     self.unprotect_base(&client, &g.node, vmid).await?;
                 }
                 tracing::info!(cluster, vmid, node = %g.node, "removing a VM Proxlab made");
-                self.destroy_vm(&client, &g.node, vmid).await?;
+                self.destroy_vm(&client, cluster, &g.node, vmid).await?;
             }
         }
         for s in storages {
@@ -239,9 +238,6 @@ impl Deployer {
         let _ = self.inner.host.ssh_exec(cluster, node, &rmdir).await;
     }
 }
-
-/// How long to wait for a power task of the teacher's VM.
-pub(crate) const POWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {

@@ -96,6 +96,9 @@ pub enum DeployError {
     /// A node operation (SSH, qemu-img) failed.
     #[error("node operation failed: {0}")]
     Host(HostError),
+    /// A VM operation (a power action through the `ops` service) was refused or failed.
+    #[error(transparent)]
+    Op(#[from] ops::OpError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -117,7 +120,7 @@ impl DeployError {
     /// A stable snake_case code for JSON error bodies: `not_found`, `invalid`, `conflict`,
     /// `not_owner`, `class_full`, `invite_invalid`, `vmids_exhausted`, `preflight`, `not_ours`,
     /// `unknown_cluster`, `forbidden`, `limit_reached`, `rate_limited`, `confirmation_required`, `pve`,
-    /// `script`, `node`, `store`.
+    /// `script`, `node`, `operation`, `store`. Which HTTP status each is, is the web layer's business.
     pub fn code(&self) -> &'static str {
         match self {
             DeployError::NotFound { .. } => "not_found",
@@ -137,27 +140,8 @@ impl DeployError {
             DeployError::Pve(_) => "pve",
             DeployError::Script(_) => "script",
             DeployError::Host(_) => "node",
+            DeployError::Op(_) => "operation",
             DeployError::Store(_) => "store",
-        }
-    }
-
-    /// The HTTP status that fits: 404, 400, 409, 403, 409 (full), 404 (invite), 503, 422, 403, 404,
-    /// 403 (forbidden), 409 (limit), 429 (rate), 428, 502 (PVE, node, script), 500 (store).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            DeployError::NotFound { .. } | DeployError::InviteInvalid | DeployError::UnknownCluster(_) => 404,
-            DeployError::Invalid(_) => 400,
-            DeployError::Conflict(_) | DeployError::ClassFull { .. } => 409,
-            DeployError::NotOwner { .. } | DeployError::NotOurs { .. } | DeployError::Forbidden(_) => 403,
-            DeployError::LimitReached(_) => 409,
-            DeployError::RateLimited(_) => 429,
-            DeployError::VmidsExhausted { .. } => 503,
-            DeployError::Preflight(_) => 422,
-            DeployError::ConfirmationRequired(_) => 428,
-            // A site script may say which status its refusal is (`throw #{status: 409, ...}`).
-            DeployError::Script(e) => e.thrown_status().map(|(s, _, _)| s).unwrap_or(502),
-            DeployError::Pve(_) | DeployError::Host(_) => 502,
-            DeployError::Store(_) => 500,
         }
     }
 

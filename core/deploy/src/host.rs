@@ -13,12 +13,40 @@ use crate::nodes::NodeOps;
 /// A clock giving Unix seconds.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// A script host with PVE clients by cluster id and node executors; no inventory.
+/// A script host with PVE clients by cluster id and node executors; its VM operations run over an
+/// inventory of their own that is read from the clusters when an operation needs a guest.
 pub struct StaticHost {
     handle: tokio::runtime::Handle,
     clients: BTreeMap<String, pve::PveClient>,
     nodes: NodeOps,
     clock: Option<Clock>,
+    ops: ops::Ops,
+}
+
+/// VM operations over `clients`, with an inventory in memory (no sync loop: an operation reads the
+/// cluster when it meets a guest it does not know).
+fn ops_over(clients: &BTreeMap<String, pve::PveClient>) -> ops::Ops {
+    let names: Vec<(String, String)> = clients.keys().map(|id| (id.clone(), id.clone())).collect();
+    let handles = clients
+        .iter()
+        .map(|(id, client)| sync::ClusterHandle {
+            id: id.clone(),
+            name: id.clone(),
+            client: client.clone(),
+        })
+        .collect();
+    // Without a store the inventory starts empty and cannot fail to load.
+    let inventory = match sync::Inventory::load(None, &names) {
+        Ok(i) => i,
+        Err(e) => unreachable!("an inventory without a store failed to load: {e}"),
+    };
+    let syncer = sync::Syncer::new(
+        inventory,
+        handles,
+        sync::SyncConfig::default(),
+        Arc::new(sync::AgentDiscovery),
+    );
+    ops::Ops::new(syncer, ops::OpsConfig::default())
 }
 
 impl StaticHost {
@@ -30,6 +58,7 @@ impl StaticHost {
     ) -> Arc<StaticHost> {
         Arc::new(StaticHost {
             handle,
+            ops: ops_over(&clients),
             clients,
             nodes,
             clock: None,
@@ -45,6 +74,7 @@ impl StaticHost {
     ) -> Arc<StaticHost> {
         Arc::new(StaticHost {
             handle,
+            ops: ops_over(&clients),
             clients,
             nodes,
             clock: Some(clock),
@@ -63,6 +93,10 @@ impl Host for StaticHost {
 
     fn clusters(&self) -> Vec<String> {
         self.clients.keys().cloned().collect()
+    }
+
+    fn ops(&self) -> Option<ops::Ops> {
+        Some(self.ops.clone())
     }
 
     fn ssh_exec(

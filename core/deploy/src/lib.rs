@@ -37,7 +37,7 @@
 //!   cleanup check the VMID is reserved by Proxlab and the VM carries Proxlab's tag or planned name;
 //! - create anything under a VMID whose reservation is not on disk yet;
 //! - run `qemu-img rebase -u` onto a different base (publish makes a new base; VMs move by being re-made);
-//! - know about HTTP (the `web` crate maps [`DeployError::code`] / [`DeployError::http_status`]);
+//! - know about HTTP (the `web` crate maps [`DeployError`] to statuses; this crate names only the cases);
 //! - log or store an invite token (only its SHA-256).
 
 #![warn(missing_docs)]
@@ -236,6 +236,16 @@ impl Deployer {
             .host
             .pve(cluster)
             .ok_or_else(|| DeployError::UnknownCluster(cluster.to_string()))
+    }
+
+    /// The VM-operations service of the host: every power action on a class VM goes through it.
+    fn ops(&self) -> Result<ops::Ops> {
+        self.inner.host.ops().ok_or_else(|| {
+            DeployError::Host(script::HostError::new(
+                "ops.unavailable",
+                "this host performs no VM operations",
+            ))
+        })
     }
 
     fn scripts(&self) -> Arc<ScriptSet> {

@@ -47,6 +47,7 @@ pub(crate) fn retryable(e: &DeployError) -> bool {
     match e {
         DeployError::Script(ScriptError::Thrown { code, .. }) => RETRYABLE_CODES.contains(&code.as_str()),
         DeployError::Pve(p) => p.is_retryable(),
+        DeployError::Op(ops::OpError::Pve(p)) => p.is_retryable(),
         DeployError::Host(h) => RETRYABLE_CODES.contains(&h.code.as_str()),
         _ => false,
     }

@@ -1,5 +1,6 @@
-//! The deployer's own sled trees (in the store's database): VMID reservations, class VMs and invites.
-//! Values are JSON like the store's trees; keys are strings.
+//! The deployer's own sled trees (in the store's database): VMID reservations, class VMs, invites and
+//! teacher limits. They are declared in the store's schema (`store::schema::OWNED_TREES`: name, owner,
+//! version) and opened through it; values are JSON like the store's trees; keys are strings.
 
 use std::marker::PhantomData;
 
@@ -20,7 +21,7 @@ impl<V: Serialize + DeserializeOwned> JsonTree<V> {
     pub(crate) fn open(store: &Store, name: &'static str) -> Result<Self> {
         Ok(JsonTree {
             name,
-            tree: store.db().open_tree(name)?,
+            tree: store.owned_tree(name)?,
             _v: PhantomData,
         })
     }

@@ -229,9 +229,46 @@ impl Ops {
         let me = self.clone();
         let c = cluster.to_string();
         self.exclusive(cluster, vmid, action.as_str(), async move {
-            me.run_power(c, vmid, action).await
+            me.run_power(c, vmid, action, None).await
         })
         .await
+    }
+
+    /// Like [`Ops::power`], but answers as soon as PVE has accepted the task: its UPID (`None` when
+    /// nothing had to be done, or when the operation joined one already in flight and ended without a
+    /// task). The operation still follows the task to its end and refreshes the guest in its own task;
+    /// for callers that wait on the UPID themselves or not at all (scripts' `pve::power`, plugins).
+    pub async fn power_started(
+        &self,
+        cluster: &str,
+        vmid: u32,
+        action: PowerAction,
+    ) -> Result<Option<String>, OpError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let c = cluster.to_string();
+        let whole = self.exclusive(cluster, vmid, action.as_str(), async move {
+            me.run_power(c, vmid, action, Some(tx)).await
+        });
+        tokio::pin!(whole);
+        tokio::select! {
+            r = &mut whole => r.map(|o| o.upid),
+            Ok(upid) = rx => Ok(Some(upid)),
+        }
+    }
+
+    /// Like [`Ops::power`], but the guest's state is re-read from PVE first instead of trusted from the
+    /// inventory: for callers that act on VMs they changed moments ago (the deployer stopping its own
+    /// VMs before it destroys them), where the inventory may not have seen the change yet.
+    pub async fn power_fresh(&self, cluster: &str, vmid: u32, action: PowerAction) -> OpResult {
+        if self.syncer.inventory().snapshot().guest(cluster, vmid).is_some() {
+            if let Err(e) = self.syncer.refresh_guest(cluster, vmid).await {
+                tracing::debug!(cluster, vmid, error = %e, "re-reading the guest before a power action failed");
+            }
+        } else if let Err(e) = self.syncer.tick_cluster(cluster, false).await {
+            tracing::debug!(cluster, vmid, error = %e, "inventory tick for an unknown guest failed");
+        }
+        self.power(cluster, vmid, action).await
     }
 
     /// Rolls `cluster`/`vmid` back to `snapshot` (an assignment's baseline), one at a time like
@@ -333,7 +370,14 @@ impl Ops {
         Ok(out)
     }
 
-    async fn run_power(&self, cluster: String, vmid: u32, action: PowerAction) -> OpResult {
+    /// `started` gets the UPID as soon as PVE accepted the task.
+    async fn run_power(
+        &self,
+        cluster: String,
+        vmid: u32,
+        action: PowerAction,
+        started: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> OpResult {
         let g = self.unlocked_guest(&cluster, vmid).await?;
         if g.template {
             return Err(OpError::NotApplicable(format!(
@@ -372,6 +416,9 @@ impl Ops {
         } else {
             client.power(&g.node, kind, vmid, action).await?
         };
+        if let Some(tx) = started {
+            let _ = tx.send(upid.to_string());
+        }
         tracing::debug!(cluster = %cluster, vmid, action = action.as_str(), upid = %upid, "following the power task");
         self.follow(&client, &cluster, vmid, upid, OpOutcome::new(action.as_str()))
             .await

@@ -162,3 +162,50 @@ async fn failures_are_typed_a_lock_a_missing_vm_and_a_missing_baseline() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_power_action_answers_with_its_upid_before_the_task_ends_and_still_refreshes() {
+    let (fake, syncer, ops) = rig().await;
+    fake.control("POST", "/time-scale", json!({"value": 0.05}))
+        .unwrap();
+    fake.control("POST", "/guest", json!({"vmid": VM, "start_secs": 40}))
+        .unwrap();
+    let upid = ops
+        .power_started("lab", VM, PowerAction::Start)
+        .await
+        .unwrap()
+        .expect("a task was started");
+    assert!(upid.starts_with("UPID:"), "{upid}");
+    assert_eq!(ops.in_flight().await, 1, "the operation still follows its task");
+    // A second start joins the one in flight: one task.
+    let joined = ops.power("lab", VM, PowerAction::Start).await.unwrap();
+    assert_eq!(joined.upid.as_deref(), Some(upid.as_str()));
+    let g = syncer.inventory().snapshot().guest("lab", VM).cloned().unwrap();
+    assert_eq!(g.status, "running");
+    assert_eq!(ops.in_flight().await, 0);
+    // Nothing to do: no task, no UPID.
+    assert_eq!(
+        ops.power_started("lab", VM, PowerAction::Start).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_power_action_reads_the_guest_from_pve_instead_of_a_stale_inventory() {
+    let (fake, syncer, ops) = rig().await;
+    // Started behind the inventory's back: the inventory still says stopped.
+    let client = syncer.client("lab").cloned().unwrap();
+    let upid = client
+        .power("pve1", pve::GuestKind::Qemu, VM, PowerAction::Start)
+        .await
+        .unwrap();
+    client.wait_task(&upid, Duration::from_secs(30)).await.unwrap();
+    let g = syncer.inventory().snapshot().guest("lab", VM).cloned().unwrap();
+    assert_eq!(g.status, "stopped");
+    let before = fake.request_count().unwrap();
+    let out = ops.power_fresh("lab", VM, PowerAction::Stop).await.unwrap();
+    assert!(out.upid.is_some(), "the stop was sent: {out:?}");
+    assert_eq!(status_posts(&fake, before, "stop"), 1);
+    let g = syncer.inventory().snapshot().guest("lab", VM).cloned().unwrap();
+    assert_eq!(g.status, "stopped");
+}

@@ -14,24 +14,30 @@ pub struct ProxlabHost {
     syncer: Arc<Syncer>,
     /// SSH / local executors per node (`[[cluster.node]]`): `ssh::exec` and `qcow2::`.
     nodes: deploy::NodeOps,
+    /// The VM operations (`pve::power`, the deployer's power actions): the process's one service,
+    /// shared with the web layer.
+    ops: ops::Ops,
 }
 
 impl ProxlabHost {
-    /// A host over `syncer`'s clients and inventory, driving async calls on `handle` (no node access).
-    pub fn new(handle: tokio::runtime::Handle, syncer: Arc<Syncer>) -> Arc<ProxlabHost> {
-        Self::with_nodes(handle, syncer, deploy::NodeOps::default())
+    /// A host over `syncer`'s clients and inventory and the VM operations `ops`, driving async calls on
+    /// `handle` (no node access).
+    pub fn new(handle: tokio::runtime::Handle, syncer: Arc<Syncer>, ops: ops::Ops) -> Arc<ProxlabHost> {
+        Self::with_nodes(handle, syncer, ops, deploy::NodeOps::default())
     }
 
     /// Like [`ProxlabHost::new`], with node access (see [`crate::cloning::node_ops`]).
     pub fn with_nodes(
         handle: tokio::runtime::Handle,
         syncer: Arc<Syncer>,
+        ops: ops::Ops,
         nodes: deploy::NodeOps,
     ) -> Arc<ProxlabHost> {
         Arc::new(ProxlabHost {
             handle,
             syncer,
             nodes,
+            ops,
         })
     }
 }
@@ -51,6 +57,10 @@ impl Host for ProxlabHost {
 
     fn clusters(&self) -> Vec<String> {
         self.syncer.cluster_ids()
+    }
+
+    fn ops(&self) -> Option<ops::Ops> {
+        Some(self.ops.clone())
     }
 
     fn inventory_guest(&self, cluster: &str, vmid: u32) -> Option<serde_json::Value> {

@@ -110,7 +110,11 @@ pub async fn run(cmd: ScriptCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let host = crate::host::ProxlabHost::new(tokio::runtime::Handle::current(), sys.syncer.clone());
+            let host = crate::host::ProxlabHost::new(
+                tokio::runtime::Handle::current(),
+                sys.syncer.clone(),
+                sys.ops.clone(),
+            );
             let rt = ScriptRuntime::new(host.clone(), cfg.scripts.limits.clone());
             let vm_arg = match &vm_value {
                 Some(v) => script::vm_arg(

@@ -82,8 +82,11 @@ pub struct System {
     pub scripts: web::connect::Scripts,
     /// The hot reloader of the set (`None` with `[scripts] watch = "off"`).
     pub script_reloader: Option<Arc<script::Reloader<script::ScriptSet>>>,
-    /// The script host (PVE clients, inventory, node shells), shared by the deployer.
+    /// The script host (PVE clients, inventory, node shells, VM operations), shared by the deployer.
     pub host: Arc<dyn script::Host>,
+    /// The VM operations: the one service every power action and revert goes through (web, deployer,
+    /// scripts and plugins).
+    pub ops: ops::Ops,
 }
 
 /// Options of the scripted IP tiers from `[ip]` and `[connect]`.
@@ -214,7 +217,14 @@ pub fn build(cfg: &Config) -> anyhow::Result<System> {
     let handle = tokio::runtime::Handle::try_current().context("the script runtime needs a Tokio runtime")?;
     // Node shells (SSH or local) for the cloner: scripts' ssh:: and qcow2:: reach nodes only here.
     let nodes = crate::cloning::node_ops(cfg, &cloner::SshPool::new())?;
-    let host = crate::host::ProxlabHost::with_nodes(handle, syncer.clone(), nodes);
+    let ops = ops::Ops::new(
+        syncer.clone(),
+        ops::OpsConfig {
+            per_cluster: cfg.limits.power_per_cluster.max(1),
+            ..ops::OpsConfig::default()
+        },
+    );
+    let host = crate::host::ProxlabHost::with_nodes(handle, syncer.clone(), ops.clone(), nodes);
     let script_host: Arc<dyn script::Host> = host.clone();
     let runtime = script::ScriptRuntime::new(script_host.clone(), cfg.scripts.limits.clone());
     let sources = crate::host::sources(cfg);
@@ -254,6 +264,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<System> {
         scripts: web::connect::Scripts { runtime, set },
         script_reloader,
         host: script_host,
+        ops,
     })
 }
 
@@ -324,6 +335,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             ..web::WebConfig::default()
         },
     )
+    .with_ops(sys.ops.clone())
     .with_auth(auth)
     .with_connect(web::connect::ConnectState::new(
         connect_config(&cfg),

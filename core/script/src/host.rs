@@ -114,6 +114,12 @@ pub trait Host: Send + Sync + 'static {
         None
     }
 
+    /// The VM-operations service every power action goes through (`pve::power`), the same one the
+    /// portal's buttons use; `None`: this host performs none.
+    fn ops(&self) -> Option<ops::Ops> {
+        None
+    }
+
     /// Ids of the configured clusters.
     fn clusters(&self) -> Vec<String> {
         Vec::new()

@@ -257,6 +257,18 @@ impl Store {
         &self.meta
     }
 
+    /// A tree another crate owns, by its name in [`schema::OWNED_TREES`] (the deployer's reservations,
+    /// class VMs, invites and teacher limits). Errors: [`StoreError::Rejected`] for a name the schema
+    /// does not declare, sled's I/O error.
+    pub fn owned_tree(&self, name: &str) -> Result<sled::Tree> {
+        if !schema::OWNED_TREES.iter().any(|t| t.name == name) {
+            return Err(StoreError::Rejected(format!(
+                "tree {name:?} is not declared in the store schema (store::schema::OWNED_TREES)"
+            )));
+        }
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// The underlying sled database, for multi-tree transactions over [`Tree::raw`] handles.
     pub fn db(&self) -> &sled::Db {
         &self.db
@@ -312,6 +324,57 @@ mod tests {
         s.inventory.insert(&vm_key("b", 101), &guest("b", 101)).unwrap();
         assert_eq!(s.inventory.len(), 2);
         assert_eq!(s.inventory.scan_prefix("a/").count(), 1);
+    }
+
+    #[test]
+    fn a_version_1_database_with_the_deployers_trees_opens_and_keeps_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = br#"{"class_id":"netsec","cluster":"lab","vmid":1201,"role":"student"}"#;
+        {
+            // What version 1 wrote: the deployer's trees opened raw, next to the store's.
+            let s = Store::open(dir.path()).unwrap();
+            schema::write_version(s.meta(), 1).unwrap();
+            s.db()
+                .open_tree("class_vms")
+                .unwrap()
+                .insert("netsec/lab/1201", &record[..])
+                .unwrap();
+            s.db()
+                .open_tree("invites")
+                .unwrap()
+                .insert("ab12", &b"{}"[..])
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let vms = s.owned_tree("class_vms").unwrap();
+        assert_eq!(vms.get("netsec/lab/1201").unwrap().unwrap().as_ref(), &record[..]);
+        assert_eq!(s.owned_tree("invites").unwrap().len(), 1);
+        for t in schema::OWNED_TREES {
+            assert!(s.owned_tree(t.name).is_ok(), "{}", t.name);
+            assert!(t.since <= schema::CURRENT);
+        }
+        assert!(matches!(s.owned_tree("nonsense"), Err(StoreError::Rejected(_))));
+    }
+
+    #[test]
+    fn typed_job_states_and_roles_read_and_write_the_stored_strings_unchanged() {
+        // A job and an assignment as the tree holds them, with the state and role as strings.
+        let job = r#"{"id":"j1","kind":"deploy","state":"failed","owner":"teach","class_id":"c1","steps":[{"name":"s01","cluster":"lab","vmid":1201,"state":"done","error":null,"attempts":1,"started_at":5,"finished_at":6,"role":"student","node":"pve1","detail":"","result":null}],"error":"boom","created_at":4,"finished_at":7,"cluster":"lab","params":null,"updated_at":7}"#;
+        let rec: JobRecord = serde_json::from_str(job).unwrap();
+        assert_eq!(rec.state, JobState::Failed);
+        assert_eq!(rec.steps[0].state, JobState::Done);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), job);
+        for (role, text) in [
+            (AssignmentRole::Teacher, "\"teacher\""),
+            (AssignmentRole::Base, "\"base\""),
+            (AssignmentRole::Student, "\"student\""),
+            (AssignmentRole::Direct, "\"direct\""),
+        ] {
+            assert_eq!(serde_json::to_string(&role).unwrap(), text);
+            assert_eq!(serde_json::from_str::<AssignmentRole>(text).unwrap(), role);
+        }
     }
 
     #[test]

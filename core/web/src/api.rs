@@ -339,7 +339,7 @@ pub async fn vm_power(
                         })
                     }
                     Err(e) => Err(ops::OpError::Service {
-                        status: e.http_status(),
+                        status: crate::error::deploy_status(&e).as_u16(),
                         code: e.code().to_string(),
                         message: e.to_string(),
                     }),
@@ -373,20 +373,10 @@ pub async fn vm_power(
 /// The HTTP answer for a failed operation: `{error: {code, message}}` with the status that fits.
 pub fn op_error_response(e: &ops::OpError) -> Response {
     use ops::OpError;
-    let (status, code) = match e {
-        OpError::NotFound(_) => (StatusCode::NOT_FOUND, e.code()),
-        OpError::Busy { .. } | OpError::Locked { .. } | OpError::NotApplicable(_) | OpError::NoBaseline => {
-            (StatusCode::CONFLICT, e.code())
-        }
-        OpError::Pve(pe) => {
-            let app = AppError::from(pe.as_ref());
-            (app.status(), app.code().to_string())
-        }
-        OpError::Service { status, code, .. } => (
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
-            code.clone(),
-        ),
-        OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, e.code()),
+    let status = crate::error::op_status(e);
+    let code = match e {
+        OpError::Pve(pe) => AppError::from(pe.as_ref()).code().to_string(),
+        _ => e.code(),
     };
     (
         status,

@@ -57,8 +57,7 @@ impl IntoResponse for ClassesError {
                 (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
             }
             ClassesError::Deploy(e) => {
-                let status =
-                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = crate::error::deploy_status(&e);
                 let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
                     tracing::error!(error = %e, "deploy error");
                     "internal error".to_string()

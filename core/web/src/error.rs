@@ -140,3 +140,45 @@ impl From<store::StoreError> for AppError {
 
 /// Result alias of handlers.
 pub type AppResult<T> = Result<T, AppError>;
+
+/// The HTTP status of a failed VM operation: 404 (no such guest or cluster), 409 (busy, locked, a
+/// template, no baseline), PVE's own mapping, a service's suggested status, 500.
+pub fn op_status(e: &ops::OpError) -> StatusCode {
+    use ops::OpError;
+    match e {
+        OpError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpError::Busy { .. } | OpError::Locked { .. } | OpError::NotApplicable(_) | OpError::NoBaseline => {
+            StatusCode::CONFLICT
+        }
+        OpError::Pve(pe) => AppError::from(pe.as_ref()).status(),
+        OpError::Service { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+        OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP status of a failed class, template, invite, job or publish request: 404 (not found, an
+/// invalid invite, an unknown cluster), 400, 409 (conflict, class full, limit reached), 403 (not the
+/// owner, not Proxlab's, forbidden), 429, 503 (no VMIDs left), 422 (preflight), 428 (confirmation),
+/// a site script's own `throw #{status}` or 502 (PVE, node, script), the VM operation's status, 500
+/// (store).
+pub fn deploy_status(e: &deploy::DeployError) -> StatusCode {
+    use deploy::DeployError as D;
+    match e {
+        D::NotFound { .. } | D::InviteInvalid | D::UnknownCluster(_) => StatusCode::NOT_FOUND,
+        D::Invalid(_) => StatusCode::BAD_REQUEST,
+        D::Conflict(_) | D::ClassFull { .. } | D::LimitReached(_) => StatusCode::CONFLICT,
+        D::NotOwner { .. } | D::NotOurs { .. } | D::Forbidden(_) => StatusCode::FORBIDDEN,
+        D::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        D::VmidsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        D::Preflight(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        D::ConfirmationRequired(_) => StatusCode::PRECONDITION_REQUIRED,
+        // A site script may say which status its refusal is (`throw #{status: 409, ...}`).
+        D::Script(e) => e
+            .thrown_status()
+            .and_then(|(s, _, _)| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY),
+        D::Pve(_) | D::Host(_) => StatusCode::BAD_GATEWAY,
+        D::Op(e) => op_status(e),
+        D::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

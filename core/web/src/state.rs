@@ -104,6 +104,13 @@ impl AppState {
         }
     }
 
+    /// Uses `ops` as the VM-operations service instead of the one [`AppState::new`] made, so the web layer
+    /// shares one service (single flight per VM, permits per cluster) with the deployer and the scripts.
+    pub fn with_ops(mut self, ops: ops::Ops) -> AppState {
+        self.ops = ops;
+        self
+    }
+
     /// Sets the deployment service behind the class, template, invite and job routes.
     pub fn with_deployer(mut self, deployer: deploy::Deployer) -> AppState {
         self.deploy = Some(deployer);

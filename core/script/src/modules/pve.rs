@@ -36,6 +36,20 @@ pub(crate) fn pve_err(e: PveError) -> Box<EvalAltResult> {
     throw(error_code(&e), e.to_string())
 }
 
+/// The error a script sees for a failed VM operation: PVE's own codes where PVE's words fit
+/// (`pve.not_found`, `pve.locked`, `pve.*`), `ops.busy` / `ops.not_applicable` / `ops.*` otherwise.
+pub(crate) fn op_err(e: ops::OpError) -> Box<EvalAltResult> {
+    use ops::OpError;
+    match e {
+        OpError::Pve(pe) => throw(error_code(&pe), pe.to_string()),
+        OpError::NotFound(m) => throw("pve.not_found", m),
+        e @ OpError::Locked { .. } => throw("pve.locked", e.to_string()),
+        e @ OpError::Busy { .. } => throw("ops.busy", e.to_string()),
+        e @ OpError::NotApplicable(_) => throw("ops.not_applicable", e.to_string()),
+        e => throw(&format!("ops.{}", e.code()), e.to_string()),
+    }
+}
+
 pub(crate) fn client(state: &CallState, cluster: &str) -> Result<pve::PveClient, Box<EvalAltResult>> {
     state.host.pve(cluster).ok_or_else(|| {
         throw(
@@ -366,10 +380,13 @@ pub mod pve_mod {
         })
     }
 
-    /// Power action on a guest: `POST /nodes/{node}/{kind}/{vmid}/status/{action}` with `action`
+    /// Power action on a guest, through Proxlab's VM operations (the same path as the portal's
+    /// buttons: one operation at a time per VM, bounded per cluster, locked guests and templates
+    /// refused, Stop always allowed): `POST /nodes/{node}/{kind}/{vmid}/status/{action}` with `action`
     /// one of `start`, `stop`, `shutdown`, `reboot`, `suspend`, `resume`. Returns the task's UPID
-    /// (string; `()` in a dry run) — wait on it with `pve::wait_task`. A write.
-    /// Errors: `arg.kind`, `arg.action`, `arg.vmid`, `pve.locked`, `pve.*`.
+    /// (string) as soon as PVE accepted it — wait on it with `pve::wait_task` — or `()` in a dry run or
+    /// when the guest already is in that state. A write. Errors: `arg.kind`, `arg.action`, `arg.vmid`,
+    /// `pve.unknown_cluster`, `pve.not_found`, `pve.locked`, `ops.busy`, `ops.not_applicable`, `pve.*`.
     #[rhai_fn(return_raw)]
     pub fn power(
         ctx: NativeCallContext,
@@ -382,17 +399,27 @@ pub mod pve_mod {
         crate::engine::located(&ctx, || {
             let k = kind_of(kind)?;
             let id = check_vmid(vmid)?;
-            if !["start", "stop", "shutdown", "reboot", "suspend", "resume"].contains(&action) {
+            let Ok(pa) = action.parse::<pve::PowerAction>() else {
                 return Err(throw("arg.action", format!("unknown power action {action:?}")));
-            }
+            };
             let state = call_state(&ctx)?;
-            request(
-                &state,
-                cluster,
-                Method::Post,
-                &format!("/nodes/{node}/{}/{id}/status/{action}", k.as_str()),
-                &[],
-            )
+            check_path(&format!("/nodes/{node}/{}/{id}/status/{action}", k.as_str()))?;
+            state.record(format!(
+                "pve {cluster} POST /nodes/{node}/{}/{id}/status/{action}",
+                k.as_str()
+            ));
+            if state.dry_run {
+                return Ok(Dynamic::UNIT);
+            }
+            client(&state, cluster)?;
+            let ops = state
+                .host
+                .ops()
+                .ok_or_else(|| throw("pve.power_unavailable", "this host performs no VM operations"))?;
+            let upid = state
+                .host_call(|| state.host.runtime().block_on(ops.power_started(cluster, id, pa)))
+                .map_err(op_err)?;
+            Ok(upid.map(Dynamic::from).unwrap_or(Dynamic::UNIT))
         })
     }
 

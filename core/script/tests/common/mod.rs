@@ -67,6 +67,10 @@ pub struct ClusterHost {
     pub inventory: Mutex<HashMap<(String, u32), serde_json::Value>>,
     pub samples: Mutex<SampleMap>,
     pub ssh_calls: Mutex<Vec<Vec<String>>>,
+    /// The VM operations `pve::power` goes through, over a syncer of the same clusters (ticked on
+    /// each `refresh`, as the server's sync loop does).
+    pub syncer: Arc<sync::Syncer>,
+    pub ops: ops::Ops,
 }
 
 pub fn pve_client(fc: &testkit::FakeCluster) -> pve::PveClient {
@@ -86,12 +90,31 @@ pub fn pve_client(fc: &testkit::FakeCluster) -> pve::PveClient {
 impl ClusterHost {
     /// A host with one cluster id per fake cluster, clock at `now`.
     pub fn new(clusters: &[(&str, &testkit::FakeCluster)], now: u64) -> Arc<ClusterHost> {
+        let clients: HashMap<String, pve::PveClient> = clusters
+            .iter()
+            .map(|(id, fc)| (id.to_string(), pve_client(fc)))
+            .collect();
+        let names: Vec<(String, String)> = clients.keys().map(|id| (id.clone(), id.clone())).collect();
+        let handles = clients
+            .iter()
+            .map(|(id, client)| sync::ClusterHandle {
+                id: id.clone(),
+                name: id.clone(),
+                client: client.clone(),
+            })
+            .collect();
+        let syncer = sync::Syncer::new(
+            sync::Inventory::load(None, &names).unwrap(),
+            handles,
+            sync::SyncConfig::default(),
+            Arc::new(sync::AgentDiscovery),
+        );
+        let ops = ops::Ops::new(syncer.clone(), ops::OpsConfig::default());
         Arc::new(ClusterHost {
             handle: tokio::runtime::Handle::current(),
-            clients: clusters
-                .iter()
-                .map(|(id, fc)| (id.to_string(), pve_client(fc)))
-                .collect(),
+            clients,
+            syncer,
+            ops,
             now: AtomicU64::new(now),
             inventory: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
@@ -103,6 +126,9 @@ impl ClusterHost {
     /// sample per guest at the current injected time.
     pub async fn refresh(&self) {
         let now = self.now.load(Ordering::SeqCst);
+        for id in self.clients.keys() {
+            self.syncer.tick_cluster(id, false).await.unwrap();
+        }
         for (id, client) in &self.clients {
             let rows = client.cluster_resources().await.unwrap();
             let mut inv = self.inventory.lock().unwrap();
@@ -138,6 +164,9 @@ impl Host for ClusterHost {
     }
     fn clusters(&self) -> Vec<String> {
         self.clients.keys().cloned().collect()
+    }
+    fn ops(&self) -> Option<ops::Ops> {
+        Some(self.ops.clone())
     }
     fn inventory_guest(&self, cluster: &str, vmid: u32) -> Option<serde_json::Value> {
         self.inventory
