@@ -10,12 +10,11 @@ pub mod api;
 pub mod auth;
 pub mod class_pages;
 pub mod classes;
-pub mod connect;
 pub mod error;
 pub mod pages;
-pub mod rdp;
 pub mod state;
 pub mod theme;
+pub mod views;
 
 use std::time::Duration;
 
@@ -29,6 +28,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{RouteSpec, routes};
+/// The connect view, also at its old path for the binary and tests.
+pub use views::connect;
+/// `.rdp` file writer, also at its old path.
+pub use views::connect::rdp_file as rdp;
 pub use error::{AppError, AppResult};
 pub use state::{AppState, WebConfig};
 

@@ -59,8 +59,8 @@ pub struct AppState {
     /// [`AppState::with_auth`].
     pub auth: Arc<crate::auth::AuthState>,
     /// Connecting to VMs: RDP scripts, terminal/console settings, address verifications, the shutdown
-    /// signal of the relays ([`crate::connect`]). Replace with [`AppState::with_connect`].
-    pub connect: Arc<crate::connect::ConnectState>,
+    /// signal of the relays ([`crate::views::connect`]). Replace with [`AppState::with_connect`].
+    pub connect: Arc<crate::views::connect::ConnectState>,
     /// Classes, templates, invites and deployment jobs ([`crate::classes`]); `None`: those routes answer
     /// 503. Set with [`AppState::with_deployer`].
     pub deploy: Option<deploy::Deployer>,
@@ -111,7 +111,7 @@ impl AppState {
     }
 
     /// Replaces the connect state (settings, RDP scripts, facts shared with the IP discovery).
-    pub fn with_connect(mut self, connect: Arc<crate::connect::ConnectState>) -> AppState {
+    pub fn with_connect(mut self, connect: Arc<crate::views::connect::ConnectState>) -> AppState {
         self.connect = connect;
         self
     }

@@ -20,6 +20,7 @@ pub mod console;
 pub mod hostkeys;
 pub mod net;
 pub mod rdp;
+pub mod rdp_file;
 pub mod ssh;
 pub mod vendor;
 
