@@ -5,11 +5,8 @@
 //! for a read. Writes (power operations) go through the `pve` client and wait on the task. This is the
 //! only crate that knows axum.
 
-pub mod admin_pages;
 pub mod api;
 pub mod auth;
-pub mod class_pages;
-pub mod classes;
 pub mod error;
 pub mod pages;
 pub mod state;

@@ -18,7 +18,7 @@
 //! - `GET /static/{version}/{*path}` — [`static_file`]: a static file of the theme (site first,
 //!   then embedded).
 //!
-//! The admin pages (users, clusters, assignments, audit log) live in [`crate::admin_pages`].
+//! The admin pages (users, clusters, assignments, audit log) live in [`crate::views::admin`].
 //!
 //! Pages render from the in-memory inventory ([`sync::Inventory::snapshot`]) and never wait on
 //! Proxmox. The context each template receives is documented in `themes/README.md`; the structs

@@ -61,7 +61,7 @@ pub struct AppState {
     /// Connecting to VMs: RDP scripts, terminal/console settings, address verifications, the shutdown
     /// signal of the relays ([`crate::views::connect`]). Replace with [`AppState::with_connect`].
     pub connect: Arc<crate::views::connect::ConnectState>,
-    /// Classes, templates, invites and deployment jobs ([`crate::classes`]); `None`: those routes answer
+    /// Classes, templates, invites and deployment jobs ([`crate::views::classes`]); `None`: those routes answer
     /// 503. Set with [`AppState::with_deployer`].
     pub deploy: Option<deploy::Deployer>,
 }

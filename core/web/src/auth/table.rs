@@ -8,7 +8,9 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::state::AppState;
-use crate::{admin_pages, api, class_pages, classes, connect, pages};
+use crate::views::admin as admin_pages;
+use crate::views::classes::{self, pages as class_pages};
+use crate::{api, connect, pages};
 
 use super::routes as auth_routes;
 

@@ -5,6 +5,8 @@
 //! Errors are `{"error": {"code", "message"}}` with the deployer's codes (`class_full`,
 //! `invite_invalid`, `preflight`, `confirmation_required`, `not_owner`, ...) and statuses.
 
+pub mod pages;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -499,7 +501,7 @@ pub async fn revoke_invite(
     Ok(Json(json!({"invite": r?})).into_response())
 }
 
-/// `POST /join/{token}` (signed in; the form of the join page [`crate::class_pages::join_page`], so the
+/// `POST /join/{token}` (signed in; the form of the join page [`pages::join_page`], so the
 /// CSRF token and Origin checks of every state-changing request apply): joins the class and redirects to
 /// the portal: `/portal?joined=<class>`, `/portal?join=full&class=<class>&position=N` (on the waiting
 /// list), or `/portal?join=invalid` (unknown, revoked or expired link). The audit log names the invite
