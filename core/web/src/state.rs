@@ -32,6 +32,12 @@ impl Default for WebConfig {
     }
 }
 
+/// `?cluster=ID` on VM paths.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ClusterQuery {
+    pub cluster: Option<String>,
+}
+
 /// Labels of the HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct HttpLabels {
@@ -49,12 +55,12 @@ pub struct AppState {
     /// Power actions and reverts ([`ops`]): one at a time per VM, bounded per cluster, in their own tasks.
     pub ops: ops::Ops,
     pub(crate) http_requests: Family<HttpLabels, Counter>,
-    /// Page theme (see [`crate::pages`]); `None`: the embedded default theme, built on first use.
+    /// Page theme (see [`crate::render`]); `None`: the embedded default theme, built on first use.
     /// Set with [`AppState::with_themes`].
     pub themes: Option<Arc<crate::theme::Themes>>,
     /// Reloaders shown on `/admin/reload` besides the theme's, as `(name, source)`.
     /// Add with [`AppState::with_reload_source`].
-    pub reload_sources: Arc<Vec<(String, Arc<dyn crate::pages::ReloadSource>)>>,
+    pub reload_sources: Arc<Vec<(String, Arc<dyn crate::render::ReloadSource>)>>,
     /// Accounts, sessions, tokens and the access index ([`crate::auth`]). Replace with
     /// [`AppState::with_auth`].
     pub auth: Arc<crate::auth::AuthState>,

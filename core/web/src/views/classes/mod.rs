@@ -672,7 +672,7 @@ pub async fn teacher_power(
         .audit(&p.name, authn.addr, "class.teacher_vm", &id, &result);
     match r {
         Ok(_) => Ok(Json(json!({"vm": vm, "action": action.as_str()})).into_response()),
-        Err(e) => Ok(crate::api::op_error_response(&e)),
+        Err(e) => Ok(crate::error::op_error_response(&e)),
     }
 }
 
@@ -1073,7 +1073,7 @@ pub async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path
         },
         over,
     );
-    Ok(crate::api::sse_response(stream))
+    Ok(crate::render::sse_response(stream))
 }
 
 /// `GET /api/classes/{id}/events` (SSE, the class's teachers): every job event of the class (deploys,
@@ -1101,5 +1101,5 @@ pub async fn class_events(State(st): State<AppState>, p: Principal, Path(id): Pa
         |_| false,
         false,
     );
-    Ok(crate::api::sse_response(stream))
+    Ok(crate::render::sse_response(stream))
 }

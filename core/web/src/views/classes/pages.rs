@@ -25,7 +25,7 @@ use serde::Serialize;
 use store::{ClassRecord, JobState, Role};
 
 use crate::auth::{Action, Decision, Principal, Target, decide};
-use crate::pages::{error_page, plain_error, render_page, themes_of};
+use crate::render::{error_page, plain_error, render_page, themes_of};
 use crate::state::AppState;
 
 /// A class row of `classes.html` (`classes[]`).
