@@ -10,7 +10,6 @@ pub mod error;
 pub mod render;
 pub mod routes;
 pub mod state;
-pub mod theme;
 pub mod views;
 
 use std::time::Duration;
@@ -24,6 +23,8 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+/// Theme loading lives in its own crate below `web`; here at its old path.
+pub use ::theme;
 pub use auth::RouteSpec;
 pub use error::{AppError, AppResult};
 pub use routes::routes;

@@ -20,8 +20,9 @@ pub mod access;
 pub mod authz;
 pub mod clock;
 pub mod index;
-pub mod password;
 pub mod throttle;
+
+pub use accounts::password;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,9 +62,7 @@ pub const COOKIE_SECURE: &str = "__Host-proxlab_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "_csrf";
-/// Longest accepted password, bytes; longer ones answer 400 before any hashing (a login flood must not pin
-/// the runtime in argon2).
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub use accounts::MAX_PASSWORD_BYTES;
 /// Longest display name accepted at self-registration and on the admin's user forms (the form's
 /// `maxlength`).
 pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
