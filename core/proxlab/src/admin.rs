@@ -138,8 +138,8 @@ fn read_new_password() -> anyhow::Result<Secret> {
     if pw.len() < 8 {
         bail!("a password needs at least 8 characters");
     }
-    if pw.len() > web::auth::MAX_PASSWORD_BYTES {
-        bail!("a password has at most {} bytes", web::auth::MAX_PASSWORD_BYTES);
+    if pw.len() > accounts::MAX_PASSWORD_BYTES {
+        bail!("a password has at most {} bytes", accounts::MAX_PASSWORD_BYTES);
     }
     Ok(Secret::new(pw))
 }
@@ -164,7 +164,7 @@ pub fn user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
                 bail!("user {name} already exists (use `proxlab user passwd {name}` to change the password)");
             }
             let password = read_new_password()?;
-            let hash = web::auth::password::hash_blocking(&password)?;
+            let hash = accounts::password::hash_blocking(&password)?;
             let u = store.create_local_user(UserRecord {
                 display_name: display_name.unwrap_or_else(|| name.clone()),
                 name,
@@ -182,7 +182,7 @@ pub fn user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
                 bail!("{name} signs in with its Proxmox realm password; change it in Proxmox");
             }
             let password = read_new_password()?;
-            let hash = web::auth::password::hash_blocking(&password)?;
+            let hash = accounts::password::hash_blocking(&password)?;
             store.set_password_hash(&name, hash, true)?;
             audit(&store, "user.passwd", &name)?;
             println!("password of {name} changed; its sessions were ended");
@@ -330,7 +330,7 @@ pub fn seed_demo_accounts(
     ] {
         let password = format!("demo-{name}");
         if store.user(name)?.is_none() {
-            let hash = web::auth::password::hash_blocking(&Secret::new(password.clone()))?;
+            let hash = accounts::password::hash_blocking(&Secret::new(password.clone()))?;
             store.create_local_user(UserRecord {
                 name: name.into(),
                 display_name: format!("Demo {name}"),

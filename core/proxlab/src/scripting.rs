@@ -56,13 +56,13 @@ pub async fn run(cmd: ScriptCmd) -> anyhow::Result<ExitCode> {
             let (themes, paths): (Vec<PathBuf>, Vec<PathBuf>) =
                 paths.into_iter().partition(|p| p.join("theme.toml").is_file());
             let mut theme_diags: Vec<script::Diagnostic> =
-                themes.iter().flat_map(|t| web::theme::Themes::check(t)).collect();
+                themes.iter().flat_map(|t| theme::Themes::check(t)).collect();
             if let Some(site) = config
                 .as_ref()
                 .and_then(|p| Config::load(p).ok())
                 .and_then(|c| c.themes.site_dir)
             {
-                theme_diags.extend(web::theme::Themes::check(&site));
+                theme_diags.extend(theme::Themes::check(&site));
             }
             let only_themes = paths.is_empty() && !themes.is_empty();
             let mut diags = if only_themes {

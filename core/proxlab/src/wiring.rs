@@ -347,7 +347,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => state,
     };
     // Themes: the embedded default, overridden file by file by the site theme, hot-reloaded.
-    let theme_cfg = web::theme::ThemeConfig {
+    let theme_cfg = theme::ThemeConfig {
         site_dir: cfg.themes.site_dir.clone(),
         watch: match cfg.themes.watch {
             WatchKind::Poll => script::WatchMode::Poll(Duration::from_secs_f64(
@@ -355,11 +355,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             )),
             _ => script::WatchMode::Native,
         },
-        ..web::theme::ThemeConfig::default()
+        ..theme::ThemeConfig::default()
     };
     let themes = Arc::new(
-        web::theme::Themes::start(theme_cfg)
-            .map_err(|e| anyhow::anyhow!("the site theme does not load: {e}"))?,
+        theme::Themes::start(theme_cfg).map_err(|e| anyhow::anyhow!("the site theme does not load: {e}"))?,
     );
     let state = state.with_themes(themes);
     // Deployments: resume or clean up interrupted jobs from the journal BEFORE serving.

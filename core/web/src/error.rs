@@ -43,6 +43,17 @@ pub enum AppError {
         /// The script's message for the user.
         message: String,
     },
+    /// A domain error that names its own status and code (a refused VM operation: `busy`, `locked`,
+    /// `no_baseline`, ...), answered with its own message.
+    #[error("{message}")]
+    Domain {
+        /// The status that fits the error.
+        status: StatusCode,
+        /// The domain's code.
+        code: String,
+        /// The domain's message.
+        message: String,
+    },
     /// 500: a bug or an I/O failure; details are only logged.
     #[error("internal error")]
     Internal(String),
@@ -61,7 +72,7 @@ impl AppError {
             AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            AppError::Script { status, .. } => *status,
+            AppError::Script { status, .. } | AppError::Domain { status, .. } => *status,
         }
     }
 
@@ -77,7 +88,7 @@ impl AppError {
             AppError::Upstream(_) => "pve_error",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal(_) => "internal",
-            AppError::Script { code, .. } => code,
+            AppError::Script { code, .. } | AppError::Domain { code, .. } => code,
         }
     }
 }
@@ -136,6 +147,29 @@ impl From<store::StoreError> for AppError {
             other => AppError::Internal(other.to_string()),
         }
     }
+}
+
+impl From<&ops::OpError> for AppError {
+    /// A failed VM operation: 404 for an unknown VM, 409 when it is busy, locked or the action does not
+    /// apply, PVE's own errors as [`From<&pve::PveError>`] maps them, and a service's own status.
+    fn from(e: &ops::OpError) -> Self {
+        use ops::OpError;
+        let code = match e {
+            OpError::Pve(pe) => AppError::from(pe.as_ref()).code().to_string(),
+            OpError::Service { code, .. } => code.clone(),
+            _ => e.code(),
+        };
+        AppError::Domain {
+            status: op_status(e),
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The HTTP answer for a failed operation: `{error: {code, message}}` with the status that fits.
+pub fn op_error_response(e: &ops::OpError) -> Response {
+    AppError::from(e).into_response()
 }
 
 /// Result alias of handlers.

@@ -5,17 +5,12 @@
 //! for a read. Writes (power operations) go through the `pve` client and wait on the task. This is the
 //! only crate that knows axum.
 
-pub mod admin_pages;
-pub mod api;
 pub mod auth;
-pub mod class_pages;
-pub mod classes;
-pub mod connect;
 pub mod error;
-pub mod pages;
-pub mod rdp;
+pub mod render;
+pub mod routes;
 pub mod state;
-pub mod theme;
+pub mod views;
 
 use std::time::Duration;
 
@@ -28,21 +23,30 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{RouteSpec, routes};
+/// Theme loading lives in its own crate below `web`; here at its old path.
+pub use ::theme;
+pub use auth::RouteSpec;
 pub use error::{AppError, AppResult};
+pub use routes::routes;
 pub use state::{AppState, WebConfig};
+/// The connect view, also at its old path for the binary and tests.
+pub use views::connect;
+/// `.rdp` file writer, also at its old path.
+pub use views::connect::rdp_file as rdp;
+/// The portal pages, also at their old path.
+pub use views::portal::pages;
 
 /// The whole application router (no socket), so tests can drive it with `tower::ServiceExt::oneshot`.
 ///
 /// Layer order (outermost first): trace → request counter → authenticate (principal, CSRF/Origin
 /// check, security headers on every answer, 401/403 included) → compression (skips
 /// `text/event-stream`, so SSE progress is not buffered) → timeout (non-streaming handlers only; SSE bodies
-/// are not cut) → per-route access guard ([`auth::table`]) → handler.
+/// are not cut) → per-route access guard ([`auth::access`]) → handler.
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
-    // Every route comes from the one route table (auth::table), each behind its access guard; register
+    // Every route comes from the one route table ([`routes`]), each behind its access guard; register
     // new routes there, never here, so the authorization matrix test sees them.
-    let api = auth::table::register(Router::new());
+    let api = auth::access::register(Router::new(), routes::table());
     api.layer(TimeoutLayer::with_status_code(
         StatusCode::GATEWAY_TIMEOUT,
         timeout,

@@ -32,6 +32,12 @@ impl Default for WebConfig {
     }
 }
 
+/// `?cluster=ID` on VM paths.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ClusterQuery {
+    pub cluster: Option<String>,
+}
+
 /// Labels of the HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct HttpLabels {
@@ -49,19 +55,19 @@ pub struct AppState {
     /// Power actions and reverts ([`ops`]): one at a time per VM, bounded per cluster, in their own tasks.
     pub ops: ops::Ops,
     pub(crate) http_requests: Family<HttpLabels, Counter>,
-    /// Page theme (see [`crate::pages`]); `None`: the embedded default theme, built on first use.
+    /// Page theme (see [`crate::render`]); `None`: the embedded default theme, built on first use.
     /// Set with [`AppState::with_themes`].
     pub themes: Option<Arc<crate::theme::Themes>>,
     /// Reloaders shown on `/admin/reload` besides the theme's, as `(name, source)`.
     /// Add with [`AppState::with_reload_source`].
-    pub reload_sources: Arc<Vec<(String, Arc<dyn crate::pages::ReloadSource>)>>,
+    pub reload_sources: Arc<Vec<(String, Arc<dyn crate::render::ReloadSource>)>>,
     /// Accounts, sessions, tokens and the access index ([`crate::auth`]). Replace with
     /// [`AppState::with_auth`].
     pub auth: Arc<crate::auth::AuthState>,
     /// Connecting to VMs: RDP scripts, terminal/console settings, address verifications, the shutdown
-    /// signal of the relays ([`crate::connect`]). Replace with [`AppState::with_connect`].
-    pub connect: Arc<crate::connect::ConnectState>,
-    /// Classes, templates, invites and deployment jobs ([`crate::classes`]); `None`: those routes answer
+    /// signal of the relays ([`crate::views::connect`]). Replace with [`AppState::with_connect`].
+    pub connect: Arc<crate::views::connect::ConnectState>,
+    /// Classes, templates, invites and deployment jobs ([`crate::views::classes`]); `None`: those routes answer
     /// 503. Set with [`AppState::with_deployer`].
     pub deploy: Option<deploy::Deployer>,
 }
@@ -118,7 +124,7 @@ impl AppState {
     }
 
     /// Replaces the connect state (settings, RDP scripts, facts shared with the IP discovery).
-    pub fn with_connect(mut self, connect: Arc<crate::connect::ConnectState>) -> AppState {
+    pub fn with_connect(mut self, connect: Arc<crate::views::connect::ConnectState>) -> AppState {
         self.connect = connect;
         self
     }

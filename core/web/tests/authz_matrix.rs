@@ -191,7 +191,7 @@ fn signed_in(col: usize) -> bool {
 }
 
 fn concrete(fx: &Fixture, template: &str) -> String {
-    let themes = web::pages::themes_of(&fx.state).expect("themes");
+    let themes = web::render::themes_of(&fx.state).expect("themes");
     let set = themes.current();
     let file = set
         .statics()

@@ -971,7 +971,7 @@ async fn reload_status_lists_every_reloader_with_mode_and_generation() {
 #[tokio::test]
 async fn pages_are_for_admins_and_static_files_for_everyone() {
     let st = small_state().await;
-    let version = web::pages::themes_of(&st)
+    let version = web::render::themes_of(&st)
         .unwrap()
         .current()
         .version()

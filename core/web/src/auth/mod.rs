@@ -7,7 +7,7 @@
 //! - **CSRF**: every state-changing request (not GET/HEAD/OPTIONS) that authenticates with the session
 //!   cookie must carry the session's token as `X-CSRF-Token` or as the `_csrf` form field, and a present
 //!   `Origin` must be the portal's own. Bearer-token requests need neither.
-//! - **Route access** ([`Access`]) is declared per route in [`table`], the one list the router is built
+//! - **Route access** ([`Access`]) is declared per route in [`crate::routes`], the one list the router is built
 //!   from; anonymous callers get 401 on API routes and a redirect to `/login?next=…` on pages.
 //! - **Object access** (this VM, this class) is decided by [`authz::decide`], the one function every
 //!   handler asks.
@@ -16,13 +16,13 @@
 //! Secrets never leave this module in clear: session ids and tokens are stored as SHA-256 hex; passwords
 //! only as argon2id PHC strings, hashed off the async workers ([`password`]).
 
+pub mod access;
 pub mod authz;
 pub mod clock;
 pub mod index;
-pub mod password;
-pub mod routes;
-pub mod table;
 pub mod throttle;
+
+pub use accounts::password;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,11 +44,11 @@ use sha2::{Digest, Sha256};
 use store::{ApiTokenRecord, AuditRecord, Role, SessionRecord, Store, UserRecord};
 use subtle::ConstantTimeEq;
 
+pub use access::{Access, HttpMethod, RouteKind, RouteSpec};
 pub use authz::{Action, Decision, Target, decide};
 pub use clock::{ManualWallClock, SystemWallClock, WallClock};
 pub use index::{AccessIndex, VmRef};
 pub use password::{HashError, Hasher};
-pub use table::{Access, HttpMethod, RouteKind, RouteSpec, routes};
 pub use throttle::{Throttle, ThrottleConfig};
 
 use crate::error::AppError;
@@ -62,9 +62,10 @@ pub const COOKIE_SECURE: &str = "__Host-proxlab_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form field carrying the CSRF token.
 pub const CSRF_FIELD: &str = "_csrf";
-/// Longest accepted password, bytes; longer ones answer 400 before any hashing (a login flood must not pin
-/// the runtime in argon2).
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub use accounts::MAX_PASSWORD_BYTES;
+/// Longest display name accepted at self-registration and on the admin's user forms (the form's
+/// `maxlength`).
+pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
 /// Body limit of the sign-in routes, bytes (bounds the work a login flood can cause).
 pub const AUTH_BODY_LIMIT: usize = 4096;
 /// Lifetime of a one-time connect token for a WebSocket upgrade (a cookie alone never opens one).
@@ -804,7 +805,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     let streamer = principal.clone();
     req.extensions_mut().insert(Authn { principal, addr });
     req.extensions_mut()
-        .insert(PageThemes(crate::pages::themes_of(&st)));
+        .insert(PageThemes(crate::render::themes_of(&st)));
     let mut resp = next.run(req).await;
     // Every event stream of a signed-in caller ends when its session does (disabled, signed out,
     // demoted, password changed): nothing keeps flowing to a credential that no longer counts.
@@ -966,7 +967,7 @@ fn finish(mut resp: Response, authenticated: bool, auth: &AuthState) -> Response
 #[derive(Clone)]
 pub(crate) struct PageThemes(pub Option<std::sync::Arc<crate::theme::Themes>>);
 
-/// The per-route access check of [`table`]: lets the request through or answers 401 / redirect / 403
+/// The per-route access check of [`crate::routes`]: lets the request through or answers 401 / redirect / 403
 /// (the themed error page for page routes, a JSON error for the API).
 pub(crate) async fn guard(State(spec): State<RouteSpec>, req: Request, next: Next) -> Response {
     let principal = req.extensions().get::<Authn>().and_then(|a| a.principal.as_ref());
@@ -979,7 +980,7 @@ pub(crate) async fn guard(State(spec): State<RouteSpec>, req: Request, next: Nex
             let themes = req.extensions().get::<PageThemes>().and_then(|t| t.0.clone());
             match (spec.kind, themes) {
                 (RouteKind::Html, Some(themes)) => {
-                    crate::pages::error_page(
+                    crate::render::error_page(
                         &themes,
                         axum::http::StatusCode::FORBIDDEN,
                         "This page is for administrators only.",

@@ -2,7 +2,7 @@
 //! in the browser, the "Connect" summary the portal renders, the verification of guest addresses, and the
 //! pinned npm assets (xterm.js, noVNC) served from disk.
 //!
-//! Routes (all registered in [`crate::auth::table`], all asking [`crate::auth::decide`] with
+//! Routes (all registered in [`crate::routes`], all asking [`crate::auth::decide`] with
 //! [`crate::auth::Action::ConnectVm`] for the VM):
 //! - `GET /api/vm/{vmid}/connect` — what fits the VM (RDP for Windows, SSH for Linux, console always), the
 //!   copyable address, its discovery tier and its verification with age ([`api::connect_info`]);
@@ -20,6 +20,7 @@ pub mod console;
 pub mod hostkeys;
 pub mod net;
 pub mod rdp;
+pub mod rdp_file;
 pub mod ssh;
 pub mod vendor;
 

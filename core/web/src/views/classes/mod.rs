@@ -5,6 +5,8 @@
 //! Errors are `{"error": {"code", "message"}}` with the deployer's codes (`class_full`,
 //! `invite_invalid`, `preflight`, `confirmation_required`, `not_owner`, ...) and statuses.
 
+pub mod pages;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -498,7 +500,7 @@ pub async fn revoke_invite(
     Ok(Json(json!({"invite": r?})).into_response())
 }
 
-/// `POST /join/{token}` (signed in; the form of the join page [`crate::class_pages::join_page`], so the
+/// `POST /join/{token}` (signed in; the form of the join page [`pages::join_page`], so the
 /// CSRF token and Origin checks of every state-changing request apply): joins the class and redirects to
 /// the portal: `/portal?joined=<class>`, `/portal?join=full&class=<class>&position=N` (on the waiting
 /// list), or `/portal?join=invalid` (unknown, revoked or expired link). The audit log names the invite
@@ -669,7 +671,7 @@ pub async fn teacher_power(
         .audit(&p.name, authn.addr, "class.teacher_vm", &id, &result);
     match r {
         Ok(_) => Ok(Json(json!({"vm": vm, "action": action.as_str()})).into_response()),
-        Err(e) => Ok(crate::api::op_error_response(&e)),
+        Err(e) => Ok(crate::error::op_error_response(&e)),
     }
 }
 
@@ -1070,7 +1072,7 @@ pub async fn job_events(State(st): State<AppState>, p: Principal, Path(id): Path
         },
         over,
     );
-    Ok(crate::api::sse_response(stream))
+    Ok(crate::render::sse_response(stream))
 }
 
 /// `GET /api/classes/{id}/events` (SSE, the class's teachers): every job event of the class (deploys,
@@ -1098,5 +1100,5 @@ pub async fn class_events(State(st): State<AppState>, p: Principal, Path(id): Pa
         |_| false,
         false,
     );
-    Ok(crate::api::sse_response(stream))
+    Ok(crate::render::sse_response(stream))
 }

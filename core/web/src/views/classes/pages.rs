@@ -1,5 +1,5 @@
 //! The teacher's class pages (issue 5 item 4), rendered through the themes; every change they offer
-//! goes through the JSON routes of [`crate::classes`] from `static/classes.js` (with `X-CSRF-Token`).
+//! goes through the JSON routes of [`super`] from `static/classes.js` (with `X-CSRF-Token`).
 //!
 //! - `GET /classes` — [`classes_page`], `classes.html`: the classes the caller owns or co-owns (admins:
 //!   every class) and a "new class" form that posts to `POST /api/classes`.
@@ -10,7 +10,7 @@
 //!
 //! - `GET /join/{token}` — [`join_page`], `join.html`: what an invite link opens, the class's name and a
 //!   "Join" button whose form posts (with the CSRF token) to `POST /join/{token}`
-//!   ([`crate::classes::join`]); every signed-in user may open it.
+//!   ([`super::join`]); every signed-in user may open it.
 //!
 //! Access: teachers of the class (owner, co-owners) and admins; everyone else gets the themed 404 page,
 //! so a class's existence is not revealed. Students get 403 on `/classes`. Without a deployer
@@ -25,7 +25,7 @@ use serde::Serialize;
 use store::{ClassRecord, JobState, Role};
 
 use crate::auth::{Action, Decision, Principal, Target, decide};
-use crate::pages::{error_page, plain_error, render_page, themes_of};
+use crate::render::{error_page, plain_error, render_page, themes_of};
 use crate::state::AppState;
 
 /// A class row of `classes.html` (`classes[]`).

@@ -1,6 +1,6 @@
 //! The admin pages (issue 4 item 5) and the JSON endpoints only they need.
 //!
-//! Pages (all `Admin` in [`crate::auth::table`], themed, context documented in `themes/README.md`):
+//! Pages (all `Admin` in [`crate::routes`], themed, context documented in `themes/README.md`):
 //! - `GET /admin/users` — [`users_page`], `admin/users.html`: create, role, disable, reset password.
 //! - `GET /admin/clusters` — [`clusters_page`], `admin/clusters.html`: sync status per cluster with a
 //!   trigger, the caller's active cluster, "add a cluster" with a connection test and the
@@ -35,7 +35,7 @@ use store::{AssignmentRecord, Role, UserRecord};
 
 use crate::auth::{Authn, HashError, MAX_PASSWORD_BYTES, Principal};
 use crate::error::{AppError, AppResult};
-use crate::pages::{ClusterView, render_page};
+use crate::render::{ClusterView, render_page};
 use crate::state::AppState;
 
 /// Shortest password accepted for a local account (characters), as `proxlab user add` demands.
@@ -251,7 +251,7 @@ pub async fn create_user(State(st): State<AppState>, p: Principal, authn: Authn,
         let display = store::accounts::validate_text(
             "a display name",
             &input.display_name,
-            crate::auth::routes::MAX_DISPLAY_NAME_CHARS,
+            crate::auth::MAX_DISPLAY_NAME_CHARS,
             true,
         )
         .map_err(AppError::BadRequest)?;
@@ -306,7 +306,7 @@ pub async fn update_user(
                 store::accounts::validate_text(
                     "a display name",
                     d,
-                    crate::auth::routes::MAX_DISPLAY_NAME_CHARS,
+                    crate::auth::MAX_DISPLAY_NAME_CHARS,
                     false,
                 )
             })

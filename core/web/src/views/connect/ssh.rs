@@ -207,7 +207,7 @@ pub(crate) async fn connect_page(
     kind: &'static str,
     template: &'static str,
 ) -> Response {
-    let Some(themes) = crate::pages::themes_of(st) else {
+    let Some(themes) = crate::render::themes_of(st) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "The portal's theme does not load.",
@@ -216,12 +216,12 @@ pub(crate) async fn connect_page(
     };
     let cluster = match st.authorize_vm(p, vmid, cluster, Action::ConnectVm) {
         Ok(c) => c,
-        Err(e) => return crate::pages::error_page(&themes, e.status(), &e.to_string()).await,
+        Err(e) => return crate::render::error_page(&themes, e.status(), &e.to_string()).await,
     };
     let snap = st.inventory.snapshot();
     let Some(g) = snap.guest(&cluster, vmid).cloned() else {
         let msg = format!("no VM {vmid} in cluster {cluster}");
-        return crate::pages::error_page(&themes, StatusCode::NOT_FOUND, &msg).await;
+        return crate::render::error_page(&themes, StatusCode::NOT_FOUND, &msg).await;
     };
     let q = format!(
         "?cluster={}",
@@ -270,7 +270,7 @@ pub(crate) async fn connect_page(
             resp
         }
         Err(_) => {
-            crate::pages::error_page(
+            crate::render::error_page(
                 &themes,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "This page could not be shown. The administrators can see why on the reload status page.",

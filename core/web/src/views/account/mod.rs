@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{AssignmentRecord, AssignmentRole, Role, UserRecord};
 
-use super::{Authn, MAX_PASSWORD_BYTES, Principal, Via, safe_next, sha256_hex};
-use crate::api::ClusterQuery;
 use crate::auth::authz::{Action, Decision, Target, decide};
+use crate::auth::{Authn, MAX_PASSWORD_BYTES, Principal, Via, safe_next, sha256_hex};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
+use crate::state::ClusterQuery;
 
 /// Sign-in input, as a form (`application/x-www-form-urlencoded`) or JSON.
 #[derive(Debug, Default, Deserialize)]
@@ -60,7 +60,7 @@ pub const UNKNOWN_ACCOUNT: &str = "unknown account";
 
 /// The 429 of a throttled sign-in or registration: the reason in plain words and `Retry-After` (whole
 /// seconds, at least 1).
-fn throttled((wait, scope): (std::time::Duration, super::throttle::Scope)) -> Response {
+fn throttled((wait, scope): (std::time::Duration, crate::auth::throttle::Scope)) -> Response {
     let mut r = AppError::TooManyRequests(scope.message().into()).into_response();
     let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
     if let Ok(v) = HeaderValue::from_str(&secs) {
@@ -77,7 +77,7 @@ fn throttled((wait, scope): (std::time::Duration, super::throttle::Scope)) -> Re
 /// password and a disabled account: `401 invalid_credentials` (JSON) or `303 /login?error=invalid`
 /// (form). 400 for a password over 1,024 bytes (before hashing), 413 over the 4 KiB body limit, 429 with
 /// `Retry-After` while the client address, its network (/24, /64) or the whole portal is throttled
-/// ([`super::throttle`]), 503 with `Retry-After` when hashing is saturated.
+/// ([`crate::auth::throttle`]), 503 with `Retry-After` when hashing is saturated.
 ///
 /// Local names are matched lower-case; names with `@` are Proxmox realm users checked against the realm
 /// cluster's `POST /access/ticket`.
@@ -179,8 +179,8 @@ async fn local_login(
         .verify(phc, password.clone())
         .await
         .map_err(|e| match e {
-            super::HashError::Busy => HashErrorKind::Busy,
-            super::HashError::Failed(m) => HashErrorKind::Failed(m),
+            crate::auth::HashError::Busy => HashErrorKind::Busy,
+            crate::auth::HashError::Failed(m) => HashErrorKind::Failed(m),
         })?;
     let Some(user) = user.filter(|u| verified.ok && !u.disabled) else {
         return Ok(None);
@@ -273,7 +273,7 @@ pub async fn logout(State(st): State<AppState>, p: Principal, authn: Authn, head
         return AppError::from(e).into_response();
     }
     st.auth.audit(&p.name, authn.addr, "logout", "", "ok");
-    let mut resp = if is_json(&headers) || headers.get(super::CSRF_HEADER).is_some() {
+    let mut resp = if is_json(&headers) || headers.get(crate::auth::CSRF_HEADER).is_some() {
         Json(json!({"ok": true})).into_response()
     } else {
         Redirect::to("/login").into_response()
@@ -349,7 +349,7 @@ pub async fn connect_token(
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ConnectVm)?;
     let token = st.auth.issue_connect_token(&p.name, &cluster, vmid, &purpose);
     Ok(Json(json!({
-        "token": token.expose(), "expires_in": super::CONNECT_TOKEN_TTL.as_secs(), "cluster": cluster, "vmid": vmid,
+        "token": token.expose(), "expires_in": crate::auth::CONNECT_TOKEN_TTL.as_secs(), "cluster": cluster, "vmid": vmid,
         "purpose": purpose,
     })))
 }
@@ -608,8 +608,7 @@ struct RegisterInput {
     invite: String,
 }
 
-/// Longest display name accepted at self-registration (the form's `maxlength`).
-pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
+pub use crate::auth::MAX_DISPLAY_NAME_CHARS;
 
 /// Shortest password accepted at self-registration.
 pub const MIN_REGISTER_PASSWORD: usize = 8;
@@ -747,7 +746,7 @@ async fn register_inner(
     };
     let hash = match auth.hasher.hash(input.password).await {
         Ok(h) => h,
-        Err(super::password::HashError::Busy) => {
+        Err(crate::auth::password::HashError::Busy) => {
             give_back(claim);
             return busy();
         }

@@ -3,20 +3,18 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -24,11 +22,9 @@ use crate::auth::{Action, Authn, Principal};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
-/// `?cluster=ID` on VM paths.
-#[derive(Debug, Default, Deserialize)]
-pub struct ClusterQuery {
-    pub cluster: Option<String>,
-}
+pub use crate::error::op_error_response;
+pub use crate::render::sse_response;
+pub use crate::state::ClusterQuery;
 
 /// `GET /health` (public): `{status: "ok"|"degraded", version, uptime_secs}` for anyone; signed-in users
 /// also get `clusters: [{id, name, status, stale_since}]`, admins the full detail (`reason`, `last_ok_at`,
@@ -370,21 +366,6 @@ pub async fn vm_power(
     }
 }
 
-/// The HTTP answer for a failed operation: `{error: {code, message}}` with the status that fits.
-pub fn op_error_response(e: &ops::OpError) -> Response {
-    use ops::OpError;
-    let status = crate::error::op_status(e);
-    let code = match e {
-        OpError::Pve(pe) => AppError::from(pe.as_ref()).code().to_string(),
-        _ => e.code(),
-    };
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": e.to_string()}})),
-    )
-        .into_response()
-}
-
 /// `GET /api/events`: Server-Sent Events of inventory changes (`event: guest|guest_removed|cluster`,
 /// `data:` the JSON of [`sync::Event`]), with keep-alive comments every 15 s. Never compressed.
 /// Admins get every event; other users only events of VMs they may see (checked per event against the
@@ -451,18 +432,6 @@ pub fn event_stream(
         };
         futures::future::ready(out)
     })
-}
-
-/// An SSE response with the headers proxies need (else progress arrives all at once):
-/// `Cache-Control: no-cache`, `X-Accel-Buffering: no`.
-pub fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
-    let mut resp = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
 }
 
 /// `GET /metrics`: Prometheus text format: per-cluster guest gauges, sync state and request counters.

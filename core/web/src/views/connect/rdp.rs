@@ -1,5 +1,5 @@
 //! `GET /rdp/{vmid}.rdp`: the `.rdp` file of a VM, from the site's `rdp_settings(vm, user)`
-//! (`scripts/rdp/default.rhai`), written by [`crate::rdp`] (UTF-16 LE with BOM, CRLF, values checked, IPv6
+//! (`scripts/rdp/default.rhai`), written by [`super::rdp_file`] (UTF-16 LE with BOM, CRLF, values checked, IPv6
 //! bracketed, never a password). Only for users allowed to connect to the VM; 409 while the VM has no
 //! address.
 
@@ -11,10 +11,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::rdp_file::{RdpTarget, RdpValue};
+use super::{ConnectQuery, script_vm, user_json};
 use crate::auth::{Action, Authn, Principal};
-use crate::connect::{ConnectQuery, script_vm, user_json};
 use crate::error::{AppError, AppResult};
-use crate::rdp::{RdpTarget, RdpValue};
 use crate::state::AppState;
 
 /// Default RDP port.
@@ -146,8 +146,8 @@ pub async fn rdp_file(
             "no RDP file: {r}; the RDP script or the VM's address must give a guest address"
         )));
     }
-    let bytes = crate::rdp::render(&target, &settings).map_err(|e| AppError::Internal(e.to_string()))?;
-    let name = crate::rdp::file_name(&g.name, vmid);
+    let bytes = super::rdp_file::render(&target, &settings).map_err(|e| AppError::Internal(e.to_string()))?;
+    let name = super::rdp_file::file_name(&g.name, vmid);
     let mut resp = (StatusCode::OK, Body::from(bytes)).into_response();
     let h = resp.headers_mut();
     h.insert(

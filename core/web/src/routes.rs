@@ -3,123 +3,24 @@
 //! (`tests/authz_matrix.rs`) can check that every route has rows — a route added here without matrix
 //! rows fails that test, and a route registered any other way does not exist.
 
-use axum::Router;
-use axum::handler::Handler;
-use axum::routing::{MethodFilter, MethodRouter, on};
+use crate::auth::access::{Route, route as r};
+use crate::views::account as auth_routes;
+use crate::views::admin as admin_pages;
+use crate::views::classes::{self, pages as class_pages};
+use crate::views::connect;
+use crate::views::portal::{api, pages};
 
-use crate::state::AppState;
-use crate::{admin_pages, api, class_pages, classes, connect, pages};
+pub use crate::auth::access::{Access, HttpMethod, RouteKind, RouteSpec};
 
-use super::routes as auth_routes;
-
-/// Who may call a route at all (finer, per-object decisions are [`super::authz::decide`]'s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone, signed in or not.
-    Public,
-    /// Any signed-in user; the handler decides per object (404 for what is not theirs).
-    Authenticated,
-    /// Admins only (403 for other signed-in users).
-    Admin,
-}
-
-/// What a route answers with; decides how an anonymous caller is answered (pages redirect to the
-/// sign-in page, the rest get 401).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteKind {
-    /// A themed HTML page.
-    Html,
-    /// JSON.
-    Json,
-    /// Server-Sent Events.
-    Sse,
-    /// A WebSocket upgrade.
-    Ws,
-    /// A static file.
-    Static,
-    /// Plain text (e.g. Prometheus metrics).
-    Text,
-}
-
-/// HTTP method of a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpMethod {
-    /// GET (HEAD is answered by the same handler).
-    Get,
-    /// POST.
-    Post,
-    /// PUT.
-    Put,
-    /// DELETE.
-    Delete,
-}
-
-impl HttpMethod {
-    /// Upper-case name, e.g. `GET`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpMethod::Get => "GET",
-            HttpMethod::Post => "POST",
-            HttpMethod::Put => "PUT",
-            HttpMethod::Delete => "DELETE",
-        }
-    }
-
-    fn filter(self) -> MethodFilter {
-        match self {
-            HttpMethod::Get => MethodFilter::GET,
-            HttpMethod::Post => MethodFilter::POST,
-            HttpMethod::Put => MethodFilter::PUT,
-            HttpMethod::Delete => MethodFilter::DELETE,
-        }
-    }
-}
-
-/// One route: method, path template (axum syntax, `{vmid}`), kind and access rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RouteSpec {
-    /// Method.
-    pub method: HttpMethod,
-    /// Path template.
-    pub path: &'static str,
-    /// Answer kind.
-    pub kind: RouteKind,
-    /// Access rule enforced before the handler runs.
-    pub access: Access,
-    /// Request body limit in bytes, when smaller than the default (sign-in routes: 4 KiB).
-    pub body_limit: Option<usize>,
-}
-
-pub(crate) struct Route {
-    pub spec: RouteSpec,
-    pub handler: MethodRouter<AppState>,
-}
-
-fn r<H, T>(method: HttpMethod, path: &'static str, kind: RouteKind, access: Access, handler: H) -> Route
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    Route {
-        spec: RouteSpec {
-            method,
-            path,
-            kind,
-            access,
-            body_limit: None,
-        },
-        handler: on(method.filter(), handler),
-    }
-}
-
-fn table() -> Vec<Route> {
+/// The table: every route with its method, path, kind, access rule and handler, in registration order.
+pub(crate) fn table() -> Vec<Route> {
     use Access::*;
     use HttpMethod::*;
     use RouteKind::*;
     let mut login = r(Post, "/login", Json, Public, auth_routes::login);
-    login.spec.body_limit = Some(super::AUTH_BODY_LIMIT);
+    login.spec.body_limit = Some(crate::auth::AUTH_BODY_LIMIT);
     let mut register = r(Post, "/register", Json, Public, auth_routes::register);
-    register.spec.body_limit = Some(super::AUTH_BODY_LIMIT);
+    register.spec.body_limit = Some(crate::auth::AUTH_BODY_LIMIT);
     vec![
         // Operations.
         r(Get, "/health", Json, Public, api::health),
@@ -460,16 +361,4 @@ fn table() -> Vec<Route> {
 /// Every route of the portal, in registration order.
 pub fn routes() -> Vec<RouteSpec> {
     table().into_iter().map(|r| r.spec).collect()
-}
-
-/// Registers every route of [`table`] on `router`, each behind its access guard (and body limit).
-pub(crate) fn register(mut router: Router<AppState>) -> Router<AppState> {
-    for Route { spec, handler } in table() {
-        let mut handler = handler.route_layer(axum::middleware::from_fn_with_state(spec, super::guard));
-        if let Some(limit) = spec.body_limit {
-            handler = handler.layer(axum::extract::DefaultBodyLimit::max(limit));
-        }
-        router = router.route(spec.path, handler);
-    }
-    router
 }
