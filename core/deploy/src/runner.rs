@@ -370,8 +370,10 @@ impl Deployer {
         name: &str,
         version: u32,
     ) -> Result<()> {
+        // The id follows from the job and the VMID, so a step resumed after a crash between storing
+        // the assignment and the VM record writes the same assignment again instead of a second one.
         let assignment = AssignmentRecord {
-            id: self.new_id("a")?,
+            id: job_assignment_id(&rec.id, vmid),
             cluster: rec.cluster.clone(),
             vmid,
             user: String::new(),
@@ -381,6 +383,7 @@ impl Deployer {
             created_at: self.now(),
         };
         self.inner.store.assignments.insert(&assignment.id, &assignment)?;
+        let assignment_id = assignment.id;
         let vm = ClassVm {
             cluster: rec.cluster.clone(),
             vmid,
@@ -393,7 +396,7 @@ impl Deployer {
             disks: Vec::new(),
             baseline: None,
             macs: BTreeMap::new(),
-            assignment_id: assignment.id,
+            assignment_id,
             job_id: rec.id.clone(),
             created_at: self.now(),
             reset_job: None,
@@ -725,11 +728,11 @@ impl Deployer {
         let base_version = u32_of(&ctx["options"]["base_version"]).unwrap_or(1);
         let key = vm_key(&cluster, vmid);
         let previous = self.inner.vms.get(&key)?;
-        let assignment_id = match previous
+        let existing = previous
             .as_ref()
             .map(|p| p.assignment_id.clone())
-            .filter(|a| !a.is_empty())
-        {
+            .filter(|a| !a.is_empty());
+        let assignment_id = match existing {
             Some(id) => {
                 self.inner.store.assignments.update(&id, |a| {
                     Ok(a.map(|mut a| {
@@ -740,8 +743,10 @@ impl Deployer {
                 id
             }
             None => {
+                // The id follows from the job and the VMID: a step resumed after a crash between
+                // storing the assignment and the VM record writes the same one again, never a second.
                 let a = AssignmentRecord {
-                    id: self.new_id("a")?,
+                    id: job_assignment_id(&rec.id, vmid),
                     cluster: cluster.clone(),
                     vmid,
                     user: if role == VmRole::Teacher {
@@ -988,4 +993,9 @@ pub(crate) fn vm_step(cluster: &str, e: &Value) -> JobStep {
         detail: "queued".into(),
         ..JobStep::default()
     }
+}
+
+/// The id of the assignment a job makes for `vmid`: the same on every attempt of its step.
+fn job_assignment_id(job_id: &str, vmid: u32) -> String {
+    format!("a-{job_id}-{vmid}")
 }
