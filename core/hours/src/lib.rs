@@ -18,7 +18,8 @@ mod runner;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use schedule::{Compiled, FieldError, Outside, Quota, Timetable, Usage, duration_text};
+pub use schedule::Timetable;
+use schedule::{Compiled, FieldError, Outside, Quota, Usage, duration_text};
 use serde::{Deserialize, Serialize};
 use store::{AssignmentRecord, AssignmentRole, ClassHoursRecord, Store, StoreError, UsageRecord, usage_key};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -147,6 +148,7 @@ pub(crate) enum Cmd {
     Class(String),
     Nudge,
     Settle(oneshot::Sender<()>),
+    Stop,
 }
 
 /// The class-hours service: a handle to the runner task and the reads the web layer needs. Cheap to
@@ -229,6 +231,11 @@ impl Hours {
         }
     }
 
+    /// The store the service keeps its records in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Notices for students and teachers (warnings before a session or a quota ends).
     pub fn subscribe(&self) -> broadcast::Receiver<HoursEvent> {
         self.events.subscribe()
@@ -249,11 +256,13 @@ impl Hours {
         }
     }
 
-    /// Ends the runner task after what is in flight and waits for it, so its store handles are gone.
+    /// Ends the runner task after what is in flight and waits for it, so its store handles are gone;
+    /// other handles then only read.
     pub async fn shutdown(self) {
         self.settle().await;
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(self.cmd);
+        // Other handles (the web state's) may live on: the task is told to end, not left to notice.
+        let _ = self.cmd.send(Cmd::Stop);
         if let Some(t) = task {
             let _ = t.await;
         }

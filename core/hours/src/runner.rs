@@ -74,7 +74,7 @@ pub(crate) async fn run(mut r: Runner) {
             biased;
             ev = r.inv_events.recv() => r.inventory_event(ev).await,
             cmd = r.rx.recv() => match cmd {
-                None => break,
+                None | Some(Cmd::Stop) => break,
                 Some(cmd) => r.command(cmd).await,
             },
             () = sleep => {}
@@ -119,7 +119,7 @@ impl Runner {
     async fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Class(class) => self.load_class(&class).await,
-            Cmd::Nudge => {}
+            Cmd::Nudge | Cmd::Stop => {}
             Cmd::Settle(tx) => {
                 let now = (self.clock)();
                 for due in self.wheel.pop_due(now) {

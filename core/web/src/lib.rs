@@ -12,6 +12,7 @@ pub mod class_pages;
 pub mod classes;
 pub mod connect;
 pub mod error;
+pub mod hours;
 pub mod pages;
 pub mod rdp;
 pub mod state;

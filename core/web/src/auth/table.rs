@@ -8,7 +8,7 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::state::AppState;
-use crate::{admin_pages, api, class_pages, classes, connect, pages};
+use crate::{admin_pages, api, class_pages, classes, connect, hours, pages};
 
 use super::routes as auth_routes;
 
@@ -214,6 +214,28 @@ fn table() -> Vec<Route> {
         r(Get, "/api/classes", Json, Authenticated, classes::list_classes),
         r(Post, "/api/classes", Json, Authenticated, classes::create_class),
         r(Get, "/api/classes/{id}", Json, Authenticated, classes::get_class),
+        r(
+            Get,
+            "/api/classes/{id}/hours",
+            Json,
+            Authenticated,
+            hours::get_hours,
+        ),
+        r(
+            Put,
+            "/api/classes/{id}/hours",
+            Json,
+            Authenticated,
+            hours::put_hours,
+        ),
+        r(
+            Get,
+            "/api/classes/{id}/usage",
+            Json,
+            Authenticated,
+            hours::class_usage,
+        ),
+        r(Get, "/api/me/usage", Json, Authenticated, hours::my_usage),
         r(
             Put,
             "/api/classes/{id}",
