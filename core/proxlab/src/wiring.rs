@@ -377,6 +377,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let state = state.with_deployer(deployer);
+    // Class hours and quotas: one runner task, catching up what a restart missed before serving.
+    let state = {
+        let hours = hours::Hours::start(
+            sys.store.clone(),
+            state.ops.clone(),
+            sys.inventory.clone(),
+            hours::system_clock(),
+        );
+        state.with_hours(hours)
+    };
     // Plugins: on_tick on a timer, on_vm_started/stopped from inventory changes.
     let plugin_loops = match &sys.script_reloader {
         Some(r) => crate::plugins::spawn(

@@ -105,6 +105,12 @@ pub struct Store {
     pub jobs: Tree<JobRecord>,
     /// Audit log, key = zero-padded microsecond timestamp + sequence, so it iterates in time order.
     pub audit: Tree<AuditRecord>,
+    /// Class hours settings (timetable, quota), by class id; a class without one has no class hours.
+    pub class_hours: Tree<ClassHoursRecord>,
+    /// The last class-hours action performed per class, by class id.
+    pub hours_marks: Tree<HoursMarkRecord>,
+    /// Usage-hour accounting per student VM, key [`usage_key`] (`class/user`).
+    pub usage: Tree<UsageRecord>,
     meta: sled::Tree,
     /// Group commit of [`Store::flush_covering`]: flushes begun, and the index of the last one done.
     flushes_begun: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -186,6 +192,9 @@ impl Store {
             assignments: Tree::new("assignments", open("assignments")?),
             jobs: Tree::new("jobs", open("jobs")?),
             audit: Tree::new("audit", open("audit")?),
+            class_hours: Tree::new("class_hours", open("class_hours")?),
+            hours_marks: Tree::new("hours_marks", open("hours_marks")?),
+            usage: Tree::new("usage", open("usage")?),
             meta,
             db,
             path,
@@ -278,6 +287,11 @@ impl Store {
 /// Key of a VM-scoped record: `cluster/vmid` with the VMID zero-padded to 10 digits.
 pub fn vm_key(cluster: &str, vmid: u32) -> String {
     format!("{cluster}/{vmid:010}")
+}
+
+/// Key of a [`UsageRecord`]: `class/user` (class ids are DNS labels, so the first `/` separates).
+pub fn usage_key(class: &str, user: &str) -> String {
+    format!("{class}/{user}")
 }
 
 /// Parses a [`vm_key`] back into `(cluster, vmid)`.
@@ -501,6 +515,44 @@ mod tests {
         let recent = s.audit_recent(3).unwrap();
         let names: Vec<_> = recent.iter().map(|a| a.action.as_str()).collect();
         assert_eq!(names, ["a4", "a3", "a2"]);
+    }
+
+    #[test]
+    fn hours_records_survive_a_reopen_and_a_class_without_one_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let hours = ClassHoursRecord {
+                timetable: serde_json::json!({"zone": "Europe/London"}),
+                quota_hours: Some(10),
+                extra_minutes: [("bob".to_string(), 30)].into_iter().collect(),
+            };
+            s.class_hours.insert("net101", &hours).unwrap();
+            let mark = HoursMarkRecord {
+                at: 1_800_000_000,
+                action: Some("warm_up".into()),
+            };
+            s.hours_marks.insert("net101", &mark).unwrap();
+            let usage = UsageRecord {
+                used_secs: 3600,
+                running_since: Some(1_800_000_100),
+                last_start: Some(1_800_000_100),
+            };
+            s.usage.insert(&usage_key("net101", "bob"), &usage).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), schema::CURRENT);
+        let hours = s.class_hours.get("net101").unwrap().unwrap();
+        assert_eq!(hours.quota_hours, Some(10));
+        assert_eq!(hours.extra_minutes.get("bob"), Some(&30));
+        assert_eq!(hours.timetable["zone"], "Europe/London");
+        let mark = s.hours_marks.get("net101").unwrap().unwrap();
+        assert_eq!(mark.action.as_deref(), Some("warm_up"));
+        let usage = s.usage.get(&usage_key("net101", "bob")).unwrap().unwrap();
+        assert_eq!(usage.used_secs, 3600);
+        assert!(s.class_hours.get("other").unwrap().is_none());
+        assert_eq!(s.usage.scan_prefix("net101/").count(), 1);
     }
 
     #[test]

@@ -405,3 +405,43 @@ pub struct AuditRecord {
     /// `ok` or the error text.
     pub result: String,
 }
+
+/// A class's hours settings (issue 14): its timetable, the usage-hour quota per student and the extra
+/// minutes granted to single students. A class without this record has no class hours and no quota.
+///
+/// The timetable is kept in its wire form (`schedule::Timetable` as JSON): this crate depends on no
+/// other Proxlab crate; the `hours` crate decodes and checks it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClassHoursRecord {
+    /// `schedule::Timetable`'s JSON form (`{zone, weekly, once, warmup_minutes, grace_minutes, outside}`).
+    pub timetable: serde_json::Value,
+    /// Hours per student outside class time; `None`: no quota.
+    pub quota_hours: Option<u32>,
+    /// Extra minutes granted, by user name.
+    pub extra_minutes: std::collections::BTreeMap<String, u32>,
+}
+
+/// The last class-hours action performed for a class (`schedule::Mark`'s JSON form), so a restart
+/// neither repeats nor misses one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HoursMarkRecord {
+    /// The planned time of the action (Unix seconds).
+    pub at: i64,
+    /// The action (`warm_up`, `warn_ten`, `warn_two`, `shutdown`, `stop`); `None`: nothing done yet.
+    pub action: Option<String>,
+}
+
+/// What one student's VM of a class has used of the usage-hour quota (`schedule::Usage`'s JSON form),
+/// written at each power transition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct UsageRecord {
+    /// Seconds of running time outside class time, of the runs that ended.
+    pub used_secs: u64,
+    /// When the open run began (Unix seconds), while the VM runs.
+    pub running_since: Option<i64>,
+    /// When the VM last started (Unix seconds).
+    pub last_start: Option<i64>,
+}

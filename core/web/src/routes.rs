@@ -6,7 +6,7 @@
 use crate::auth::access::{Route, route as r};
 use crate::views::account as auth_routes;
 use crate::views::admin as admin_pages;
-use crate::views::classes::{self, pages as class_pages};
+use crate::views::classes::{self, hours, pages as class_pages};
 use crate::views::connect;
 use crate::views::portal::{api, pages};
 
@@ -115,6 +115,28 @@ pub(crate) fn table() -> Vec<Route> {
         r(Get, "/api/classes", Json, Authenticated, classes::list_classes),
         r(Post, "/api/classes", Json, Authenticated, classes::create_class),
         r(Get, "/api/classes/{id}", Json, Authenticated, classes::get_class),
+        r(
+            Get,
+            "/api/classes/{id}/hours",
+            Json,
+            Authenticated,
+            hours::get_hours,
+        ),
+        r(
+            Put,
+            "/api/classes/{id}/hours",
+            Json,
+            Authenticated,
+            hours::put_hours,
+        ),
+        r(
+            Get,
+            "/api/classes/{id}/usage",
+            Json,
+            Authenticated,
+            hours::class_usage,
+        ),
+        r(Get, "/api/me/usage", Json, Authenticated, hours::my_usage),
         r(
             Put,
             "/api/classes/{id}",

@@ -70,6 +70,9 @@ pub struct AppState {
     /// Classes, templates, invites and deployment jobs ([`crate::views::classes`]); `None`: those routes answer
     /// 503. Set with [`AppState::with_deployer`].
     pub deploy: Option<deploy::Deployer>,
+    /// Class hours and usage-hour quotas ([`crate::hours`]); `None`: those routes answer 503. Set with
+    /// [`AppState::with_hours`].
+    pub hours: Option<hours::Hours>,
 }
 
 impl AppState {
@@ -107,6 +110,7 @@ impl AppState {
             reload_sources: Arc::default(),
             connect: Arc::default(),
             deploy: None,
+            hours: None,
         }
     }
 
@@ -120,6 +124,12 @@ impl AppState {
     /// Sets the deployment service behind the class, template, invite and job routes.
     pub fn with_deployer(mut self, deployer: deploy::Deployer) -> AppState {
         self.deploy = Some(deployer);
+        self
+    }
+
+    /// Runs class hours and quotas with `hours`.
+    pub fn with_hours(mut self, hours: hours::Hours) -> AppState {
+        self.hours = Some(hours);
         self
     }
 

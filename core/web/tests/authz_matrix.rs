@@ -96,6 +96,11 @@ const MATRIX: &[(&str, &str, RouteKind, [u16; 9])] = {
         ("GET",    "/api/classes",                   Json, [401, 503, 503, 503, 503, 503, 503, 503, 401]),
         ("POST",   "/api/classes",                   Json, [401, 403, 403, 503, 503, 503, 503, 403, 401]),
         ("GET",    "/api/classes/{id}",              Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
+        // Class hours (issue 14): no hours service in this fixture, so those who pass get 503.
+        ("GET",    "/api/classes/{id}/hours",        Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
+        ("PUT",    "/api/classes/{id}/hours",        Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
+        ("GET",    "/api/classes/{id}/usage",        Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
+        ("GET",    "/api/me/usage",                  Json, [401, 200, 200, 200, 200, 200, 200, 200, 401]),
         ("PUT",    "/api/classes/{id}",              Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("DELETE", "/api/classes/{id}",              Json, [401, 404, 404, 404, 404, 404, 503, 404, 401]),
         ("GET",    "/api/classes/{id}/events",       Sse,  [401, 404, 404, 404, 404, 404, 503, 404, 401]),

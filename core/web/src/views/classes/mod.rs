@@ -5,6 +5,7 @@
 //! Errors are `{"error": {"code", "message"}}` with the deployer's codes (`class_full`,
 //! `invite_invalid`, `preflight`, `confirmation_required`, `not_owner`, ...) and statuses.
 
+pub mod hours;
 pub mod pages;
 
 use std::convert::Infallible;
