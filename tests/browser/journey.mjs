@@ -11,11 +11,13 @@
 //   cluster  {admin, admin_password, cluster: {id, name, url, token_id, token_secret, fingerprint}}:
 //            the admin signs in, fills /admin/clusters, tests the connection, reads the proxlab.toml snippet.
 //   setup    {admin, teacher, teacher_password, template_vmid, spare_template_vmid, class_name, pool_size,
-//            teacher_classes, teacher_vms, invite_max}:
+//            teacher_classes, teacher_vms, invite_max, quota_hours}:
 //            the admin registers the template on /classes (open to all teachers), registers the spare one,
 //            opens it to the teacher by name with its dialog and unregisters it with its button, and sets
 //            the teacher's own limits on /admin/users; the teacher creates the class, watches the
-//            deployment to the end, creates an invite link for invite_max new accounts and copies it.
+//            deployment to the end, creates an invite link for invite_max new accounts and copies it,
+//            and sets the class hours (a weekly slot and a one-off session in Europe/London, after a
+//            refused one) and a usage quota of quota_hours.
 //   students {invite, students: [{user, display, password}]}: each registers through the invite link, sees
 //            the join page (opening the link joins no one), clicks Join, lands on the portal with a
 //            "joined" notice and one VM, starts it, sees its IP appear without a reload, opens Connect
@@ -278,6 +280,40 @@ async function phaseSetup() {
     const cells = page.locator("#class-invites tbody tr").first().locator("td");
     seen.invite_accounts = (await cells.nth(5).textContent()).trim();
     if (seen.invite_accounts !== `0 of ${plan.invite_max}`) { throw new Error("the invite row's new accounts say " + seen.invite_accounts); }
+  });
+  await step("teacher sets the class hours and a usage quota", async () => {
+    const panel = page.locator("#class-hours");
+    const form = panel.locator("#hours-form");
+    await form.locator('input[name="zone"]').waitFor({ timeout: 10000 });
+    await form.locator('input[name="zone"]').fill("Europe/London");
+    await panel.getByRole("button", { name: "Add a weekly slot" }).click();
+    const row = panel.locator("#hours-weekly tbody tr").last();
+    await row.getByLabel("Mon").uncheck();
+    await row.getByLabel("Wed").check();
+    await row.locator('input[name="start"]').fill("09:00");
+    await row.locator('input[name="end"]').fill("10:30");
+    await form.locator('input[name="quota_hours"]').fill(String(plan.quota_hours));
+    // A slot that ends before it starts is refused naming the field, and that input is marked.
+    await panel.getByRole("button", { name: "Add a session" }).click();
+    const once = panel.locator("#hours-once tbody tr").last();
+    await once.locator('input[name="date"]').fill("2027-01-20");
+    await once.locator('input[name="start"]').fill("14:00");
+    await once.locator('input[name="end"]').fill("13:00");
+    await form.getByRole("button", { name: "Save class hours" }).click();
+    const out = form.locator('[data-f="result"]');
+    await out.filter({ hasText: "once[0].end" }).waitFor({ timeout: 10000 });
+    seen.hours_refusal = (await out.textContent()).trim();
+    if (await once.locator('input[name="end"][aria-invalid="true"]').count() !== 1) { throw new Error("the refused end time is not marked"); }
+    await once.locator('input[name="end"]').fill("16:00");
+    await form.getByRole("button", { name: "Save class hours" }).click();
+    await out.filter({ hasText: "Class hours saved." }).waitFor({ timeout: 10000 });
+    await page.reload();
+    await panel.locator("#hours-weekly tbody tr").first().waitFor({ timeout: 10000 });
+    seen.calendar = (await panel.locator("#hours-summary").textContent()).trim();
+    seen.calendar_blocks = await panel.locator("#hours-calendar svg .cal-slot").count();
+    if (await form.locator('input[name="zone"]').inputValue() !== "Europe/London") { throw new Error("the zone did not stay"); }
+    if (await form.locator('input[name="quota_hours"]').inputValue() !== String(plan.quota_hours)) { throw new Error("the quota did not stay"); }
+    await screenshot(page, "teacher-class-hours");
   });
   await context.close();
 }

@@ -87,6 +87,7 @@ pub static EMBEDDED_DEFAULT: &[(&str, &[u8])] = embedded_theme![
     "templates/class.html",
     "static/classes.js",
     "templates/join.html",
+    "static/hours.js",
 ];
 
 /// Settings of the theme layer.
