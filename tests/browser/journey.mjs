@@ -301,7 +301,7 @@ async function phaseSetup() {
     await once.locator('input[name="end"]').fill("13:00");
     await form.getByRole("button", { name: "Save class hours" }).click();
     const out = form.locator('[data-f="result"]');
-    await out.filter({ hasText: "once[0].end" }).waitFor({ timeout: 10000 });
+    await out.filter({ hasText: "ends at 13:00" }).waitFor({ timeout: 10000 });
     seen.hours_refusal = (await out.textContent()).trim();
     if (await once.locator('input[name="end"][aria-invalid="true"]').count() !== 1) { throw new Error("the refused end time is not marked"); }
     await once.locator('input[name="end"]').fill("16:00");

@@ -1,9 +1,10 @@
 // Proxlab default theme: the class hours panel of /classes/{id} (section#class-hours). No inline script
-// (CSP). It reads GET {data-api} ({timetable: {zone, weekly: [{days, start, end}], once: [{date, start,
-// end}], warmup_minutes, grace_minutes, outside}, quota_hours, extra_minutes}), draws the week as an SVG
-// calendar, edits it in form#hours-form and saves it with PUT {data-api}. A refusal names the field
-// (error.field, e.g. "weekly[1].end"); that input is marked and focused, and nothing stored changed.
-// GET {data-usage} fills table#hours-usage with each student's hours used against the quota.
+// (CSP). It reads GET {data-api} ({hours: {timetable: {zone, weekly: [{days, start, end}], once: [{date,
+// start, end}], warmup_minutes, grace_minutes, outside}, quota_hours, extra_minutes}} or {hours: null}),
+// draws the week as an SVG calendar, edits it in form#hours-form and saves it with PUT {data-api}. A
+// refusal names the field (error.field, e.g. "timetable.weekly[1].end"); that input is marked and
+// focused, and nothing stored changed. GET {data-usage} ({usage: [{user, used_secs, used_text,
+// quota_secs, remaining_secs, remaining_text, running}]}) fills table#hours-usage.
 (function () {
   "use strict";
 
@@ -210,6 +211,7 @@
 
   function mark(field) {
     if (!field) { return; }
+    field = field.replace(/^timetable\./, "");
     var target = form.querySelector('[data-field="' + field + '"]');
     if (!target) { return; }
     target.setAttribute("aria-invalid", "true");
@@ -222,11 +224,11 @@
     var body = document.querySelector("#hours-usage tbody");
     return call("GET", panel.getAttribute("data-usage")).then(function (u) {
       body.textContent = "";
-      var list = u.students || [];
+      var list = u.usage || [];
       if (!list.length) { body.appendChild(el("tr")).appendChild(el("td", { colspan: "4", "class": "empty" }, "No students yet.")); return; }
       list.forEach(function (s) {
         var tr = el("tr", { "data-user": s.user });
-        tr.appendChild(el("td", {}, s.display_name ? s.display_name + " (" + s.user + ")" : s.user));
+        tr.appendChild(el("td", {}, s.user));
         tr.appendChild(el("td", { "class": "num", "data-f": "used" }, s.used_text));
         tr.appendChild(el("td", { "class": "num", "data-f": "left" }, s.quota_secs === null || s.quota_secs === undefined ? "no quota" : s.remaining_text));
         var bar = el("td");
@@ -245,7 +247,7 @@
   }
 
   function load() {
-    return call("GET", panel.getAttribute("data-api")).then(fill).catch(function (e) { show(e.message, false); });
+    return call("GET", panel.getAttribute("data-api")).then(function (b) { fill(b.hours || {}); }).catch(function (e) { show(e.message, false); });
   }
 
   panel.addEventListener("click", function (ev) {
@@ -275,9 +277,9 @@
     var submit = form.querySelector('button[type="submit"]');
     submit.disabled = true;
     show("Saving…", true);
-    call("PUT", panel.getAttribute("data-api"), body).then(function (h) {
+    call("PUT", panel.getAttribute("data-api"), body).then(function (b) {
       submit.disabled = false;
-      fill(h);
+      fill(b.hours || {});
       show("Class hours saved.", true);
       loadUsage();
     }).catch(function (e) {
