@@ -236,6 +236,11 @@ impl Hours {
         &self.store
     }
 
+    /// Unix seconds now, by the service's clock (the one its runner and quotas go by).
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
     /// Notices for students and teachers (warnings before a session or a quota ends).
     pub fn subscribe(&self) -> broadcast::Receiver<HoursEvent> {
         self.events.subscribe()

@@ -319,16 +319,26 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     // The class hours the teacher saved in the page: the refusal named the field, the calendar shows
     // the Wednesday slot and the one-off session, and the API has the same timetable.
     assert!(
-        seen["hours_refusal"].as_str().unwrap().contains("ends at 13:00 but starts at 14:00"),
+        seen["hours_refusal"]
+            .as_str()
+            .unwrap()
+            .contains("ends at 13:00 but starts at 14:00"),
         "{seen}"
     );
     assert_eq!(seen["calendar_blocks"], 1, "{seen}");
     let summary = seen["calendar"].as_str().unwrap();
-    assert!(summary.contains("Wed 09:00–10:30") && summary.contains("2027-01-20 14:00–16:00"), "{summary}");
+    assert!(
+        summary.contains("Wed 09:00–10:30") && summary.contains("2027-01-20 14:00–16:00"),
+        "{summary}"
+    );
     let (s, hours) = api.get(&format!("/api/classes/{class_id}/hours")).await;
     assert_eq!(s, 200, "{hours}");
     assert_eq!(hours["hours"]["timetable"]["zone"], "Europe/London", "{hours}");
-    assert_eq!(hours["hours"]["timetable"]["weekly"][0]["days"], json!(["wed"]), "{hours}");
+    assert_eq!(
+        hours["hours"]["timetable"]["weekly"][0]["days"],
+        json!(["wed"]),
+        "{hours}"
+    );
     assert_eq!(hours["hours"]["quota_hours"], 10, "{hours}");
     let class_id = seen["class_id"].as_str().unwrap().to_string();
     let invite = seen["invite"].as_str().unwrap().to_string();

@@ -69,10 +69,6 @@ fn manage(st: &AppState, p: &Principal, id: &str) -> Result<(), Refused> {
     }
 }
 
-fn now() -> i64 {
-    (hours::system_clock())()
-}
-
 /// The settings of a PUT body, a decoding error naming the top-level field that is wrong.
 fn decode(bytes: &Bytes) -> Result<Option<ClassHours>, Refused> {
     let v: serde_json::Value =
@@ -133,7 +129,7 @@ pub async fn put_hours(
 pub async fn class_usage(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
     manage(&st, &p, &id)?;
     let h = service(&st)?;
-    let usage = h.class_usage(&id, now()).map_err(internal)?;
+    let usage = h.class_usage(&id, h.now()).map_err(internal)?;
     Ok(Json(json!({"usage": usage})).into_response())
 }
 
@@ -144,7 +140,7 @@ pub async fn my_usage(State(st): State<AppState>, p: Principal) -> Res {
         return Ok(Json(json!({"usage": []})).into_response());
     };
     let store = h.store();
-    let now = now();
+    let now = h.now();
     let mut out = Vec::new();
     for item in store.assignments.iter() {
         let (_, a) = item.map_err(internal)?;

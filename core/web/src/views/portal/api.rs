@@ -308,6 +308,30 @@ pub async fn vm_power(
         ))
         .into_response();
     }
+    // A student's start outside class hours counts against their quota: refused, with the sentence
+    // that names the quota and the teacher, when no hours are left (or the class allows no start
+    // outside its hours). Teachers and admins are not counted.
+    if action == "start"
+        && p.role == store::Role::Student
+        && let (Some(h), Some(d)) = (&st.hours, &st.deploy)
+        && let Ok(Some(vm)) = d.class_vm(&cluster, vmid)
+        && vm.role == deploy::VmRole::Student
+        && let Err(message) = h.may_start(&vm.class_id, &p.name, h.now())
+    {
+        st.auth.audit(
+            &p.name,
+            authn.addr,
+            "vm.start",
+            &target,
+            &format!("refused: {message}"),
+        );
+        return AppError::Domain {
+            status: axum::http::StatusCode::CONFLICT,
+            code: "no_hours_left".into(),
+            message,
+        }
+        .into_response();
+    }
     let class_vm = match &st.deploy {
         Some(d) if action == "revert" => d.class_vm(&cluster, vmid).ok().flatten().map(|_| d.clone()),
         _ => None,
