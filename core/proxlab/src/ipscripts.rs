@@ -6,8 +6,10 @@
 //! - **Tiers**: `discover(vm)` returns `()` (next tier), an address string, or `#{address, all, source}`.
 //!   `vm` is [`web::connect::script_vm`] of the inventory record plus `allow_ranges`, `arp_subnets` and
 //!   `prefer_ipv6` from `[ip]`.
-//! - **Verification** ([`web::connect::verify`]): one ping (else a TCP connect to 22/3389), then the
-//!   address's ARP entry against the VM's config MACs. An address whose ARP entry shows another MAC is
+//! - **Verification** ([`sync::discovery::verify_dialable`]): one ping (else a TCP connect to 22/3389),
+//!   then the address's ARP entry against the VM's config MACs — never for an address the relays' dial
+//!   rule refuses without a probe (outside the cluster's `guest_networks` and not on-link, loopback, the
+//!   portal's own, a node's, the API host's): that one is reported unverified with the rule's reason. An address whose ARP entry shows another MAC is
 //!   dropped and the next tier runs; the result and its time are kept in the shared
 //!   [`web::connect::FactsBook`] for the portal (`GET /api/vm/{vmid}/connect`).
 //! - **ARP probes** ([`ArpSweeper`]): only inside `[ip] arp_subnets`, at most `max_hosts` addresses per
@@ -30,7 +32,8 @@ use pve::{GuestKind, PveClient, PveError};
 use script::{CallOptions, ScriptRuntime};
 use serde_json::{Value, json};
 use store::{GuestRecord, IpRecord};
-use sync::{AddressPolicy, AgentDiscovery, IpDiscovery};
+use sync::discovery::verify_dialable;
+use sync::{AddressPolicy, AgentDiscovery, ClusterDial, DialRules, Inventory, IpDiscovery};
 use web::connect::{FactsBook, ScriptSetSource, VerifyConfig};
 
 /// Bounds of the ARP probes.
@@ -173,6 +176,9 @@ pub struct TierOptions {
     pub verify: VerifyConfig,
     /// ARP tier subnets and probe bounds.
     pub sweep: SweepConfig,
+    /// Per cluster: its `guest_networks` and configured hosts, for the dial rule the verify step
+    /// applies before it probes (`[ip] allow_ranges` are the rule's test ranges).
+    pub dial: HashMap<String, ClusterDial>,
 }
 
 /// The scripted discovery (see the module docs). Build it before the syncer, then [`attach`] the script
@@ -182,6 +188,7 @@ pub struct TierOptions {
 /// [`attach`]: ScriptedDiscovery::attach
 pub struct ScriptedDiscovery {
     scripts: OnceLock<(ScriptRuntime, Arc<dyn ScriptSetSource>)>,
+    inventory: OnceLock<Arc<Inventory>>,
     facts: Arc<FactsBook>,
     options: TierOptions,
     sweeper: Arc<ArpSweeper>,
@@ -193,6 +200,7 @@ impl ScriptedDiscovery {
         let sweeper = ArpSweeper::new(options.sweep.clone());
         Arc::new(ScriptedDiscovery {
             scripts: OnceLock::new(),
+            inventory: OnceLock::new(),
             facts,
             options,
             sweeper,
@@ -202,6 +210,24 @@ impl ScriptedDiscovery {
     /// Sets the runtime and script set the tiers run from (once; later calls are ignored).
     pub fn attach(&self, runtime: ScriptRuntime, set: Arc<dyn ScriptSetSource>) {
         let _ = self.scripts.set((runtime, set));
+    }
+
+    /// Sets the inventory whose cluster states name the nodes' addresses (never probed; once).
+    pub fn attach_inventory(&self, inventory: Arc<Inventory>) {
+        let _ = self.inventory.set(inventory);
+    }
+
+    /// The relays' dial rule for `cluster` ([`DialRules::for_cluster`]): the verify step never probes
+    /// an address the rule refuses without a probe.
+    pub fn dial_rules(&self, cluster: &str) -> DialRules {
+        let dial = self.options.dial.get(cluster).cloned().unwrap_or_default();
+        let snapshot = self.inventory.get().map(|i| i.snapshot());
+        let nodes = snapshot
+            .as_ref()
+            .and_then(|s| s.clusters.get(cluster))
+            .map(|c| c.node_addresses.clone())
+            .unwrap_or_default();
+        DialRules::for_cluster(&dial, &self.options.allow_ranges, &nodes)
     }
 
     /// The ARP sweeper (for tests and metrics).
@@ -287,7 +313,7 @@ impl ScriptedDiscovery {
         let table = tokio::fs::read_to_string("/proc/net/arp")
             .await
             .unwrap_or_default();
-        let known = script::parse_proc_net_arp(&table)
+        let known = sync::discovery::parse_proc_net_arp(&table)
             .iter()
             .any(|e| macs.contains(&e.mac));
         if !known {
@@ -311,6 +337,7 @@ impl ScriptedDiscovery {
         let macs = Self::macs(guest);
         self.refresh_arp(&macs).await;
         let vm = self.tier_vm(guest, ostype.as_deref());
+        let rules = self.dial_rules(&guest.cluster);
         let set = source.current_set();
         for tier in set.ip_tiers() {
             let name = tier.short_name().to_string();
@@ -336,7 +363,10 @@ impl ScriptedDiscovery {
                 }
                 continue;
             };
-            let check = web::connect::verify(answer.address, &macs, &self.options.verify).await;
+            let check = verify_dialable(answer.address, &macs, &self.options.verify, &rules).await;
+            if let Some(reason) = &check.reason {
+                tracing::debug!(tier = %name, vmid = guest.vmid, address = %answer.address, %reason, "address not probed");
+            }
             self.facts.set_check(&guest.cluster, guest.vmid, check.clone());
             if !check.trusted() {
                 tracing::warn!(

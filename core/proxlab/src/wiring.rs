@@ -99,6 +99,7 @@ pub fn tier_options(cfg: &Config) -> TierOptions {
             min_interval: Duration::from_secs(cfg.ip.arp_interval_secs),
             ..SweepConfig::default()
         },
+        dial: connect_config(cfg).clusters,
     }
 }
 
@@ -245,6 +246,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<System> {
     };
     if let Some(s) = &scripted {
         s.attach(runtime.clone(), set.clone());
+        s.attach_inventory(inventory.clone());
     }
     Ok(System {
         store,

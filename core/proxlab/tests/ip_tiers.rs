@@ -210,6 +210,7 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         client,
     }];
     let syncer = Syncer::new(inventory.clone(), handles, config, discovery.clone());
+    discovery.attach_inventory(inventory.clone());
     let host = Arc::new(Host {
         handle: tokio::runtime::Handle::current(),
         syncer: Default::default(),
@@ -695,4 +696,102 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
             });
         },
     );
+}
+
+#[test]
+fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
+    let test = "verification_never_probes_an_address_the_relays_dial_rule_refuses";
+    in_netns(test, &[(MAC_A, "198.18.7.10/24")], || {
+        let fake = cluster(vec![
+            // The agent of 4204 reports the portal's own address on the shared segment.
+            qemu(
+                4204,
+                &["BC:24:11:AA:00:04"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:04", &["198.18.7.1"])])),
+            ),
+            // The agent of 4205 reports a routed address.
+            qemu(
+                4205,
+                &["BC:24:11:AA:00:05"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:05", &["10.77.0.5"])])),
+            ),
+            // 4201 is on-link and holds its address: probed and verified as before.
+            qemu(
+                4201,
+                &["BC:24:11:AA:00:01"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:01", &["198.18.7.10"])])),
+            ),
+        ]);
+        let rt = runtime();
+        rt.block_on(async {
+            // A listener on the portal's own address: a TCP probe of 198.18.7.1 would reach it.
+            let listener = tokio::net::TcpListener::bind("198.18.7.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let probed = Arc::new(AtomicUsize::new(0));
+            let seen = probed.clone();
+            tokio::spawn(async move {
+                while listener.accept().await.is_ok() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let verify = web::connect::VerifyConfig {
+                scope: web::connect::VerifyScope::All,
+                tcp_ports: vec![port],
+                ..Default::default()
+            };
+            let options = TierOptions {
+                verify: verify.clone(),
+                ..TierOptions::default()
+            };
+            let r = rig(fake, options);
+            r.sync().await;
+            let own = r.facts.get("lab", 4204).check.expect("a check of 4204");
+            assert_eq!(own.address, "198.18.7.1");
+            assert_eq!(
+                (own.probed, own.method.clone(), own.state()),
+                (false, None, "unchecked")
+            );
+            assert!(
+                own.reason.as_deref().is_some_and(|m| m.contains("portal host")),
+                "{own:?}"
+            );
+            let routed = r.facts.get("lab", 4205).check.expect("a check of 4205");
+            assert!(!routed.probed, "{routed:?}");
+            assert!(
+                routed
+                    .reason
+                    .as_deref()
+                    .is_some_and(|m| m.contains("guest_networks")),
+                "{routed:?}"
+            );
+            assert_eq!(r.facts.get("lab", 4201).check.unwrap().state(), "verified");
+            assert_eq!(
+                probed.load(Ordering::SeqCst),
+                0,
+                "the portal's own address was contacted"
+            );
+
+            // Once an admin lists the routed network as the cluster's guest network, it is probed.
+            let mut dial = std::collections::HashMap::new();
+            dial.insert(
+                "lab".to_string(),
+                sync::ClusterDial {
+                    guest_networks: vec!["10.77.0.0/16".parse().unwrap()],
+                    host_addresses: vec![],
+                },
+            );
+            let listed = rig(
+                r.fake,
+                TierOptions {
+                    verify,
+                    dial,
+                    ..TierOptions::default()
+                },
+            );
+            listed.sync().await;
+            let check = listed.facts.get("lab", 4205).check.expect("a check of 4205");
+            assert!(check.probed && check.reason.is_none(), "{check:?}");
+            assert_eq!(check.state(), "unreachable");
+        });
+    });
 }

@@ -192,6 +192,50 @@ pub struct DialRules {
     pub forbidden: Vec<(IpAddr, &'static str)>,
 }
 
+/// Where the relays of one cluster may connect, besides MAC-verified on-link addresses.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterDial {
+    /// `guest_networks` of the cluster: CIDRs where its guests live.
+    pub guest_networks: Vec<IpNet>,
+    /// The addresses of the cluster's API host and its nodes' SSH hosts as configured (resolved at
+    /// start): never dialled for a guest.
+    pub host_addresses: Vec<IpAddr>,
+}
+
+/// Every address of this machine's interfaces, read now (so a changed address counts at once).
+pub fn own_addresses() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this machine's interface addresses");
+            Vec::new()
+        }
+    }
+}
+
+impl DialRules {
+    /// The rules of one cluster: its `guest_networks`, the test ranges, and as forbidden this machine's
+    /// own addresses (read now), the configured API and SSH hosts and the nodes' cluster addresses
+    /// (`node_addresses`, from the last `/cluster/status`). The relays and the discovery's verify step
+    /// build them here, so both apply the same rule.
+    pub fn for_cluster(dial: &ClusterDial, test_ranges: &[IpNet], node_addresses: &[String]) -> DialRules {
+        let mut forbidden: Vec<(IpAddr, &'static str)> =
+            own_addresses().into_iter().map(|a| (a, "own")).collect();
+        forbidden.extend(dial.host_addresses.iter().map(|a| (*a, "api")));
+        forbidden.extend(
+            node_addresses
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .map(|a| (a, "node")),
+        );
+        DialRules {
+            guest_networks: dial.guest_networks.clone(),
+            test_ranges: test_ranges.to_vec(),
+            forbidden,
+        }
+    }
+}
+
 /// Why an address may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DialBasis {

@@ -105,6 +105,7 @@ async fn terminal_refuses_every_address_a_hostile_guest_reports_outside_the_rule
             seen_mac: Some("52:54:00:aa:bb:cc".into()),
             checked_at: sync::now_secs(),
             took_ms: 1,
+            reason: None,
         },
     );
     for (vmid, address, code) in &cases {

@@ -8,40 +8,7 @@ use std::time::Duration;
 
 use rhai::plugin::*;
 
-/// One row of `/proc/net/arp`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ArpEntry {
-    /// IPv4 address.
-    pub ip: String,
-    /// MAC address, lower case `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-    /// Interface name.
-    pub device: String,
-}
-
-/// Parses the text of `/proc/net/arp` (header line, then `IP HWtype Flags HWaddress Mask Device`).
-/// Incomplete entries (flags `0x0` or an all-zero MAC) are skipped.
-pub fn parse_proc_net_arp(text: &str) -> Vec<ArpEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 6 {
-                return None;
-            }
-            let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap_or(0);
-            let mac = f[3].to_ascii_lowercase();
-            if flags & 0x2 == 0 || mac == "00:00:00:00:00:00" {
-                return None;
-            }
-            Some(ArpEntry {
-                ip: f[0].to_string(),
-                mac,
-                device: f[5].to_string(),
-            })
-        })
-        .collect()
-}
+pub use sync::discovery::{ArpEntry, parse_proc_net_arp};
 
 fn arp_table() -> Vec<ArpEntry> {
     std::fs::read_to_string("/proc/net/arp")

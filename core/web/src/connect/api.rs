@@ -205,20 +205,7 @@ fn spawn_verify(st: &AppState, cluster: &str, vmid: u32, ip: IpAddr, g: &store::
     let rules = st.connect.dial_rules(cluster, &st.inventory.snapshot());
     once_in_background(cluster, vmid, "verify", async move {
         // An address no relay may dial is not probed either (a student chooses what their guest reports).
-        let on_link = super::net::is_on_link(ip).await;
-        let check = if sync::dial_static(ip, &rules, on_link).is_err() {
-            super::verify(
-                ip,
-                &macs,
-                &super::VerifyConfig {
-                    scope: super::VerifyScope::Off,
-                    ..cfg
-                },
-            )
-            .await
-        } else {
-            super::verify(ip, &macs, &cfg).await
-        };
+        let check = super::net::verify_dialable(ip, &macs, &cfg, &rules).await;
         book.set_check(&c, vmid, check);
     });
 }

@@ -24,7 +24,6 @@ pub mod ssh;
 pub mod vendor;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,26 +157,7 @@ impl Default for ConnectConfig {
     }
 }
 
-/// Where the relays of one cluster may connect, besides MAC-verified on-link addresses.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterDial {
-    /// `guest_networks` of the cluster: CIDRs where its guests live.
-    pub guest_networks: Vec<ipnet::IpNet>,
-    /// The addresses of the cluster's API host and its nodes' SSH hosts as configured (resolved at
-    /// start): never dialled for a guest.
-    pub host_addresses: Vec<IpAddr>,
-}
-
-/// Every address of this machine's interfaces, read now (so a changed address counts at once).
-pub fn own_addresses() -> Vec<IpAddr> {
-    match if_addrs::get_if_addrs() {
-        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read this machine's interface addresses");
-            Vec::new()
-        }
-    }
-}
+pub use sync::address::{ClusterDial, own_addresses};
 
 /// Where a shipped folder (`assets/vendor`, `plugins`) is when no setting names one: in the checkout
 /// the running executable sits in (`target/<profile>/...`); a debug build also looks in the checkout it
@@ -430,23 +410,12 @@ impl ConnectState {
     /// from `/cluster/status`.
     pub fn dial_rules(&self, cluster: &str, snapshot: &sync::Snapshot) -> sync::DialRules {
         let dial = self.config.clusters.get(cluster).cloned().unwrap_or_default();
-        let mut forbidden: Vec<(IpAddr, &'static str)> =
-            own_addresses().into_iter().map(|a| (a, "own")).collect();
-        forbidden.extend(dial.host_addresses.iter().map(|a| (*a, "api")));
-        if let Some(state) = snapshot.clusters.get(cluster) {
-            forbidden.extend(
-                state
-                    .node_addresses
-                    .iter()
-                    .filter_map(|a| a.parse::<IpAddr>().ok())
-                    .map(|a| (a, "node")),
-            );
-        }
-        sync::DialRules {
-            guest_networks: dial.guest_networks,
-            test_ranges: self.config.test_ranges.clone(),
-            forbidden,
-        }
+        let nodes = snapshot
+            .clusters
+            .get(cluster)
+            .map(|state| state.node_addresses.as_slice())
+            .unwrap_or_default();
+        sync::DialRules::for_cluster(&dial, &self.config.test_ranges, nodes)
     }
 
     /// Open terminal and console relays.
