@@ -10,8 +10,8 @@
 //!   then the address's ARP entry against the VM's config MACs — never for an address the relays' dial
 //!   rule refuses without a probe (outside the cluster's `guest_networks` and not on-link, loopback, the
 //!   portal's own, a node's, the API host's): that one is reported unverified with the rule's reason. An address whose ARP entry shows another MAC is
-//!   dropped and the next tier runs; the result and its time are kept in the shared
-//!   [`web::connect::FactsBook`] for the portal (`GET /api/vm/{vmid}/connect`).
+//!   dropped and the next tier runs; the result and its time are kept beside the guest record in the
+//!   inventory ([`sync::Snapshot::facts`]) for the portal (`GET /api/vm/{vmid}/connect`).
 //! - **ARP probes** ([`ArpSweeper`]): only inside `[ip] arp_subnets`, at most `max_hosts` addresses per
 //!   subnet, one UDP datagram to the discard port each at most `rate_per_sec` per second from one task,
 //!   at most once per `min_interval` per subnet — never a burst of threads. The kernel's own ARP
@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use store::{GuestRecord, IpRecord};
 use sync::discovery::verify_dialable;
 use sync::{AddressPolicy, AgentDiscovery, ClusterDial, DialRules, Inventory, IpDiscovery};
-use web::connect::{FactsBook, ScriptSetSource, VerifyConfig};
+use web::connect::{ScriptSetSource, VerifyConfig};
 
 /// Bounds of the ARP probes.
 #[derive(Clone, Debug)]
@@ -188,20 +188,19 @@ pub struct TierOptions {
 /// [`attach`]: ScriptedDiscovery::attach
 pub struct ScriptedDiscovery {
     scripts: OnceLock<(ScriptRuntime, Arc<dyn ScriptSetSource>)>,
-    inventory: OnceLock<Arc<Inventory>>,
-    facts: Arc<FactsBook>,
+    inventory: Arc<Inventory>,
     options: TierOptions,
     sweeper: Arc<ArpSweeper>,
 }
 
 impl ScriptedDiscovery {
-    /// A discovery writing verifications and OS types into `facts`.
-    pub fn new(options: TierOptions, facts: Arc<FactsBook>) -> Arc<ScriptedDiscovery> {
+    /// A discovery writing verifications and OS types beside the guest records of `inventory`
+    /// ([`sync::Snapshot::facts`]), whose cluster states also name the nodes' addresses.
+    pub fn new(options: TierOptions, inventory: Arc<Inventory>) -> Arc<ScriptedDiscovery> {
         let sweeper = ArpSweeper::new(options.sweep.clone());
         Arc::new(ScriptedDiscovery {
             scripts: OnceLock::new(),
-            inventory: OnceLock::new(),
-            facts,
+            inventory,
             options,
             sweeper,
         })
@@ -212,19 +211,15 @@ impl ScriptedDiscovery {
         let _ = self.scripts.set((runtime, set));
     }
 
-    /// Sets the inventory whose cluster states name the nodes' addresses (never probed; once).
-    pub fn attach_inventory(&self, inventory: Arc<Inventory>) {
-        let _ = self.inventory.set(inventory);
-    }
-
     /// The relays' dial rule for `cluster` ([`DialRules::for_cluster`]): the verify step never probes
     /// an address the rule refuses without a probe.
     pub fn dial_rules(&self, cluster: &str) -> DialRules {
         let dial = self.options.dial.get(cluster).cloned().unwrap_or_default();
-        let snapshot = self.inventory.get().map(|i| i.snapshot());
-        let nodes = snapshot
-            .as_ref()
-            .and_then(|s| s.clusters.get(cluster))
+        let nodes = self
+            .inventory
+            .snapshot()
+            .clusters
+            .get(cluster)
             .map(|c| c.node_addresses.clone())
             .unwrap_or_default();
         DialRules::for_cluster(&dial, &self.options.allow_ranges, &nodes)
@@ -234,12 +229,6 @@ impl ScriptedDiscovery {
     #[allow(dead_code)] // read by tests/ip_tiers.rs
     pub fn sweeper(&self) -> &Arc<ArpSweeper> {
         &self.sweeper
-    }
-
-    /// The facts book.
-    #[allow(dead_code)] // read by tests/ip_tiers.rs
-    pub fn facts(&self) -> &Arc<FactsBook> {
-        &self.facts
     }
 
     /// The `vm` argument of the tiers for `guest`.
@@ -283,7 +272,7 @@ impl ScriptedDiscovery {
     }
 
     async fn ostype(&self, client: &PveClient, guest: &GuestRecord) -> Option<String> {
-        if let Some(os) = self.facts.get(&guest.cluster, guest.vmid).ostype {
+        if let Some(os) = self.inventory.snapshot().facts(&guest.cluster, guest.vmid).ostype {
             return Some(os);
         }
         let os = if guest.kind == "lxc" {
@@ -300,7 +289,10 @@ impl ScriptedDiscovery {
                 }
             }
         };
-        self.facts.set_ostype(&guest.cluster, guest.vmid, &os);
+        let learned = os.clone();
+        self.inventory
+            .update_facts(&guest.cluster, guest.vmid, |f| f.ostype = Some(learned))
+            .await;
         Some(os)
     }
 
@@ -367,7 +359,10 @@ impl ScriptedDiscovery {
             if let Some(reason) = &check.reason {
                 tracing::debug!(tier = %name, vmid = guest.vmid, address = %answer.address, %reason, "address not probed");
             }
-            self.facts.set_check(&guest.cluster, guest.vmid, check.clone());
+            let learned = check.clone();
+            self.inventory
+                .update_facts(&guest.cluster, guest.vmid, |f| f.check = Some(learned))
+                .await;
             if !check.trusted() {
                 tracing::warn!(
                     tier = %name, vm = %format!("{}/{}", guest.cluster, guest.vmid), address = %answer.address,

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use store::GuestRecord;
 use sync::{ClusterHandle, Inventory, SyncConfig, Syncer};
 use testkit::{ClusterSpec, FakeCluster};
-use web::connect::{FactsBook, MacCheck, ScriptSetSource};
+use web::connect::{MacCheck, ScriptSetSource};
 
 // ---- network namespaces ----------------------------------------------------------------------------
 
@@ -181,7 +181,6 @@ struct Rig {
     syncer: Arc<Syncer>,
     inventory: Arc<Inventory>,
     discovery: Arc<ScriptedDiscovery>,
-    facts: Arc<FactsBook>,
     _dir: tempfile::TempDir,
 }
 
@@ -198,8 +197,7 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         pve::Tls::CaFile(fake.ca_file.clone()),
     ))
     .unwrap();
-    let facts = FactsBook::new();
-    let discovery = ScriptedDiscovery::new(options, facts.clone());
+    let discovery = ScriptedDiscovery::new(options, inventory.clone());
     let config = SyncConfig {
         ip_backoff: Duration::from_millis(1),
         ..SyncConfig::default()
@@ -210,7 +208,6 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         client,
     }];
     let syncer = Syncer::new(inventory.clone(), handles, config, discovery.clone());
-    discovery.attach_inventory(inventory.clone());
     let host = Arc::new(Host {
         handle: tokio::runtime::Handle::current(),
         syncer: Default::default(),
@@ -231,7 +228,6 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         syncer,
         inventory,
         discovery,
-        facts,
         _dir: dir,
     }
 }
@@ -249,6 +245,11 @@ impl Rig {
             .guest("lab", vmid)
             .map(|g| g.as_ref().clone())
             .unwrap()
+    }
+
+    /// What discovery learned about `vmid`, read beside its record in the inventory snapshot.
+    fn facts(&self, vmid: u32) -> sync::GuestFacts {
+        self.inventory.snapshot().facts("lab", vmid)
     }
 
     fn ip(&self, vmid: u32) -> Option<(String, Vec<String>, String)> {
@@ -364,7 +365,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                 );
                 // Each handed-out address went through verification; documentation addresses (the field
                 // cases' data) are never probed: handed out unchecked.
-                let check = r.facts.get("lab", 4110).check.expect("verified");
+                let check = r.facts(4110).check.expect("verified");
                 assert_eq!(check.address, "192.0.2.20");
                 assert_eq!(
                     (check.probed, check.reachable, check.mac.clone()),
@@ -372,7 +373,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                 );
                 assert_eq!(check.state(), "unchecked");
                 // The link-local answers (DHCP pending) never reached verification.
-                assert_eq!(r.facts.get("lab", 4111).check, None);
+                assert_eq!(r.facts(4111).check, None);
                 // Later, DHCP finished: the next poll finds it.
                 r.fake
                     .control(
@@ -622,7 +623,7 @@ fn arp_tier_finds_a_vm_by_its_config_mac_only_inside_configured_subnets_with_bou
                 let (addr, all, source) = r.ip(4201).expect("found by the ARP tier");
                 assert_eq!((addr.as_str(), source.as_str()), ("198.18.7.10", "40-arp"));
                 assert_eq!(all, vec!["198.18.7.10".to_string()]);
-                let check = r.facts.get("lab", 4201).check.unwrap();
+                let check = r.facts(4201).check.unwrap();
                 assert!(check.reachable, "{check:?}");
                 assert_eq!(check.method.as_deref(), Some("ping"));
                 assert_eq!(check.mac, MacCheck::Match, "{check:?}");
@@ -675,7 +676,7 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
                 let r = rig(fake, arp_options(&["198.18.7.0/24"]));
                 r.sync().await;
                 assert_eq!(r.ip(4202), None, "another machine's address is never handed out");
-                let bad = r.facts.get("lab", 4202).check.unwrap();
+                let bad = r.facts(4202).check.unwrap();
                 assert_eq!(bad.address, "198.18.7.20");
                 assert!(bad.reachable);
                 assert_eq!(bad.mac, MacCheck::Mismatch);
@@ -683,10 +684,10 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
                 assert_eq!(bad.state(), "mismatch");
 
                 assert_eq!(r.ip(4201).map(|i| i.0), Some("198.18.7.10".into()));
-                assert_eq!(r.facts.get("lab", 4201).check.unwrap().state(), "verified");
+                assert_eq!(r.facts(4201).check.unwrap().state(), "verified");
 
                 assert_eq!(r.ip(4203).map(|i| i.0), Some("198.18.7.99".into()));
-                let lost = r.facts.get("lab", 4203).check.unwrap();
+                let lost = r.facts(4203).check.unwrap();
                 assert_eq!(
                     (lost.probed, lost.reachable, lost.mac.clone()),
                     (true, false, MacCheck::Unknown)
@@ -745,7 +746,7 @@ fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
             };
             let r = rig(fake, options);
             r.sync().await;
-            let own = r.facts.get("lab", 4204).check.expect("a check of 4204");
+            let own = r.facts(4204).check.expect("a check of 4204");
             assert_eq!(own.address, "198.18.7.1");
             assert_eq!(
                 (own.probed, own.method.clone(), own.state()),
@@ -755,7 +756,7 @@ fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
                 own.reason.as_deref().is_some_and(|m| m.contains("portal host")),
                 "{own:?}"
             );
-            let routed = r.facts.get("lab", 4205).check.expect("a check of 4205");
+            let routed = r.facts(4205).check.expect("a check of 4205");
             assert!(!routed.probed, "{routed:?}");
             assert!(
                 routed
@@ -764,7 +765,7 @@ fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
                     .is_some_and(|m| m.contains("guest_networks")),
                 "{routed:?}"
             );
-            assert_eq!(r.facts.get("lab", 4201).check.unwrap().state(), "verified");
+            assert_eq!(r.facts(4201).check.unwrap().state(), "verified");
             assert_eq!(
                 probed.load(Ordering::SeqCst),
                 0,
@@ -789,7 +790,7 @@ fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
                 },
             );
             listed.sync().await;
-            let check = listed.facts.get("lab", 4205).check.expect("a check of 4205");
+            let check = listed.facts(4205).check.expect("a check of 4205");
             assert!(check.probed && check.reason.is_none(), "{check:?}");
             assert_eq!(check.state(), "unreachable");
         });

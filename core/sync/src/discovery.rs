@@ -100,6 +100,18 @@ pub struct IpCheck {
     pub reason: Option<String>,
 }
 
+/// What discovery learns about a guest beyond its inventory record, for connecting: the last
+/// verification of its address and its OS type. Kept beside the guest record in the inventory
+/// snapshot ([`crate::Snapshot::facts`]), in memory only (a restart verifies again), and never in the
+/// guest list the API serves (the MAC another machine answers with is for admins only).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct GuestFacts {
+    /// The last verification of the guest's address.
+    pub check: Option<IpCheck>,
+    /// PVE `ostype` from the config (`win11`, `l26`, …; LXC: `lxc`), once read.
+    pub ostype: Option<String>,
+}
+
 impl IpCheck {
     /// False only when the address provably belongs to another machine ([`MacCheck::Mismatch`]).
     pub fn trusted(&self) -> bool {

@@ -21,6 +21,7 @@ pub use address::{
     AddressPolicy, Choice, ClusterDial, DialBasis, DialRefusal, DialRules, NicAddresses, dial_static,
     dial_verdict,
 };
+pub use discovery::GuestFacts;
 pub use inventory::{CachedJson, ClusterState, Event, GuestKey, Inventory, Snapshot};
 pub use syncer::{
     AgentDiscovery, ClusterHandle, IpDiscovery, SyncConfig, SyncError, Syncer, TickReport, display_state,
