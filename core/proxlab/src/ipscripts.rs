@@ -27,12 +27,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 use pve::{GuestKind, PveClient, PveError};
 use script::{CallOptions, ScriptRuntime};
 use serde_json::{Value, json};
 use store::{GuestRecord, IpRecord};
-use sync::discovery::verify_dialable;
+use sync::discovery::{DiscoveryTier, TierAnswer, discover_by_tiers, guest_macs};
 use sync::{AddressPolicy, AgentDiscovery, ClusterDial, DialRules, Inventory, IpDiscovery};
 use web::connect::{ScriptSetSource, VerifyConfig};
 
@@ -261,16 +262,6 @@ impl ScriptedDiscovery {
         vm
     }
 
-    fn macs(guest: &GuestRecord) -> Vec<String> {
-        let mut macs: Vec<String> = guest.macs.iter().map(|(_, m)| m.to_ascii_lowercase()).collect();
-        if let Some(m) = &guest.mac
-            && !macs.contains(&m.to_ascii_lowercase())
-        {
-            macs.push(m.to_ascii_lowercase());
-        }
-        macs
-    }
-
     async fn ostype(&self, client: &PveClient, guest: &GuestRecord) -> Option<String> {
         if let Some(os) = self.inventory.snapshot().facts(&guest.cluster, guest.vmid).ostype {
             return Some(os);
@@ -316,7 +307,8 @@ impl ScriptedDiscovery {
         }
     }
 
-    /// Runs the tiers for `guest` (see the module docs).
+    /// Runs the tiers for `guest` (see the module docs): the current set's `scripts/ip/*.rhai` in
+    /// file-name order through [`sync::discovery::discover_by_tiers`].
     pub async fn run_tiers(
         &self,
         client: &PveClient,
@@ -326,75 +318,24 @@ impl ScriptedDiscovery {
             return AgentDiscovery.discover(client, guest, &self.policy()).await;
         };
         let ostype = self.ostype(client, guest).await;
-        let macs = Self::macs(guest);
-        self.refresh_arp(&macs).await;
+        self.refresh_arp(&guest_macs(guest)).await;
         let vm = self.tier_vm(guest, ostype.as_deref());
         let rules = self.dial_rules(&guest.cluster);
         let set = source.current_set();
-        for tier in set.ip_tiers() {
-            let name = tier.short_name().to_string();
-            let value = match rt
-                .call(
-                    &set,
-                    tier.clone(),
-                    "discover",
-                    vec![vm.clone()],
-                    CallOptions::default(),
-                )
-                .await
-            {
-                Ok(r) => r.value,
-                Err(e) => {
-                    tracing::warn!(tier = %name, vmid = guest.vmid, error = %e, "IP tier failed");
-                    continue;
-                }
-            };
-            let Some(answer) = TierAnswer::parse(&value) else {
-                if !value.is_null() {
-                    tracing::warn!(tier = %name, answer = %value, "IP tier returned neither an address nor ()");
-                }
-                continue;
-            };
-            let check = verify_dialable(answer.address, &macs, &self.options.verify, &rules).await;
-            if let Some(reason) = &check.reason {
-                tracing::debug!(tier = %name, vmid = guest.vmid, address = %answer.address, %reason, "address not probed");
-            }
-            let learned = check.clone();
-            self.inventory
-                .update_facts(&guest.cluster, guest.vmid, |f| f.check = Some(learned))
-                .await;
-            if !check.trusted() {
-                tracing::warn!(
-                    tier = %name, vm = %format!("{}/{}", guest.cluster, guest.vmid), address = %answer.address,
-                    seen_mac = ?check.seen_mac, "address answers with another machine's MAC; not used"
-                );
-                continue;
-            }
-            // A plain answer that repeats the current address keeps its list and the tier that found it.
-            let previous = guest
-                .ip
-                .as_ref()
-                .filter(|p| p.address == answer.address.to_string());
-            let (prev_all, prev_source) = match previous {
-                Some(p) if answer.all.is_empty() && answer.source.is_none() => {
-                    (p.all.clone(), Some(p.source.clone()).filter(|s| !s.is_empty()))
-                }
-                _ => (Vec::new(), None),
-            };
-            let mut all: Vec<String> = vec![answer.address.to_string()];
-            for a in answer.all.iter().map(|a| a.to_string()).chain(prev_all) {
-                if !all.contains(&a) {
-                    all.push(a);
-                }
-            }
-            return Ok(Some(IpRecord {
-                address: answer.address.to_string(),
-                all,
-                source: answer.source.or(prev_source).unwrap_or(name),
-                seen_at: sync::now_secs(),
-            }));
-        }
-        Ok(None)
+        let tiers: Vec<Box<dyn DiscoveryTier + '_>> = set
+            .ip_tiers()
+            .into_iter()
+            .map(|script| {
+                Box::new(ScriptTier {
+                    name: script.short_name().to_string(),
+                    runtime: rt,
+                    set: &set,
+                    script: script.clone(),
+                    vm: &vm,
+                }) as Box<dyn DiscoveryTier + '_>
+            })
+            .collect();
+        Ok(discover_by_tiers(&tiers, guest, &self.options.verify, &rules, &self.inventory).await)
     }
 
     fn policy(&self) -> AddressPolicy {
@@ -405,51 +346,40 @@ impl ScriptedDiscovery {
     }
 }
 
-/// What one tier answered.
-#[derive(Debug, PartialEq)]
-pub struct TierAnswer {
-    /// The address to hand out.
-    pub address: IpAddr,
-    /// Further addresses (secondary list).
-    pub all: Vec<IpAddr>,
-    /// Source name to record instead of the tier's file name.
-    pub source: Option<String>,
+/// One `scripts/ip/NN-name.rhai`: `discover(vm)` with the tier's `vm` map.
+struct ScriptTier<'a> {
+    name: String,
+    runtime: &'a ScriptRuntime,
+    set: &'a Arc<script::ScriptSet>,
+    script: Arc<script::CompiledScript>,
+    vm: &'a Value,
 }
 
-impl TierAnswer {
-    /// Reads a tier's return value: `"192.0.2.1"`, `#{address, all, source}`; anything else (or an
-    /// address that does not parse) is `None`.
-    pub fn parse(v: &Value) -> Option<TierAnswer> {
-        let ip = |v: &Value| {
-            v.as_str().and_then(|s| {
-                s.trim()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .ok()
-            })
-        };
-        match v {
-            Value::String(_) => Some(TierAnswer {
-                address: ip(v)?,
-                all: vec![],
-                source: None,
-            }),
-            Value::Object(m) => Some(TierAnswer {
-                address: ip(m.get("address")?)?,
-                all: m
-                    .get("all")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(ip).collect())
-                    .unwrap_or_default(),
-                source: m
-                    .get("source")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            }),
-            _ => None,
-        }
+impl DiscoveryTier for ScriptTier<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn discover<'a>(&'a self, _guest: &'a GuestRecord) -> BoxFuture<'a, Result<Option<TierAnswer>, String>> {
+        Box::pin(async move {
+            let value = self
+                .runtime
+                .call(
+                    self.set,
+                    self.script.clone(),
+                    "discover",
+                    vec![self.vm.clone()],
+                    CallOptions::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .value;
+            let answer = TierAnswer::parse(&value);
+            if answer.is_none() && !value.is_null() {
+                tracing::warn!(tier = %self.name, answer = %value, "IP tier returned neither an address nor ()");
+            }
+            Ok(answer)
+        })
     }
 }
 

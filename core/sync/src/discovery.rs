@@ -1,4 +1,8 @@
-//! IP discovery's verify step and what it needs (DESIGN §7): is something answering at a guest address
+//! IP discovery's tiers and verify step (DESIGN §7). [`discover_by_tiers`] asks the tiers in order
+//! ([`DiscoveryTier`]; the binary supplies the script-backed ones, this crate never runs scripts),
+//! verifies each answer and keeps what it learns beside the guest record in the inventory
+//! ([`crate::Snapshot::facts`]); the syncer schedules lookups with bounded concurrency and per-VM
+//! backoff. The verify step: is something answering at a guest address
 //! (one ICMP echo with the system `ping`, else a TCP connect to the usual ports), and is it the VM — the
 //! kernel's ARP entry for the address (`/proc/net/arp`, filled by the probe itself) must carry one of
 //! the MACs of the VM's config. A different MAC means the address belongs to another machine now (a
@@ -21,7 +25,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::address::{DialRules, dial_static};
+use crate::inventory::Inventory;
 use crate::syncer::now_secs;
+use futures::future::BoxFuture;
+use store::{GuestRecord, IpRecord};
 
 /// Which addresses are probed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -350,6 +357,142 @@ pub async fn verify_dialable(ip: IpAddr, macs: &[String], cfg: &VerifyConfig, ru
     }
 }
 
+// ---- tiers ---------------------------------------------------------------------------------------
+
+/// What one tier answered.
+#[derive(Debug, PartialEq)]
+pub struct TierAnswer {
+    /// The address to hand out.
+    pub address: IpAddr,
+    /// Further addresses (secondary list).
+    pub all: Vec<IpAddr>,
+    /// Source name to record instead of the tier's name.
+    pub source: Option<String>,
+}
+
+impl TierAnswer {
+    /// Reads a tier's answer: `"192.0.2.1"`, `{address, all, source}`; anything else (or an address
+    /// that does not parse) is `None`.
+    pub fn parse(v: &serde_json::Value) -> Option<TierAnswer> {
+        use serde_json::Value;
+        let ip = |v: &Value| {
+            v.as_str().and_then(|s| {
+                s.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+            })
+        };
+        match v {
+            Value::String(_) => Some(TierAnswer {
+                address: ip(v)?,
+                all: vec![],
+                source: None,
+            }),
+            Value::Object(m) => Some(TierAnswer {
+                address: ip(m.get("address")?)?,
+                all: m
+                    .get("all")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(ip).collect())
+                    .unwrap_or_default(),
+                source: m
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One tier of IP discovery (the binary supplies the script-backed ones, `scripts/ip/NN-name.rhai`).
+pub trait DiscoveryTier: Send + Sync {
+    /// The name recorded as the address's source when the answer names none (`20-guest-agent`).
+    fn name(&self) -> &str;
+    /// The tier's answer for `guest` (`Ok(None)`: ask the next tier). An error is logged and the next
+    /// tier runs.
+    fn discover<'a>(&'a self, guest: &'a GuestRecord) -> BoxFuture<'a, Result<Option<TierAnswer>, String>>;
+}
+
+/// The VM's config MACs, lower case (every `netN`, and `mac` if it is not among them).
+pub fn guest_macs(guest: &GuestRecord) -> Vec<String> {
+    let mut macs: Vec<String> = guest.macs.iter().map(|(_, m)| m.to_ascii_lowercase()).collect();
+    if let Some(m) = &guest.mac
+        && !macs.contains(&m.to_ascii_lowercase())
+    {
+        macs.push(m.to_ascii_lowercase());
+    }
+    macs
+}
+
+/// Runs `tiers` in order for `guest` until one gives an address that is not provably another
+/// machine's: each answer is verified ([`verify_dialable`] under `rules`) and the check is stored
+/// beside the guest in `inventory` ([`crate::Snapshot::facts`]); an answer whose ARP entry shows another
+/// MAC is dropped and the next tier runs. A plain answer that repeats the current address keeps its
+/// list and the tier that found it. `None` when no tier answers (the syncer backs off).
+pub async fn discover_by_tiers(
+    tiers: &[Box<dyn DiscoveryTier + '_>],
+    guest: &GuestRecord,
+    verify_cfg: &VerifyConfig,
+    rules: &DialRules,
+    inventory: &Inventory,
+) -> Option<IpRecord> {
+    let macs = guest_macs(guest);
+    for tier in tiers {
+        let name = tier.name().to_string();
+        let answer = match tier.discover(guest).await {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(tier = %name, vmid = guest.vmid, error = %e, "IP tier failed");
+                continue;
+            }
+        };
+        let check = verify_dialable(answer.address, &macs, verify_cfg, rules).await;
+        if let Some(reason) = &check.reason {
+            tracing::debug!(tier = %name, vmid = guest.vmid, address = %answer.address, %reason, "address not probed");
+        }
+        let trusted = check.trusted();
+        let seen_mac = check.seen_mac.clone();
+        inventory
+            .update_facts(&guest.cluster, guest.vmid, |f| f.check = Some(check))
+            .await;
+        if !trusted {
+            tracing::warn!(
+                tier = %name, vm = %format!("{}/{}", guest.cluster, guest.vmid), address = %answer.address,
+                seen_mac = ?seen_mac, "address answers with another machine's MAC; not used"
+            );
+            continue;
+        }
+        let previous = guest
+            .ip
+            .as_ref()
+            .filter(|p| p.address == answer.address.to_string());
+        let (prev_all, prev_source) = match previous {
+            Some(p) if answer.all.is_empty() && answer.source.is_none() => {
+                (p.all.clone(), Some(p.source.clone()).filter(|s| !s.is_empty()))
+            }
+            _ => (Vec::new(), None),
+        };
+        let mut all: Vec<String> = vec![answer.address.to_string()];
+        for a in answer.all.iter().map(|a| a.to_string()).chain(prev_all) {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        return Some(IpRecord {
+            address: answer.address.to_string(),
+            all,
+            source: answer.source.or(prev_source).unwrap_or(name),
+            seen_at: now_secs(),
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +565,61 @@ mod tests {
         };
         let c = verify_dialable("127.0.0.1".parse().unwrap(), &[], &cfg, &test).await;
         assert!(c.probed && c.reachable && c.reason.is_none(), "{c:?}");
+    }
+
+    struct Fixed(&'static str, Result<Option<&'static str>, &'static str>);
+
+    impl DiscoveryTier for Fixed {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn discover<'a>(&'a self, _: &'a GuestRecord) -> BoxFuture<'a, Result<Option<TierAnswer>, String>> {
+            let r = self
+                .1
+                .map(|a| a.map(|a| TierAnswer::parse(&serde_json::json!(a)).unwrap()));
+            Box::pin(async move { r.map_err(str::to_string) })
+        }
+    }
+
+    #[tokio::test]
+    async fn tiers_run_in_order_past_failures_and_the_check_lands_beside_the_guest() {
+        let inventory = Inventory::load(None, &[("lab".into(), "Lab".into())]).unwrap();
+        let guest = GuestRecord {
+            cluster: "lab".into(),
+            vmid: 7,
+            status: "running".into(),
+            ..Default::default()
+        };
+        inventory
+            .replace_cluster("lab", vec![guest.clone()], Default::default())
+            .await;
+        let version = inventory.snapshot().version;
+        let tiers: Vec<Box<dyn DiscoveryTier>> = vec![
+            Box::new(Fixed("10-broken", Err("boom"))),
+            Box::new(Fixed("20-silent", Ok(None))),
+            Box::new(Fixed("30-found", Ok(Some("198.51.100.7")))),
+            Box::new(Fixed("40-never-asked", Ok(Some("198.51.100.8")))),
+        ];
+        let found = discover_by_tiers(
+            &tiers,
+            &guest,
+            &VerifyConfig::default(),
+            &DialRules::default(),
+            &inventory,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (found.address.as_str(), found.source.as_str()),
+            ("198.51.100.7", "30-found")
+        );
+        let snap = inventory.snapshot();
+        let check = snap.facts("lab", 7).check.unwrap();
+        assert_eq!(
+            (check.address.as_str(), check.state()),
+            ("198.51.100.7", "unchecked")
+        );
+        assert_eq!(snap.version, version, "facts do not change the guest list");
     }
 
     #[test]
