@@ -6,10 +6,12 @@
 //! - **Tiers**: `discover(vm)` returns `()` (next tier), an address string, or `#{address, all, source}`.
 //!   `vm` is [`web::connect::script_vm`] of the inventory record plus `allow_ranges`, `arp_subnets` and
 //!   `prefer_ipv6` from `[ip]`.
-//! - **Verification** ([`web::connect::verify`]): one ping (else a TCP connect to 22/3389), then the
-//!   address's ARP entry against the VM's config MACs. An address whose ARP entry shows another MAC is
-//!   dropped and the next tier runs; the result and its time are kept in the shared
-//!   [`web::connect::FactsBook`] for the portal (`GET /api/vm/{vmid}/connect`).
+//! - **Verification** ([`sync::discovery::verify_dialable`]): one ping (else a TCP connect to 22/3389),
+//!   then the address's ARP entry against the VM's config MACs — never for an address the relays' dial
+//!   rule refuses without a probe (outside the cluster's `guest_networks` and not on-link, loopback, the
+//!   portal's own, a node's, the API host's): that one is reported unverified with the rule's reason. An address whose ARP entry shows another MAC is
+//!   dropped and the next tier runs; the result and its time are kept beside the guest record in the
+//!   inventory ([`sync::Snapshot::facts`]) for the portal (`GET /api/vm/{vmid}/connect`).
 //! - **ARP probes** ([`ArpSweeper`]): only inside `[ip] arp_subnets`, at most `max_hosts` addresses per
 //!   subnet, one UDP datagram to the discard port each at most `rate_per_sec` per second from one task,
 //!   at most once per `min_interval` per subnet — never a burst of threads. The kernel's own ARP
@@ -25,13 +27,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 use pve::{GuestKind, PveClient, PveError};
 use script::{CallOptions, ScriptRuntime};
 use serde_json::{Value, json};
 use store::{GuestRecord, IpRecord};
-use sync::{AddressPolicy, AgentDiscovery, IpDiscovery};
-use web::connect::{FactsBook, ScriptSetSource, VerifyConfig};
+use sync::discovery::{DiscoveryTier, TierAnswer, discover_by_tiers, guest_macs};
+use sync::{AddressPolicy, AgentDiscovery, ClusterDial, DialRules, Inventory, IpDiscovery};
+use web::connect::{ScriptSetSource, VerifyConfig};
 
 /// Bounds of the ARP probes.
 #[derive(Clone, Debug)]
@@ -173,6 +177,9 @@ pub struct TierOptions {
     pub verify: VerifyConfig,
     /// ARP tier subnets and probe bounds.
     pub sweep: SweepConfig,
+    /// Per cluster: its `guest_networks` and configured hosts, for the dial rule the verify step
+    /// applies before it probes (`[ip] allow_ranges` are the rule's test ranges).
+    pub dial: HashMap<String, ClusterDial>,
 }
 
 /// The scripted discovery (see the module docs). Build it before the syncer, then [`attach`] the script
@@ -182,18 +189,19 @@ pub struct TierOptions {
 /// [`attach`]: ScriptedDiscovery::attach
 pub struct ScriptedDiscovery {
     scripts: OnceLock<(ScriptRuntime, Arc<dyn ScriptSetSource>)>,
-    facts: Arc<FactsBook>,
+    inventory: Arc<Inventory>,
     options: TierOptions,
     sweeper: Arc<ArpSweeper>,
 }
 
 impl ScriptedDiscovery {
-    /// A discovery writing verifications and OS types into `facts`.
-    pub fn new(options: TierOptions, facts: Arc<FactsBook>) -> Arc<ScriptedDiscovery> {
+    /// A discovery writing verifications and OS types beside the guest records of `inventory`
+    /// ([`sync::Snapshot::facts`]), whose cluster states also name the nodes' addresses.
+    pub fn new(options: TierOptions, inventory: Arc<Inventory>) -> Arc<ScriptedDiscovery> {
         let sweeper = ArpSweeper::new(options.sweep.clone());
         Arc::new(ScriptedDiscovery {
             scripts: OnceLock::new(),
-            facts,
+            inventory,
             options,
             sweeper,
         })
@@ -204,16 +212,24 @@ impl ScriptedDiscovery {
         let _ = self.scripts.set((runtime, set));
     }
 
+    /// The relays' dial rule for `cluster` ([`DialRules::for_cluster`]): the verify step never probes
+    /// an address the rule refuses without a probe.
+    pub fn dial_rules(&self, cluster: &str) -> DialRules {
+        let dial = self.options.dial.get(cluster).cloned().unwrap_or_default();
+        let nodes = self
+            .inventory
+            .snapshot()
+            .clusters
+            .get(cluster)
+            .map(|c| c.node_addresses.clone())
+            .unwrap_or_default();
+        DialRules::for_cluster(&dial, &self.options.allow_ranges, &nodes)
+    }
+
     /// The ARP sweeper (for tests and metrics).
     #[allow(dead_code)] // read by tests/ip_tiers.rs
     pub fn sweeper(&self) -> &Arc<ArpSweeper> {
         &self.sweeper
-    }
-
-    /// The facts book.
-    #[allow(dead_code)] // read by tests/ip_tiers.rs
-    pub fn facts(&self) -> &Arc<FactsBook> {
-        &self.facts
     }
 
     /// The `vm` argument of the tiers for `guest`.
@@ -246,18 +262,8 @@ impl ScriptedDiscovery {
         vm
     }
 
-    fn macs(guest: &GuestRecord) -> Vec<String> {
-        let mut macs: Vec<String> = guest.macs.iter().map(|(_, m)| m.to_ascii_lowercase()).collect();
-        if let Some(m) = &guest.mac
-            && !macs.contains(&m.to_ascii_lowercase())
-        {
-            macs.push(m.to_ascii_lowercase());
-        }
-        macs
-    }
-
     async fn ostype(&self, client: &PveClient, guest: &GuestRecord) -> Option<String> {
-        if let Some(os) = self.facts.get(&guest.cluster, guest.vmid).ostype {
+        if let Some(os) = self.inventory.snapshot().facts(&guest.cluster, guest.vmid).ostype {
             return Some(os);
         }
         let os = if guest.kind == "lxc" {
@@ -274,7 +280,10 @@ impl ScriptedDiscovery {
                 }
             }
         };
-        self.facts.set_ostype(&guest.cluster, guest.vmid, &os);
+        let learned = os.clone();
+        self.inventory
+            .update_facts(&guest.cluster, guest.vmid, |f| f.ostype = Some(learned))
+            .await;
         Some(os)
     }
 
@@ -287,7 +296,7 @@ impl ScriptedDiscovery {
         let table = tokio::fs::read_to_string("/proc/net/arp")
             .await
             .unwrap_or_default();
-        let known = script::parse_proc_net_arp(&table)
+        let known = sync::discovery::parse_proc_net_arp(&table)
             .iter()
             .any(|e| macs.contains(&e.mac));
         if !known {
@@ -298,7 +307,8 @@ impl ScriptedDiscovery {
         }
     }
 
-    /// Runs the tiers for `guest` (see the module docs).
+    /// Runs the tiers for `guest` (see the module docs): the current set's `scripts/ip/*.rhai` in
+    /// file-name order through [`sync::discovery::discover_by_tiers`].
     pub async fn run_tiers(
         &self,
         client: &PveClient,
@@ -308,68 +318,24 @@ impl ScriptedDiscovery {
             return AgentDiscovery.discover(client, guest, &self.policy()).await;
         };
         let ostype = self.ostype(client, guest).await;
-        let macs = Self::macs(guest);
-        self.refresh_arp(&macs).await;
+        self.refresh_arp(&guest_macs(guest)).await;
         let vm = self.tier_vm(guest, ostype.as_deref());
+        let rules = self.dial_rules(&guest.cluster);
         let set = source.current_set();
-        for tier in set.ip_tiers() {
-            let name = tier.short_name().to_string();
-            let value = match rt
-                .call(
-                    &set,
-                    tier.clone(),
-                    "discover",
-                    vec![vm.clone()],
-                    CallOptions::default(),
-                )
-                .await
-            {
-                Ok(r) => r.value,
-                Err(e) => {
-                    tracing::warn!(tier = %name, vmid = guest.vmid, error = %e, "IP tier failed");
-                    continue;
-                }
-            };
-            let Some(answer) = TierAnswer::parse(&value) else {
-                if !value.is_null() {
-                    tracing::warn!(tier = %name, answer = %value, "IP tier returned neither an address nor ()");
-                }
-                continue;
-            };
-            let check = web::connect::verify(answer.address, &macs, &self.options.verify).await;
-            self.facts.set_check(&guest.cluster, guest.vmid, check.clone());
-            if !check.trusted() {
-                tracing::warn!(
-                    tier = %name, vm = %format!("{}/{}", guest.cluster, guest.vmid), address = %answer.address,
-                    seen_mac = ?check.seen_mac, "address answers with another machine's MAC; not used"
-                );
-                continue;
-            }
-            // A plain answer that repeats the current address keeps its list and the tier that found it.
-            let previous = guest
-                .ip
-                .as_ref()
-                .filter(|p| p.address == answer.address.to_string());
-            let (prev_all, prev_source) = match previous {
-                Some(p) if answer.all.is_empty() && answer.source.is_none() => {
-                    (p.all.clone(), Some(p.source.clone()).filter(|s| !s.is_empty()))
-                }
-                _ => (Vec::new(), None),
-            };
-            let mut all: Vec<String> = vec![answer.address.to_string()];
-            for a in answer.all.iter().map(|a| a.to_string()).chain(prev_all) {
-                if !all.contains(&a) {
-                    all.push(a);
-                }
-            }
-            return Ok(Some(IpRecord {
-                address: answer.address.to_string(),
-                all,
-                source: answer.source.or(prev_source).unwrap_or(name),
-                seen_at: sync::now_secs(),
-            }));
-        }
-        Ok(None)
+        let tiers: Vec<Box<dyn DiscoveryTier + '_>> = set
+            .ip_tiers()
+            .into_iter()
+            .map(|script| {
+                Box::new(ScriptTier {
+                    name: script.short_name().to_string(),
+                    runtime: rt,
+                    set: &set,
+                    script: script.clone(),
+                    vm: &vm,
+                }) as Box<dyn DiscoveryTier + '_>
+            })
+            .collect();
+        Ok(discover_by_tiers(&tiers, guest, &self.options.verify, &rules, &self.inventory).await)
     }
 
     fn policy(&self) -> AddressPolicy {
@@ -380,51 +346,40 @@ impl ScriptedDiscovery {
     }
 }
 
-/// What one tier answered.
-#[derive(Debug, PartialEq)]
-pub struct TierAnswer {
-    /// The address to hand out.
-    pub address: IpAddr,
-    /// Further addresses (secondary list).
-    pub all: Vec<IpAddr>,
-    /// Source name to record instead of the tier's file name.
-    pub source: Option<String>,
+/// One `scripts/ip/NN-name.rhai`: `discover(vm)` with the tier's `vm` map.
+struct ScriptTier<'a> {
+    name: String,
+    runtime: &'a ScriptRuntime,
+    set: &'a Arc<script::ScriptSet>,
+    script: Arc<script::CompiledScript>,
+    vm: &'a Value,
 }
 
-impl TierAnswer {
-    /// Reads a tier's return value: `"192.0.2.1"`, `#{address, all, source}`; anything else (or an
-    /// address that does not parse) is `None`.
-    pub fn parse(v: &Value) -> Option<TierAnswer> {
-        let ip = |v: &Value| {
-            v.as_str().and_then(|s| {
-                s.trim()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .ok()
-            })
-        };
-        match v {
-            Value::String(_) => Some(TierAnswer {
-                address: ip(v)?,
-                all: vec![],
-                source: None,
-            }),
-            Value::Object(m) => Some(TierAnswer {
-                address: ip(m.get("address")?)?,
-                all: m
-                    .get("all")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(ip).collect())
-                    .unwrap_or_default(),
-                source: m
-                    .get("source")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            }),
-            _ => None,
-        }
+impl DiscoveryTier for ScriptTier<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn discover<'a>(&'a self, _guest: &'a GuestRecord) -> BoxFuture<'a, Result<Option<TierAnswer>, String>> {
+        Box::pin(async move {
+            let value = self
+                .runtime
+                .call(
+                    self.set,
+                    self.script.clone(),
+                    "discover",
+                    vec![self.vm.clone()],
+                    CallOptions::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .value;
+            let answer = TierAnswer::parse(&value);
+            if answer.is_none() && !value.is_null() {
+                tracing::warn!(tier = %self.name, answer = %value, "IP tier returned neither an address nor ()");
+            }
+            Ok(answer)
+        })
     }
 }
 

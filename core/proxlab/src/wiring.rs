@@ -76,8 +76,6 @@ pub struct System {
     pub store: store::Store,
     pub inventory: Arc<Inventory>,
     pub syncer: Arc<Syncer>,
-    /// Address verifications and OS types, shared by the IP tiers and the web layer.
-    pub facts: Arc<web::connect::FactsBook>,
     /// The script runtime and the current set (IP tiers, RDP; plugins can share them).
     pub scripts: web::connect::Scripts,
     /// The hot reloader of the set (`None` with `[scripts] watch = "off"`).
@@ -102,6 +100,7 @@ pub fn tier_options(cfg: &Config) -> TierOptions {
             min_interval: Duration::from_secs(cfg.ip.arp_interval_secs),
             ..SweepConfig::default()
         },
+        dial: connect_config(cfg).clusters,
     }
 }
 
@@ -206,9 +205,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<System> {
     }
     // IP discovery: the scripted tiers (default) or the built-in lookup. The tiers need the script
     // runtime, whose host needs the syncer: the runtime is attached right after.
-    let facts = web::connect::FactsBook::new();
-    let scripted =
-        (cfg.ip.tiers == IpTiers::Scripts).then(|| ScriptedDiscovery::new(tier_options(cfg), facts.clone()));
+    let scripted = (cfg.ip.tiers == IpTiers::Scripts)
+        .then(|| ScriptedDiscovery::new(tier_options(cfg), inventory.clone()));
     let discovery: Arc<dyn IpDiscovery> = match &scripted {
         Some(s) => s.clone(),
         None => Arc::new(AgentDiscovery),
@@ -260,7 +258,6 @@ pub fn build(cfg: &Config) -> anyhow::Result<System> {
         store,
         inventory,
         syncer,
-        facts,
         scripts: web::connect::Scripts { runtime, set },
         script_reloader,
         host: script_host,
@@ -340,7 +337,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     .with_connect(web::connect::ConnectState::new(
         connect_config(&cfg),
         Some(sys.scripts.clone()),
-        sys.facts.clone(),
     ));
     let state = match &sys.script_reloader {
         Some(r) => state.with_reload_source("scripts", r.clone()),

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use store::GuestRecord;
 use sync::{ClusterHandle, Inventory, SyncConfig, Syncer};
 use testkit::{ClusterSpec, FakeCluster};
-use web::connect::{FactsBook, MacCheck, ScriptSetSource};
+use web::connect::{MacCheck, ScriptSetSource};
 
 // ---- network namespaces ----------------------------------------------------------------------------
 
@@ -181,7 +181,6 @@ struct Rig {
     syncer: Arc<Syncer>,
     inventory: Arc<Inventory>,
     discovery: Arc<ScriptedDiscovery>,
-    facts: Arc<FactsBook>,
     _dir: tempfile::TempDir,
 }
 
@@ -198,8 +197,7 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         pve::Tls::CaFile(fake.ca_file.clone()),
     ))
     .unwrap();
-    let facts = FactsBook::new();
-    let discovery = ScriptedDiscovery::new(options, facts.clone());
+    let discovery = ScriptedDiscovery::new(options, inventory.clone());
     let config = SyncConfig {
         ip_backoff: Duration::from_millis(1),
         ..SyncConfig::default()
@@ -230,7 +228,6 @@ fn rig(fake: FakeCluster, options: TierOptions) -> Rig {
         syncer,
         inventory,
         discovery,
-        facts,
         _dir: dir,
     }
 }
@@ -248,6 +245,11 @@ impl Rig {
             .guest("lab", vmid)
             .map(|g| g.as_ref().clone())
             .unwrap()
+    }
+
+    /// What discovery learned about `vmid`, read beside its record in the inventory snapshot.
+    fn facts(&self, vmid: u32) -> sync::GuestFacts {
+        self.inventory.snapshot().facts("lab", vmid)
     }
 
     fn ip(&self, vmid: u32) -> Option<(String, Vec<String>, String)> {
@@ -363,7 +365,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                 );
                 // Each handed-out address went through verification; documentation addresses (the field
                 // cases' data) are never probed: handed out unchecked.
-                let check = r.facts.get("lab", 4110).check.expect("verified");
+                let check = r.facts(4110).check.expect("verified");
                 assert_eq!(check.address, "192.0.2.20");
                 assert_eq!(
                     (check.probed, check.reachable, check.mac.clone()),
@@ -371,7 +373,7 @@ fn agent_tier_skips_loopback_link_local_docker_bridges_and_windows_loopback() {
                 );
                 assert_eq!(check.state(), "unchecked");
                 // The link-local answers (DHCP pending) never reached verification.
-                assert_eq!(r.facts.get("lab", 4111).check, None);
+                assert_eq!(r.facts(4111).check, None);
                 // Later, DHCP finished: the next poll finds it.
                 r.fake
                     .control(
@@ -621,7 +623,7 @@ fn arp_tier_finds_a_vm_by_its_config_mac_only_inside_configured_subnets_with_bou
                 let (addr, all, source) = r.ip(4201).expect("found by the ARP tier");
                 assert_eq!((addr.as_str(), source.as_str()), ("198.18.7.10", "40-arp"));
                 assert_eq!(all, vec!["198.18.7.10".to_string()]);
-                let check = r.facts.get("lab", 4201).check.unwrap();
+                let check = r.facts(4201).check.unwrap();
                 assert!(check.reachable, "{check:?}");
                 assert_eq!(check.method.as_deref(), Some("ping"));
                 assert_eq!(check.mac, MacCheck::Match, "{check:?}");
@@ -674,7 +676,7 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
                 let r = rig(fake, arp_options(&["198.18.7.0/24"]));
                 r.sync().await;
                 assert_eq!(r.ip(4202), None, "another machine's address is never handed out");
-                let bad = r.facts.get("lab", 4202).check.unwrap();
+                let bad = r.facts(4202).check.unwrap();
                 assert_eq!(bad.address, "198.18.7.20");
                 assert!(bad.reachable);
                 assert_eq!(bad.mac, MacCheck::Mismatch);
@@ -682,10 +684,10 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
                 assert_eq!(bad.state(), "mismatch");
 
                 assert_eq!(r.ip(4201).map(|i| i.0), Some("198.18.7.10".into()));
-                assert_eq!(r.facts.get("lab", 4201).check.unwrap().state(), "verified");
+                assert_eq!(r.facts(4201).check.unwrap().state(), "verified");
 
                 assert_eq!(r.ip(4203).map(|i| i.0), Some("198.18.7.99".into()));
-                let lost = r.facts.get("lab", 4203).check.unwrap();
+                let lost = r.facts(4203).check.unwrap();
                 assert_eq!(
                     (lost.probed, lost.reachable, lost.mac.clone()),
                     (true, false, MacCheck::Unknown)
@@ -695,4 +697,102 @@ fn verification_refuses_an_address_that_answers_with_another_machines_mac() {
             });
         },
     );
+}
+
+#[test]
+fn verification_never_probes_an_address_the_relays_dial_rule_refuses() {
+    let test = "verification_never_probes_an_address_the_relays_dial_rule_refuses";
+    in_netns(test, &[(MAC_A, "198.18.7.10/24")], || {
+        let fake = cluster(vec![
+            // The agent of 4204 reports the portal's own address on the shared segment.
+            qemu(
+                4204,
+                &["BC:24:11:AA:00:04"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:04", &["198.18.7.1"])])),
+            ),
+            // The agent of 4205 reports a routed address.
+            qemu(
+                4205,
+                &["BC:24:11:AA:00:05"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:05", &["10.77.0.5"])])),
+            ),
+            // 4201 is on-link and holds its address: probed and verified as before.
+            qemu(
+                4201,
+                &["BC:24:11:AA:00:01"],
+                Some(json!([nic("ens18", "bc:24:11:aa:00:01", &["198.18.7.10"])])),
+            ),
+        ]);
+        let rt = runtime();
+        rt.block_on(async {
+            // A listener on the portal's own address: a TCP probe of 198.18.7.1 would reach it.
+            let listener = tokio::net::TcpListener::bind("198.18.7.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let probed = Arc::new(AtomicUsize::new(0));
+            let seen = probed.clone();
+            tokio::spawn(async move {
+                while listener.accept().await.is_ok() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let verify = web::connect::VerifyConfig {
+                scope: web::connect::VerifyScope::All,
+                tcp_ports: vec![port],
+                ..Default::default()
+            };
+            let options = TierOptions {
+                verify: verify.clone(),
+                ..TierOptions::default()
+            };
+            let r = rig(fake, options);
+            r.sync().await;
+            let own = r.facts(4204).check.expect("a check of 4204");
+            assert_eq!(own.address, "198.18.7.1");
+            assert_eq!(
+                (own.probed, own.method.clone(), own.state()),
+                (false, None, "unchecked")
+            );
+            assert!(
+                own.reason.as_deref().is_some_and(|m| m.contains("portal host")),
+                "{own:?}"
+            );
+            let routed = r.facts(4205).check.expect("a check of 4205");
+            assert!(!routed.probed, "{routed:?}");
+            assert!(
+                routed
+                    .reason
+                    .as_deref()
+                    .is_some_and(|m| m.contains("guest_networks")),
+                "{routed:?}"
+            );
+            assert_eq!(r.facts(4201).check.unwrap().state(), "verified");
+            assert_eq!(
+                probed.load(Ordering::SeqCst),
+                0,
+                "the portal's own address was contacted"
+            );
+
+            // Once an admin lists the routed network as the cluster's guest network, it is probed.
+            let mut dial = std::collections::HashMap::new();
+            dial.insert(
+                "lab".to_string(),
+                sync::ClusterDial {
+                    guest_networks: vec!["10.77.0.0/16".parse().unwrap()],
+                    host_addresses: vec![],
+                },
+            );
+            let listed = rig(
+                r.fake,
+                TierOptions {
+                    verify,
+                    dial,
+                    ..TierOptions::default()
+                },
+            );
+            listed.sync().await;
+            let check = listed.facts(4205).check.expect("a check of 4205");
+            assert!(check.probed && check.reason.is_none(), "{check:?}");
+            assert_eq!(check.state(), "unreachable");
+        });
+    });
 }

@@ -4,7 +4,8 @@
 //! multi-NIC guests whose order changes between polls, LXC CIDR strings, and LXC answers with an
 //! empty `ip-addresses` or `data: null`): loopback, link-local, unspecified, multicast
 //! and broadcast addresses are never chosen; interfaces of container/virtual bridges (`docker0`,
-//! `virbr0`, `br-…`, `veth…`, …) are skipped; the NIC whose MAC is the VM's lowest `netN` wins; IPv4
+//! `virbr0`, `br-…`, `veth…`, …) are skipped, and so are container bridge ranges (`172.17.0.0/16`, …) on
+//! an interface that is not one of the VM's own NICs; the NIC whose MAC is the VM's lowest `netN` wins; IPv4
 //! before IPv6 unless configured; the previous choice is kept while it is still offered, so a
 //! multi-NIC guest does not flap between polls. `allow_ranges` lets exactly the listed ranges through
 //! even if they are loopback (test setups with `127.60.0.0/16`; empty in production).
@@ -59,7 +60,28 @@ const BRIDGE_PREFIXES: &[&str] = &[
     "vethernet",
     "isatap",
     "teredo",
+    "wg",
 ];
+
+/// Address ranges of container bridges inside a guest (Docker's docker0 and default networks, LXD/LXC's
+/// lxcbr0, Podman, libvirt's virbr0). Only applied to interfaces that are not one of the VM's own NICs:
+/// a lab network that happens to use such a range still works; `allow_ranges` override them too.
+const BRIDGE_RANGES: &[&str] = &[
+    "172.17.0.0/16",
+    "172.18.0.0/16",
+    "10.0.3.0/24",
+    "10.88.0.0/16",
+    "192.168.122.0/24",
+];
+
+/// True when `ip` lies in a container bridge range ([`BRIDGE_RANGES`]) and not in `allow_ranges`.
+pub fn is_bridge_address(ip: &IpAddr, policy: &AddressPolicy) -> bool {
+    !policy.allow_ranges.iter().any(|r| r.contains(ip))
+        && BRIDGE_RANGES
+            .iter()
+            .filter_map(|r| r.parse::<IpNet>().ok())
+            .any(|r| r.contains(ip))
+}
 
 /// True when an interface name belongs to a container/virtual bridge or tunnel, not a real NIC.
 pub fn is_virtual_interface(name: &str) -> bool {
@@ -135,10 +157,13 @@ pub fn choose(
         .collect();
     ranked.sort_by_key(|(rank, _)| *rank);
 
+    // A NIC that is not one of the VM's own (rank 1000 and up) offers no container bridge address.
+    let offered =
+        |rank: u64, ip: &IpAddr| is_usable(ip, policy) && (rank < 1_000 || !is_bridge_address(ip, policy));
     let mut all: Vec<IpAddr> = Vec::new();
-    for (_, nic) in &ranked {
+    for (rank, nic) in &ranked {
         for ip in &nic.addrs {
-            if is_usable(ip, policy) && !all.contains(ip) {
+            if offered(*rank, ip) && !all.contains(ip) {
                 all.push(*ip);
             }
         }
@@ -150,11 +175,11 @@ pub fn choose(
     let prefer = |ip: &IpAddr| ip.is_ipv6() == policy.prefer_ipv6;
     let best_nic_addrs: Vec<IpAddr> = ranked
         .iter()
-        .map(|(_, nic)| {
+        .map(|(rank, nic)| {
             nic.addrs
                 .iter()
                 .copied()
-                .filter(|ip| is_usable(ip, policy))
+                .filter(|ip| offered(*rank, ip))
                 .collect::<Vec<_>>()
         })
         .find(|v| !v.is_empty())
@@ -190,6 +215,50 @@ pub struct DialRules {
     /// Addresses never dialled: the portal host's own (every interface), the cluster's nodes, the PVE
     /// API host.
     pub forbidden: Vec<(IpAddr, &'static str)>,
+}
+
+/// Where the relays of one cluster may connect, besides MAC-verified on-link addresses.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterDial {
+    /// `guest_networks` of the cluster: CIDRs where its guests live.
+    pub guest_networks: Vec<IpNet>,
+    /// The addresses of the cluster's API host and its nodes' SSH hosts as configured (resolved at
+    /// start): never dialled for a guest.
+    pub host_addresses: Vec<IpAddr>,
+}
+
+/// Every address of this machine's interfaces, read now (so a changed address counts at once).
+pub fn own_addresses() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this machine's interface addresses");
+            Vec::new()
+        }
+    }
+}
+
+impl DialRules {
+    /// The rules of one cluster: its `guest_networks`, the test ranges, and as forbidden this machine's
+    /// own addresses (read now), the configured API and SSH hosts and the nodes' cluster addresses
+    /// (`node_addresses`, from the last `/cluster/status`). The relays and the discovery's verify step
+    /// build them here, so both apply the same rule.
+    pub fn for_cluster(dial: &ClusterDial, test_ranges: &[IpNet], node_addresses: &[String]) -> DialRules {
+        let mut forbidden: Vec<(IpAddr, &'static str)> =
+            own_addresses().into_iter().map(|a| (a, "own")).collect();
+        forbidden.extend(dial.host_addresses.iter().map(|a| (*a, "api")));
+        forbidden.extend(
+            node_addresses
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .map(|a| (a, "node")),
+        );
+        DialRules {
+            guest_networks: dial.guest_networks.clone(),
+            test_ranges: test_ranges.to_vec(),
+            forbidden,
+        }
+    }
 }
 
 /// Why an address may be used.
@@ -453,6 +522,37 @@ mod tests {
         .unwrap();
         assert_eq!(c.primary, ip("198.51.100.50"));
         assert_eq!(c.all.len(), 1);
+    }
+
+    #[test]
+    fn container_bridge_ranges_are_skipped_only_on_foreign_interfaces() {
+        // A bridge named like a real NIC, in Docker's range; then the VM's own NIC in that range.
+        let nics = [
+            nic("eth1", "02:42:ac:11:00:01", &["172.17.0.1"]),
+            nic("wg0", "02:00:00:00:00:02", &["10.66.0.1"]),
+            nic("eth0", "bc:24:11:00:00:51", &["198.51.100.51"]),
+        ];
+        let c = choose(
+            &nics,
+            &[(0, "bc:24:11:00:00:51".into())],
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(c.all, vec![ip("198.51.100.51")]);
+        let own = [nic("eth0", "bc:24:11:00:00:52", &["172.17.5.9"])];
+        let c = choose(
+            &own,
+            &[(0, "bc:24:11:00:00:52".into())],
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.primary,
+            ip("172.17.5.9"),
+            "a lab network in Docker's range still works"
+        );
     }
 
     #[test]

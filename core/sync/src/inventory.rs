@@ -9,6 +9,8 @@ use serde::Serialize;
 use store::{GuestRecord, Store, vm_key};
 use tokio::sync::{Mutex, broadcast};
 
+use crate::discovery::GuestFacts;
+
 /// Identifies a guest across clusters: `(cluster id, VMID)`.
 pub type GuestKey = (String, u32);
 
@@ -84,8 +86,11 @@ pub struct Snapshot {
     pub guests: BTreeMap<GuestKey, Arc<GuestRecord>>,
     /// Sync state per cluster id.
     pub clusters: BTreeMap<String, ClusterState>,
-    /// Monotonic version, bumped on every swap.
+    /// Monotonic version, bumped on every swap that changes a guest or a cluster.
     pub version: u64,
+    /// What discovery learned per guest (address verification, OS type), beside its record; not part
+    /// of the guest list JSON.
+    pub facts: BTreeMap<GuestKey, GuestFacts>,
     views: OnceLock<BTreeMap<Option<String>, CachedJson>>,
 }
 
@@ -104,6 +109,14 @@ impl Snapshot {
     /// The guest `vmid` of `cluster`.
     pub fn guest(&self, cluster: &str, vmid: u32) -> Option<&Arc<GuestRecord>> {
         self.guests.get(&(cluster.to_string(), vmid))
+    }
+
+    /// What discovery learned about guest `vmid` of `cluster` (default when nothing yet).
+    pub fn facts(&self, cluster: &str, vmid: u32) -> GuestFacts {
+        self.facts
+            .get(&(cluster.to_string(), vmid))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Guests of one cluster, in VMID order.
@@ -232,6 +245,7 @@ impl Inventory {
             .collect();
         for vmid in &removed {
             next.guests.remove(&(cluster.to_string(), *vmid));
+            next.facts.remove(&(cluster.to_string(), *vmid));
         }
         recount(&mut state, next.cluster_guests(cluster));
         let state_changed = old
@@ -280,6 +294,28 @@ impl Inventory {
                 state: Box::new(state),
             });
         }
+    }
+
+    /// Applies `f` to what discovery knows of one guest ([`Snapshot::facts`]). The guest list, its
+    /// cached JSON and the version stay as they are (facts are not part of the list); no event.
+    pub async fn update_facts(&self, cluster: &str, vmid: u32, f: impl FnOnce(&mut GuestFacts)) {
+        let _w = self.write.lock().await;
+        let old = self.current.load_full();
+        let key = (cluster.to_string(), vmid);
+        let mut facts = old.facts.get(&key).cloned().unwrap_or_default();
+        f(&mut facts);
+        if old.facts.get(&key) == Some(&facts) {
+            return;
+        }
+        let mut next = Snapshot {
+            guests: old.guests.clone(),
+            clusters: old.clusters.clone(),
+            version: old.version,
+            facts: old.facts.clone(),
+            views: old.views.clone(),
+        };
+        next.facts.insert(key, facts);
+        self.current.store(Arc::new(next));
     }
 
     /// Applies `f` to one guest (if present) and publishes the change. Returns the new record.
@@ -360,6 +396,7 @@ fn clone_without_cache(s: &Snapshot) -> Snapshot {
         guests: s.guests.clone(),
         clusters: s.clusters.clone(),
         version: s.version,
+        facts: s.facts.clone(),
         views: OnceLock::new(),
     }
 }

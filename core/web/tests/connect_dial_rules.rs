@@ -93,20 +93,21 @@ async fn terminal_refuses_every_address_a_hostile_guest_reports_outside_the_rule
         "the routed test address must not be on a network of this machine"
     );
     // The discovery found another machine's MAC at the guest-network address.
-    p.state.connect.facts.set_check(
-        "lab",
-        4016,
-        IpCheck {
-            address: "10.20.0.7".into(),
-            probed: true,
-            reachable: true,
-            method: Some("ping".into()),
-            mac: MacCheck::Mismatch,
-            seen_mac: Some("52:54:00:aa:bb:cc".into()),
-            checked_at: sync::now_secs(),
-            took_ms: 1,
-        },
-    );
+    let check = IpCheck {
+        address: "10.20.0.7".into(),
+        probed: true,
+        reachable: true,
+        method: Some("ping".into()),
+        mac: MacCheck::Mismatch,
+        seen_mac: Some("52:54:00:aa:bb:cc".into()),
+        checked_at: sync::now_secs(),
+        took_ms: 1,
+        reason: None,
+    };
+    p.state
+        .inventory
+        .update_facts("lab", 4016, |f| f.check = Some(check))
+        .await;
     for (vmid, address, code) in &cases {
         let g = snap.guest("lab", *vmid).unwrap();
         assert_eq!(
@@ -137,7 +138,7 @@ async fn terminal_refuses_every_address_a_hostile_guest_reports_outside_the_rule
     }
     // Nothing refused was probed: the only check recorded is the one the test put there.
     for (vmid, _, _) in &cases {
-        let facts = p.state.connect.facts.get("lab", *vmid);
+        let facts = p.state.inventory.snapshot().facts("lab", *vmid);
         if *vmid == 4016 {
             assert_eq!(facts.check.unwrap().mac, MacCheck::Mismatch);
         } else {

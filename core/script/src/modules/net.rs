@@ -1,47 +1,12 @@
 //! `net::` — reachability checks and address helpers for IP discovery: ping, TCP open, the
 //! kernel's ARP table (`/proc/net/arp`), address classes and CIDR membership.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use rhai::plugin::*;
 
-/// One row of `/proc/net/arp`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ArpEntry {
-    /// IPv4 address.
-    pub ip: String,
-    /// MAC address, lower case `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-    /// Interface name.
-    pub device: String,
-}
-
-/// Parses the text of `/proc/net/arp` (header line, then `IP HWtype Flags HWaddress Mask Device`).
-/// Incomplete entries (flags `0x0` or an all-zero MAC) are skipped.
-pub fn parse_proc_net_arp(text: &str) -> Vec<ArpEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 6 {
-                return None;
-            }
-            let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap_or(0);
-            let mac = f[3].to_ascii_lowercase();
-            if flags & 0x2 == 0 || mac == "00:00:00:00:00:00" {
-                return None;
-            }
-            Some(ArpEntry {
-                ip: f[0].to_string(),
-                mac,
-                device: f[5].to_string(),
-            })
-        })
-        .collect()
-}
+pub use sync::discovery::{ArpEntry, parse_proc_net_arp};
 
 fn arp_table() -> Vec<ArpEntry> {
     std::fs::read_to_string("/proc/net/arp")
@@ -154,44 +119,85 @@ fn timeout_of(ms: i64) -> Result<Duration, Box<EvalAltResult>> {
         .ok_or_else(|| crate::engine::throw("arg.timeout", "timeout_ms must be 1..=60000"))
 }
 
-/// TCP connect with a timeout. `Some(true)` connected, `Some(false)` refused (host is up),
-/// `None` no answer.
-fn tcp_probe(ip: IpAddr, port: u16, timeout: Duration) -> Option<bool> {
-    match TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) {
-        Ok(_) => Some(true),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(false),
-        Err(_) => None,
+/// One ICMP echo through the discovery's ping ([`sync::discovery::ping`], the only one); if `ping` is
+/// missing or cannot run, a TCP probe to port 7 stands in: an answer of any kind, even a refusal,
+/// means the host is up.
+pub async fn ping(ip: IpAddr, timeout: Duration) -> bool {
+    match sync::discovery::ping(ip, timeout).await {
+        Some(up) => up,
+        None => sync::discovery::tcp_probe(ip, 7, timeout).await.is_some(),
     }
 }
 
-fn find_ping() -> Option<&'static Path> {
-    ["/usr/bin/ping", "/bin/ping", "/usr/sbin/ping", "/sbin/ping"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
+/// The address rules of [`sync::address`] for scripts: the policy a tier's `vm` map carries
+/// (`allow_ranges`: CIDR strings, `prefer_ipv6`).
+fn policy_of(vm: &serde_json::Value) -> sync::AddressPolicy {
+    sync::AddressPolicy {
+        allow_ranges: vm
+            .get("allow_ranges")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str()?.trim().parse::<ipnet::IpNet>().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        prefer_ipv6: vm.get("prefer_ipv6").and_then(serde_json::Value::as_bool) == Some(true),
+    }
 }
 
-/// One ICMP echo with the system `ping` (`-c 1 -W secs -n`); if `ping` is missing or cannot run
-/// (status 2: no permission, bad address), a TCP probe to port 7 stands in: an answer of any
-/// kind, even a refusal, means the host is up.
-pub fn ping(ip: IpAddr, timeout: Duration) -> bool {
-    if let Some(bin) = find_ping() {
-        let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
-        let mut cmd = Command::new(bin);
-        if ip.is_ipv6() {
-            cmd.arg("-6");
-        }
-        cmd.args(["-n", "-c", "1", "-W", &secs.to_string(), &ip.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match cmd.status() {
-            Ok(st) if st.success() => return true,
-            Ok(st) if st.code() == Some(1) => return false,
-            _ => {}
-        }
+/// [`sync::address::choose`] over interfaces shaped like the guest agent's answer (`name`,
+/// `hardware-address`, `ip-addresses: [#{"ip-address"}]`) for a tier's `vm` map (`macs: [#{index,
+/// mac}]` or `mac`, `ip` the previous address, `allow_ranges`, `prefer_ipv6`): `#{address, all}` or
+/// `None` when no usable address exists.
+pub fn choose_for_vm(ifaces: &serde_json::Value, vm: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let str_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let nics: Vec<sync::NicAddresses> = ifaces
+        .as_array()?
+        .iter()
+        .filter(|i| i.is_object())
+        .map(|i| sync::NicAddresses {
+            name: str_of(i.get("name")).unwrap_or_default(),
+            mac: str_of(i.get("hardware-address")).and_then(|m| normalize_mac(&m)),
+            addrs: i
+                .get("ip-addresses")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|a| sync::address::parse_addr(a.get("ip-address")?.as_str()?))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    let mut macs: Vec<(u32, String)> = vm
+        .get("macs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .enumerate()
+                .filter_map(|(pos, m)| {
+                    let mac = normalize_mac(m.get("mac")?.as_str()?)?;
+                    let index = m
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .unwrap_or(pos as u32);
+                    Some((index, mac))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if macs.is_empty()
+        && let Some(mac) = str_of(vm.get("mac")).and_then(|m| normalize_mac(&m))
+    {
+        macs.push((0, mac));
     }
-    tcp_probe(ip, 7, timeout).is_some()
+    let previous = str_of(vm.get("ip")).and_then(|p| sync::address::parse_addr(&p));
+    let c = sync::address::choose(&nics, &macs, previous, &policy_of(vm))?;
+    let all: Vec<String> = c.all.iter().map(|a| a.to_string()).collect();
+    Some(serde_json::json!({"address": c.primary.to_string(), "all": all}))
 }
 
 /// Network helpers.
@@ -211,7 +217,7 @@ pub mod net_mod {
             let ip = parse_ip(addr)?;
             let timeout = timeout_of(timeout_ms)?;
             let state = call_state(&ctx)?;
-            Ok(state.host_call(|| super::ping(ip, timeout)))
+            Ok(state.host_call(|| state.host.runtime().block_on(super::ping(ip, timeout))))
         })
     }
 
@@ -234,7 +240,13 @@ pub mod net_mod {
                 .ok_or_else(|| crate::engine::throw("arg.port", "port must be 1..=65535"))?;
             let timeout = timeout_of(timeout_ms)?;
             let state = call_state(&ctx)?;
-            Ok(state.host_call(|| tcp_probe(ip, port, timeout) == Some(true)))
+            Ok(state.host_call(|| {
+                state
+                    .host
+                    .runtime()
+                    .block_on(sync::discovery::tcp_probe(ip, port, timeout))
+                    == Some(true)
+            }))
         })
     }
 
@@ -299,6 +311,50 @@ pub mod net_mod {
                 crate::engine::throw("net.invalid_cidr", format!("{cidr:?} is not a CIDR block"))
             })
         })
+    }
+
+    /// Chooses the VM's address with the core's rules (the same as the built-in discovery): never
+    /// loopback, link-local, unspecified, multicast or broadcast; interfaces of container/virtual
+    /// bridges and container bridge ranges skipped unless they are one of the VM's own NICs; the NIC
+    /// of the VM's lowest `netN` wins; IPv4 first unless `vm.prefer_ipv6`; the previous `vm.ip` kept
+    /// while that NIC still has it. `ifaces` is shaped like the guest agent's answer (`name`,
+    /// `hardware-address`, `ip-addresses: [#{"ip-address"}]`); `vm` is the tier's map (`macs`, `mac`,
+    /// `ip`, `allow_ranges`, `prefer_ipv6`). Returns `#{address, all}` (`all`: every usable address,
+    /// the VM's NICs first in `netN` order) or `()` when there is none. Never throws.
+    pub fn choose(ifaces: Dynamic, vm: Dynamic) -> Dynamic {
+        let json = |d: &Dynamic| rhai::serde::from_dynamic::<serde_json::Value>(d).unwrap_or_default();
+        super::choose_for_vm(&json(&ifaces), &json(&vm))
+            .and_then(|v| crate::modules::to_dyn(&v).ok())
+            .unwrap_or(Dynamic::UNIT)
+    }
+
+    /// `true` if `ip` is an address a user can connect to: an IP literal that is not loopback,
+    /// link-local, unspecified, multicast or broadcast — unless it lies in one of `allow` (array of
+    /// CIDR strings). The core's rule ([`sync::address::is_usable`]). Never throws.
+    pub fn usable(ip: Dynamic, allow: Dynamic) -> bool {
+        let Some(ip) = ip.into_string().ok().and_then(|s| parse_ip(&s).ok()) else {
+            return false;
+        };
+        let allow = rhai::serde::from_dynamic::<serde_json::Value>(&allow).unwrap_or_default();
+        let policy = super::policy_of(&serde_json::json!({ "allow_ranges": allow }));
+        sync::address::is_usable(&ip, &policy)
+    }
+
+    /// `true` for an interface name of a container/virtual bridge, tunnel or loopback (`docker0`,
+    /// `br-…`, `veth…`, `lo`, Windows' `Loopback Pseudo-Interface 1`, …). Never throws.
+    pub fn virtual_iface(name: Dynamic) -> bool {
+        name.into_string()
+            .is_ok_and(|n| sync::address::is_virtual_interface(&n))
+    }
+
+    /// Strips a `/prefix` from `10.0.0.5/24` and a `%zone` from `fe80::1%eth0`: the address as a
+    /// string, or `()` when it is not an IP literal. Never throws.
+    pub fn strip_prefix(cidr: Dynamic) -> Dynamic {
+        cidr.into_string()
+            .ok()
+            .and_then(|s| sync::address::parse_addr(&s))
+            .map(|ip| Dynamic::from(ip.to_string()))
+            .unwrap_or(Dynamic::UNIT)
     }
 
     /// Normalizes a MAC address to lower case `aa:bb:cc:dd:ee:ff`; `()` if it is not one.
@@ -374,15 +430,8 @@ mod tests {
         assert_eq!(normalize_mac("zz:54:00:ab:cd:ef"), None);
     }
 
-    #[test]
-    fn tcp_probe_tells_open_from_refused_on_loopback() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0");
-        let Ok(listener) = listener else { return };
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let lo = IpAddr::from([127, 0, 0, 1]);
-        assert_eq!(tcp_probe(lo, port, Duration::from_millis(500)), Some(true));
-        drop(listener);
-        assert_eq!(tcp_probe(lo, port, Duration::from_millis(500)), Some(false));
-        assert!(ping(lo, Duration::from_millis(1000)));
+    #[tokio::test]
+    async fn ping_answers_on_loopback_through_the_discovery_ping() {
+        assert!(ping(IpAddr::from([127, 0, 0, 1]), Duration::from_millis(1000)).await);
     }
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use web::AppState;
 use web::auth::{AuthConfig, AuthState};
-use web::connect::{ConnectConfig, ConnectState, FactsBook, Scripts};
+use web::connect::{ConnectConfig, ConnectState, Scripts};
 
 /// The student's VM (127.60.16.3).
 pub const VM: u32 = 4001;
@@ -153,7 +153,7 @@ pub async fn portal_with(
         },
     )
     .with_auth(auth)
-    .with_connect(ConnectState::new(connect, scripts, FactsBook::new()));
+    .with_connect(ConnectState::new(connect, scripts));
     let app = web::app(state.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;

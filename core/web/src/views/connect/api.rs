@@ -1,6 +1,6 @@
 //! `GET /api/vm/{vmid}/connect`: what the portal's "Connect" offers for one VM.
 //!
-//! Answers at once from the inventory and the facts book; a missing OS type (one config read) or a
+//! Answers at once from the inventory (the guest record and what discovery learned about it); a missing OS type (one config read) or a
 //! missing/old address verification is fetched in the background and shows on the next call (the portal
 //! polls, or refreshes on the VM's SSE event). Shape (documented for page authors in `/tmp/connect_api.md`
 //! and `themes/README.md`):
@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -87,7 +87,7 @@ pub async fn connect_info(
         .cloned()
         .ok_or_else(|| AppError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
     let cfg = &st.connect.config;
-    let facts = st.connect.facts.get(&cluster, vmid);
+    let facts = snap.facts(&cluster, vmid);
     let now = sync::now_secs();
 
     // OS type: one config read per VM, in the background.
@@ -95,11 +95,14 @@ pub async fn connect_info(
         && g.kind != "lxc"
         && let Some(client) = st.syncer.client(&cluster).cloned()
     {
-        let book = st.connect.facts.clone();
+        let inventory = st.inventory.clone();
         let (c, node) = (cluster.clone(), g.node.clone());
         once_in_background(&cluster, vmid, "ostype", async move {
             match client.guest_config(&node, pve::GuestKind::Qemu, vmid).await {
-                Ok(conf) => book.set_ostype(&c, vmid, &conf.ostype().unwrap_or_else(|| "other".into())),
+                Ok(conf) => {
+                    let os = conf.ostype().unwrap_or_else(|| "other".into());
+                    inventory.update_facts(&c, vmid, |f| f.ostype = Some(os)).await;
+                }
                 Err(e) => tracing::debug!(vmid, error = %e, "ostype: config read failed"),
             }
         });
@@ -197,7 +200,7 @@ pub async fn connect_info(
 }
 
 fn spawn_verify(st: &AppState, cluster: &str, vmid: u32, ip: IpAddr, g: &store::GuestRecord) {
-    let book: Arc<super::FactsBook> = st.connect.facts.clone();
+    let inventory = st.inventory.clone();
     let cfg = st.connect.config.verify.clone();
     let mut macs: Vec<String> = g.macs.iter().map(|(_, m)| m.clone()).collect();
     macs.extend(g.mac.clone());
@@ -205,21 +208,8 @@ fn spawn_verify(st: &AppState, cluster: &str, vmid: u32, ip: IpAddr, g: &store::
     let rules = st.connect.dial_rules(cluster, &st.inventory.snapshot());
     once_in_background(cluster, vmid, "verify", async move {
         // An address no relay may dial is not probed either (a student chooses what their guest reports).
-        let on_link = super::net::is_on_link(ip).await;
-        let check = if sync::dial_static(ip, &rules, on_link).is_err() {
-            super::verify(
-                ip,
-                &macs,
-                &super::VerifyConfig {
-                    scope: super::VerifyScope::Off,
-                    ..cfg
-                },
-            )
-            .await
-        } else {
-            super::verify(ip, &macs, &cfg).await
-        };
-        book.set_check(&c, vmid, check);
+        let check = super::net::verify_dialable(ip, &macs, &cfg, &rules).await;
+        inventory.update_facts(&c, vmid, |f| f.check = Some(check)).await;
     });
 }
 

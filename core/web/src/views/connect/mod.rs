@@ -25,14 +25,12 @@ pub mod ssh;
 pub mod vendor;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::auth::{Principal, Via};
@@ -40,6 +38,7 @@ use crate::error::AppError;
 use crate::state::AppState;
 
 pub use net::{IpCheck, MacCheck, VerifyConfig, VerifyScope, verify};
+pub use sync::GuestFacts;
 
 /// WebSocket close codes of the terminal and console relays (4000–4999 is the application range of
 /// RFC 6455 §7.4.2). The reason text of every close says what happened in words a student understands.
@@ -159,26 +158,7 @@ impl Default for ConnectConfig {
     }
 }
 
-/// Where the relays of one cluster may connect, besides MAC-verified on-link addresses.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterDial {
-    /// `guest_networks` of the cluster: CIDRs where its guests live.
-    pub guest_networks: Vec<ipnet::IpNet>,
-    /// The addresses of the cluster's API host and its nodes' SSH hosts as configured (resolved at
-    /// start): never dialled for a guest.
-    pub host_addresses: Vec<IpAddr>,
-}
-
-/// Every address of this machine's interfaces, read now (so a changed address counts at once).
-pub fn own_addresses() -> Vec<IpAddr> {
-    match if_addrs::get_if_addrs() {
-        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read this machine's interface addresses");
-            Vec::new()
-        }
-    }
-}
+pub use sync::address::{ClusterDial, own_addresses};
 
 /// Where a shipped folder (`assets/vendor`, `plugins`) is when no setting names one: in the checkout
 /// the running executable sits in (`target/<profile>/...`); a debug build also looks in the checkout it
@@ -252,68 +232,13 @@ pub struct Scripts {
     pub set: Arc<dyn ScriptSetSource>,
 }
 
-/// What Proxlab knows about a guest beyond the inventory, for connecting: the verification of its
-/// address and its OS type. Filled by the IP discovery (after each lookup) and by the connect API.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct GuestFacts {
-    /// The last verification of the guest's address.
-    pub check: Option<IpCheck>,
-    /// PVE `ostype` from the config (`win11`, `l26`, …; LXC: `lxc`), once read.
-    pub ostype: Option<String>,
-}
-
-/// [`GuestFacts`] per `(cluster, vmid)`, shared by the discovery and the web layer (in memory: a restart
-/// verifies again).
-#[derive(Debug, Default)]
-pub struct FactsBook {
-    map: Mutex<HashMap<(String, u32), GuestFacts>>,
-}
-
-impl FactsBook {
-    /// An empty book.
-    pub fn new() -> Arc<FactsBook> {
-        Arc::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), GuestFacts>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The facts of one guest (default when unknown).
-    pub fn get(&self, cluster: &str, vmid: u32) -> GuestFacts {
-        self.lock()
-            .get(&(cluster.to_string(), vmid))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Records a verification.
-    pub fn set_check(&self, cluster: &str, vmid: u32, check: IpCheck) {
-        self.lock().entry((cluster.to_string(), vmid)).or_default().check = Some(check);
-    }
-
-    /// Records the OS type.
-    pub fn set_ostype(&self, cluster: &str, vmid: u32, ostype: &str) {
-        self.lock().entry((cluster.to_string(), vmid)).or_default().ostype = Some(ostype.to_string());
-    }
-
-    /// Forgets the verification of a guest (its address went away: it stopped).
-    pub fn clear_check(&self, cluster: &str, vmid: u32) {
-        if let Some(f) = self.lock().get_mut(&(cluster.to_string(), vmid)) {
-            f.check = None;
-        }
-    }
-}
-
-/// Shared state of the connect features: settings, scripts, facts, the per-user session count and the
+/// Shared state of the connect features: settings, scripts, the per-user session count and the
 /// shutdown signal every relay listens to (graceful shutdown).
 pub struct ConnectState {
     /// Settings.
     pub config: ConnectConfig,
     /// Scripts for the RDP file (`None`: the built-in default settings).
     pub scripts: Option<Scripts>,
-    /// Address verifications and OS types.
-    pub facts: Arc<FactsBook>,
     sessions: Mutex<HashMap<String, usize>>,
     terminals: Mutex<HashMap<String, usize>>,
     recent_connects: Mutex<HashMap<String, VecDeque<std::time::Instant>>>,
@@ -333,22 +258,22 @@ impl std::fmt::Debug for ConnectState {
 
 impl Default for ConnectState {
     fn default() -> Self {
-        ConnectState::build(ConnectConfig::default(), None, FactsBook::new())
+        ConnectState::build(ConnectConfig::default(), None)
     }
 }
 
 impl ConnectState {
-    /// State with `config`, the RDP `scripts` (if any) and a facts book shared with the IP discovery.
-    pub fn new(config: ConnectConfig, scripts: Option<Scripts>, facts: Arc<FactsBook>) -> Arc<ConnectState> {
-        Arc::new(Self::build(config, scripts, facts))
+    /// State with `config` and the RDP `scripts` (if any). What discovery learned about a guest (its
+    /// address verification, its OS type) is read from the inventory snapshot ([`sync::Snapshot::facts`]).
+    pub fn new(config: ConnectConfig, scripts: Option<Scripts>) -> Arc<ConnectState> {
+        Arc::new(Self::build(config, scripts))
     }
 
-    fn build(config: ConnectConfig, scripts: Option<Scripts>, facts: Arc<FactsBook>) -> ConnectState {
+    fn build(config: ConnectConfig, scripts: Option<Scripts>) -> ConnectState {
         let (shutdown, _) = watch::channel(false);
         ConnectState {
             config,
             scripts,
-            facts,
             sessions: Mutex::default(),
             terminals: Mutex::default(),
             recent_connects: Mutex::default(),
@@ -431,23 +356,12 @@ impl ConnectState {
     /// from `/cluster/status`.
     pub fn dial_rules(&self, cluster: &str, snapshot: &sync::Snapshot) -> sync::DialRules {
         let dial = self.config.clusters.get(cluster).cloned().unwrap_or_default();
-        let mut forbidden: Vec<(IpAddr, &'static str)> =
-            own_addresses().into_iter().map(|a| (a, "own")).collect();
-        forbidden.extend(dial.host_addresses.iter().map(|a| (*a, "api")));
-        if let Some(state) = snapshot.clusters.get(cluster) {
-            forbidden.extend(
-                state
-                    .node_addresses
-                    .iter()
-                    .filter_map(|a| a.parse::<IpAddr>().ok())
-                    .map(|a| (a, "node")),
-            );
-        }
-        sync::DialRules {
-            guest_networks: dial.guest_networks,
-            test_ranges: self.config.test_ranges.clone(),
-            forbidden,
-        }
+        let nodes = snapshot
+            .clusters
+            .get(cluster)
+            .map(|state| state.node_addresses.as_slice())
+            .unwrap_or_default();
+        sync::DialRules::for_cluster(&dial, &self.config.test_ranges, nodes)
     }
 
     /// Open terminal and console relays.
@@ -642,7 +556,6 @@ mod tests {
                 ..Default::default()
             },
             None,
-            FactsBook::new(),
         );
         let a = st.reserve("stud").unwrap();
         let _b = st.reserve("stud").unwrap();

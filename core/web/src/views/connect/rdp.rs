@@ -111,7 +111,7 @@ pub async fn rdp_file(
             "the VM is not running; start it first".into()
         }));
     }
-    let facts = st.connect.facts.get(&cluster, vmid);
+    let facts = st.inventory.snapshot().facts(&cluster, vmid);
     let vm = script_vm(&g, facts.ostype.as_deref());
     let user = user_json(&p);
     let map = match &st.connect.scripts {

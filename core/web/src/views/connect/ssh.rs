@@ -337,7 +337,7 @@ async fn admit(s: &Session) -> Result<(), AppError> {
             // Guest network or on-link: compare the ARP entry with the VM's MACs (a fresh check is reused).
             let cfg = &connect.config;
             let now = sync::now_secs();
-            let facts = connect.facts.get(&s.cluster, s.vmid);
+            let facts = s.st.inventory.snapshot().facts(&s.cluster, s.vmid);
             let fresh = facts.check.filter(|c| {
                 c.address == s.address.to_string()
                     && now.saturating_sub(c.checked_at) <= cfg.verify.max_age.as_secs()
@@ -346,7 +346,10 @@ async fn admit(s: &Session) -> Result<(), AppError> {
                 Some(c) => c,
                 None => {
                     let c = super::verify(s.address, &s.macs, &cfg.verify).await;
-                    connect.facts.set_check(&s.cluster, s.vmid, c.clone());
+                    let check = c.clone();
+                    s.st.inventory
+                        .update_facts(&s.cluster, s.vmid, |f| f.check = Some(check))
+                        .await;
                     c
                 }
             };
