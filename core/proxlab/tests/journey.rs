@@ -331,6 +331,7 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
         summary.contains("Wed 09:00–10:30") && summary.contains("2027-01-20 14:00–16:00"),
         "{summary}"
     );
+    let class_id = seen["class_id"].as_str().unwrap().to_string();
     let (s, hours) = api.get(&format!("/api/classes/{class_id}/hours")).await;
     assert_eq!(s, 200, "{hours}");
     assert_eq!(hours["hours"]["timetable"]["zone"], "Europe/London", "{hours}");
@@ -340,7 +341,6 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
         "{hours}"
     );
     assert_eq!(hours["hours"]["quota_hours"], 10, "{hours}");
-    let class_id = seen["class_id"].as_str().unwrap().to_string();
     let invite = seen["invite"].as_str().unwrap().to_string();
     let progress = seen["progress"].as_array().unwrap();
     assert!(

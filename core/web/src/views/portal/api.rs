@@ -313,10 +313,18 @@ pub async fn vm_power(
     // outside its hours). Teachers and admins are not counted.
     if action == "start"
         && p.role == store::Role::Student
-        && let (Some(h), Some(d)) = (&st.hours, &st.deploy)
-        && let Ok(Some(vm)) = d.class_vm(&cluster, vmid)
-        && vm.role == deploy::VmRole::Student
-        && let Err(message) = h.may_start(&vm.class_id, &p.name, h.now())
+        && let Some(h) = &st.hours
+        && let Some(class) = st
+            .auth
+            .index()
+            .by_vm
+            .get(&(cluster.clone(), vmid))
+            .and_then(|list| {
+                list.iter()
+                    .find(|a| a.user == p.name && a.role == store::AssignmentRole::Student)
+                    .and_then(|a| a.class_id.clone())
+            })
+        && let Err(message) = h.may_start(&class, &p.name, h.now())
     {
         st.auth.audit(
             &p.name,
