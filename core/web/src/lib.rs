@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod gate;
 pub mod render;
 pub mod routes;
 pub mod state;
@@ -46,13 +47,13 @@ pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
     // Every route comes from the one route table ([`routes`]), each behind its access guard; register
     // new routes there, never here, so the authorization matrix test sees them.
-    let api = auth::access::register(Router::new(), routes::table());
+    let api = gate::register(Router::new(), routes::table());
     api.layer(TimeoutLayer::with_status_code(
         StatusCode::GATEWAY_TIMEOUT,
         timeout,
     ))
     .layer(CompressionLayer::new())
-    .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+    .layer(middleware::from_fn_with_state(state.clone(), gate::authenticate))
     .layer(middleware::from_fn_with_state(state.clone(), count_requests))
     .layer(TraceLayer::new_for_http())
     .with_state(state)

@@ -13,31 +13,13 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use minijinja::Value;
 use minijinja::context;
-use script::{ReloadStatus, Reloader};
 use serde::Serialize;
 
 use crate::auth::Principal;
 use crate::state::AppState;
 use crate::theme::{ThemeConfig, ThemeSet, Themes};
 
-/// Anything whose reload state `/admin/reload` shows: implemented by every [`Reloader`] and by
-/// [`Themes`].
-pub trait ReloadSource: Send + Sync {
-    /// Generation, last success, last errors, watch mode.
-    fn reload_status(&self) -> ReloadStatus;
-}
-
-impl<T: Send + Sync + 'static> ReloadSource for Reloader<T> {
-    fn reload_status(&self) -> ReloadStatus {
-        self.status()
-    }
-}
-
-impl ReloadSource for Themes {
-    fn reload_status(&self) -> ReloadStatus {
-        self.status()
-    }
-}
+pub use crate::state::ReloadSource;
 
 impl AppState {
     /// Serves pages with `themes` (otherwise the embedded default theme, built on first use).

@@ -3,7 +3,7 @@
 //! (`tests/authz_matrix.rs`) can check that every route has rows — a route added here without matrix
 //! rows fails that test, and a route registered any other way does not exist.
 
-use crate::auth::access::{Route, route as r};
+use crate::gate::{Route, route as r};
 use crate::views::account as auth_routes;
 use crate::views::admin as admin_pages;
 use crate::views::classes::{self, hours, pages as class_pages};

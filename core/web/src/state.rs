@@ -60,7 +60,7 @@ pub struct AppState {
     pub themes: Option<Arc<crate::theme::Themes>>,
     /// Reloaders shown on `/admin/reload` besides the theme's, as `(name, source)`.
     /// Add with [`AppState::with_reload_source`].
-    pub reload_sources: Arc<Vec<(String, Arc<dyn crate::render::ReloadSource>)>>,
+    pub reload_sources: Arc<Vec<(String, Arc<dyn ReloadSource>)>>,
     /// Accounts, sessions, tokens and the access index ([`crate::auth`]). Replace with
     /// [`AppState::with_auth`].
     pub auth: Arc<crate::auth::AuthState>,
@@ -195,3 +195,23 @@ impl AppState {
         }
     }
 }
+
+/// Anything whose reload state `/admin/reload` shows: implemented by every [`script::Reloader`] and by
+/// [`crate::theme::Themes`].
+pub trait ReloadSource: Send + Sync {
+    /// Generation, last success, last errors, watch mode.
+    fn reload_status(&self) -> script::ReloadStatus;
+}
+
+impl<T: Send + Sync + 'static> ReloadSource for script::Reloader<T> {
+    fn reload_status(&self) -> script::ReloadStatus {
+        self.status()
+    }
+}
+
+impl ReloadSource for crate::theme::Themes {
+    fn reload_status(&self) -> script::ReloadStatus {
+        self.status()
+    }
+}
+

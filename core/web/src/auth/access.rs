@@ -1,13 +1,10 @@
 //! Route access: what each route of the table ([`crate::routes`]) declares — method, path, answer kind
-//! and access rule — and how the router is built from it, each route behind its access guard
-//! ([`super::guard`]) and body limit. The table itself is data in [`crate::routes`]; this module
-//! imports no view.
+//! and access rule. The router is built from it by [`crate::gate::register`], each route behind its
+//! access guard ([`crate::gate::guard`]) and body limit. Plain data: this module imports nothing of
+//! the crate.
 
-use axum::Router;
-use axum::handler::Handler;
-use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::routing::MethodFilter;
 
-use crate::state::AppState;
 
 /// Who may call a route at all (finer, per-object decisions are [`super::authz::decide`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +59,7 @@ impl HttpMethod {
         }
     }
 
-    fn filter(self) -> MethodFilter {
+    pub(crate) fn filter(self) -> MethodFilter {
         match self {
             HttpMethod::Get => MethodFilter::GET,
             HttpMethod::Post => MethodFilter::POST,
@@ -87,43 +84,3 @@ pub struct RouteSpec {
     pub body_limit: Option<usize>,
 }
 
-pub(crate) struct Route {
-    pub spec: RouteSpec,
-    pub handler: MethodRouter<AppState>,
-}
-
-/// One route of the table: `handler` answers `method path`, behind the `access` guard.
-pub(crate) fn route<H, T>(
-    method: HttpMethod,
-    path: &'static str,
-    kind: RouteKind,
-    access: Access,
-    handler: H,
-) -> Route
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    Route {
-        spec: RouteSpec {
-            method,
-            path,
-            kind,
-            access,
-            body_limit: None,
-        },
-        handler: on(method.filter(), handler),
-    }
-}
-
-/// Registers every route of `table` on `router`, each behind its access guard (and body limit).
-pub(crate) fn register(mut router: Router<AppState>, table: Vec<Route>) -> Router<AppState> {
-    for Route { spec, handler } in table {
-        let mut handler = handler.route_layer(axum::middleware::from_fn_with_state(spec, super::guard));
-        if let Some(limit) = spec.body_limit {
-            handler = handler.layer(axum::extract::DefaultBodyLimit::max(limit));
-        }
-        router = router.route(spec.path, handler);
-    }
-    router
-}
