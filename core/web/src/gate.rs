@@ -3,8 +3,6 @@
 //! Origin and CSRF, flushes a write to disk before it is answered, cuts event streams when their
 //! session ends and adds the security headers; and the per-route access guard of the route table.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::handler::Handler;
@@ -15,7 +13,9 @@ use axum::routing::{MethodRouter, on};
 use subtle::ConstantTimeEq;
 
 use crate::auth::access::{Access, HttpMethod, RouteKind, RouteSpec};
-use crate::auth::{AuthState, Authn, CSRF_FIELD, CSRF_HEADER, HSTS, Principal, SIGNED_OUT_EVENT, Via, security_headers};
+use crate::auth::{
+    AuthState, Authn, CSRF_FIELD, CSRF_HEADER, HSTS, Principal, SIGNED_OUT_EVENT, Via, security_headers,
+};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -221,7 +221,6 @@ fn anonymous(kind: RouteKind, req: &Request) -> Response {
     );
     resp
 }
-
 
 pub(crate) struct Route {
     pub spec: RouteSpec,

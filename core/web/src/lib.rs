@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod gate;
+pub mod relays;
 pub mod render;
 pub mod routes;
 pub mod state;

@@ -65,8 +65,8 @@ pub struct AppState {
     /// [`AppState::with_auth`].
     pub auth: Arc<crate::auth::AuthState>,
     /// Connecting to VMs: RDP scripts, terminal/console settings, address verifications, the shutdown
-    /// signal of the relays ([`crate::views::connect`]). Replace with [`AppState::with_connect`].
-    pub connect: Arc<crate::views::connect::ConnectState>,
+    /// signal of the relays ([`crate::relays`]). Replace with [`AppState::with_connect`].
+    pub connect: Arc<crate::relays::ConnectState>,
     /// Classes, templates, invites and deployment jobs ([`crate::views::classes`]); `None`: those routes answer
     /// 503. Set with [`AppState::with_deployer`].
     pub deploy: Option<deploy::Deployer>,
@@ -134,7 +134,7 @@ impl AppState {
     }
 
     /// Replaces the connect state (settings, RDP scripts, facts shared with the IP discovery).
-    pub fn with_connect(mut self, connect: Arc<crate::views::connect::ConnectState>) -> AppState {
+    pub fn with_connect(mut self, connect: Arc<crate::relays::ConnectState>) -> AppState {
         self.connect = connect;
         self
     }
@@ -214,4 +214,3 @@ impl ReloadSource for crate::theme::Themes {
         self.status()
     }
 }
-

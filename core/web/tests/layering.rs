@@ -311,8 +311,6 @@ fn views_import_the_spine_never_each_other() {
 }
 
 #[test]
-#[ignore = "AppState still holds the connect view's ConnectState, whose settings carry the address \
-            verification types of views/connect/net.rs; they move below web with the IP discovery"]
 fn the_spine_imports_no_view() {
     let (found, _, _) = violations();
     let from_spine: Vec<_> = found.iter().filter(|v| v.contains("(a spine module)")).collect();

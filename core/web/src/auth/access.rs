@@ -5,7 +5,6 @@
 
 use axum::routing::MethodFilter;
 
-
 /// Who may call a route at all (finer, per-object decisions are [`super::authz::decide`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -83,4 +82,3 @@ pub struct RouteSpec {
     /// Request body limit in bytes, when smaller than the default (sign-in routes: 4 KiB).
     pub body_limit: Option<usize>,
 }
-

@@ -31,18 +31,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pve::Secret;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use store::{ApiTokenRecord, AuditRecord, Role, SessionRecord, Store, UserRecord};
-use subtle::ConstantTimeEq;
 
 pub use access::{Access, HttpMethod, RouteKind, RouteSpec};
 pub use authz::{Action, Decision, Target, decide};
