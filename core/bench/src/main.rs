@@ -553,7 +553,12 @@ async fn bench_reload(secs: u64) -> anyhow::Result<()> {
 
 /// `VmRSS` and `VmHWM` (peak) of this process, MiB, from `/proc/self/status`.
 fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_in("/proc/self/status")
+}
+
+/// `VmRSS` and `VmHWM`, MiB, of the `/proc/…/status` file at `path` (0 for what cannot be read).
+fn rss_in(path: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
@@ -957,17 +962,7 @@ async fn serve_proxlab(fake: &FakeCluster, extra: &str) -> anyhow::Result<Proxla
 
 /// `VmRSS` and `VmHWM` (resident and peak resident memory) of process `pid`, MiB.
 fn rss_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    rss_in(&format!("/proc/{pid}/status"))
 }
 
 /// `met` or `missed`.
@@ -988,12 +983,17 @@ fn vmid_before(path: &str, suffix: &str) -> Option<u32> {
     path.strip_suffix(suffix)?.rsplit('/').next()?.parse().ok()
 }
 
-/// `start`: N students (each with one stopped VM; start tasks take 0.5 s at the fake) sign in with their
-/// passwords at once, then all press Start (twice: a double click) at once. The same scenario as
-/// `core/proxlab/tests/load.rs` (which runs it at 100 in CI).
-async fn bench_start(n: usize) -> anyhow::Result<()> {
-    use serde_json::{Value, json};
-    println!("== start storm ({n} students sign in and press Start at once; real `proxlab serve`)");
+/// Sends `req` and reads its whole answer: the instant it was read, and its JSON (null if not JSON).
+async fn answer_at(req: reqwest::RequestBuilder) -> anyhow::Result<(Instant, serde_json::Value)> {
+    let body = req.send().await?.bytes().await?;
+    let now = Instant::now();
+    Ok((now, serde_json::from_slice(&body).unwrap_or_default()))
+}
+
+/// A fake cluster of `2n + 2` guests whose first `n` stopped VMs (1001, 1003, …, returned) take 0.5 s
+/// to start (2 s at a time scale of 0.25).
+async fn fake_with_slow_starts(n: usize) -> anyhow::Result<(FakeCluster, Vec<u32>)> {
+    use serde_json::json;
     let fake =
         tokio::task::spawn_blocking(move || FakeCluster::start(ClusterSpec::generated(2 * n + 2))).await??;
     let vmids: Vec<u32> = (0..n).map(|i| 1001 + 2 * i as u32).collect();
@@ -1001,6 +1001,16 @@ async fn bench_start(n: usize) -> anyhow::Result<()> {
     for vmid in &vmids {
         fake.control("POST", "/guest", json!({"vmid": vmid, "start_secs": 2}))?;
     }
+    Ok((fake, vmids))
+}
+
+/// `start`: N students (each with one stopped VM; start tasks take 0.5 s at the fake) sign in with their
+/// passwords at once, then all press Start (twice: a double click) at once. The same scenario as
+/// `core/proxlab/tests/load.rs` (which runs it at 100 in CI).
+async fn bench_start(n: usize) -> anyhow::Result<()> {
+    use serde_json::{Value, json};
+    println!("== start storm ({n} students sign in and press Start at once; real `proxlab serve`)");
+    let (fake, vmids) = fake_with_slow_starts(n).await?;
     let server = serve_proxlab(&fake, "[sync]\ninterval_secs = 5\n").await?;
     let (rss_synced, _) = rss_of(server.child.id());
     let (base, token) = (server.base.clone(), server.token.clone());
@@ -1229,16 +1239,10 @@ async fn bench_start(n: usize) -> anyhow::Result<()> {
 /// (its status polled every 5 ms at the fake) → the first `/api/events` message with the VM running and
 /// the first `/api/vms` answer with it running (polled every 5 ms). Target ≤ 2 s.
 async fn bench_start_visible(k: usize) -> anyhow::Result<()> {
-    use serde_json::{Value, json};
+    use serde_json::Value;
     use std::collections::HashMap;
     println!("== start visible in the portal after its PVE task ends ({k} VMs, sync interval 60 s)");
-    let fake =
-        tokio::task::spawn_blocking(move || FakeCluster::start(ClusterSpec::generated(2 * k + 2))).await??;
-    let vmids: Vec<u32> = (0..k).map(|i| 1001 + 2 * i as u32).collect();
-    fake.control("POST", "/time-scale", json!({"value": 0.25}))?;
-    for vmid in &vmids {
-        fake.control("POST", "/guest", json!({"vmid": vmid, "start_secs": 2}))?;
-    }
+    let (fake, vmids) = fake_with_slow_starts(k).await?;
     let server = serve_proxlab(&fake, "[sync]\ninterval_secs = 60\nquorum_interval_secs = 60\n").await?;
     let (base, token) = (server.base.clone(), server.token.clone());
     let http = testkit::http_client();
@@ -1296,16 +1300,12 @@ async fn bench_start_visible(k: usize) -> anyhow::Result<()> {
         // The task's end, as the fake shows it (a finished task has a `status` in the node's task list).
         let deadline = Instant::now() + Duration::from_secs(30);
         let t_end = loop {
-            let body = pve
-                .get(format!("{}/nodes/{node}/tasks", fake.api_base))
-                .query(&[("vmid", vmid.to_string()), ("limit", "5".to_string())])
-                .header("authorization", &pve_auth)
-                .send()
-                .await?
-                .bytes()
-                .await?;
-            let now = Instant::now();
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let (now, v) = answer_at(
+                pve.get(format!("{}/nodes/{node}/tasks", fake.api_base))
+                    .query(&[("vmid", vmid.to_string()), ("limit", "5".to_string())])
+                    .header("authorization", &pve_auth),
+            )
+            .await?;
             let done = v["data"].as_array().is_some_and(|ts| {
                 ts.iter()
                     .any(|t| t["type"] == "qmstart" && t["status"].is_string())
@@ -1319,15 +1319,7 @@ async fn bench_start_visible(k: usize) -> anyhow::Result<()> {
         task_secs.push(t_end.duration_since(t_press).as_secs_f64());
         // /api/vms, polled every 5 ms from the task's end.
         let t_api = loop {
-            let body = http
-                .get(format!("{base}/api/vms"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .bytes()
-                .await?;
-            let now = Instant::now();
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let (now, v) = answer_at(http.get(format!("{base}/api/vms")).bearer_auth(&token)).await?;
             let running = v
                 .as_array()
                 .is_some_and(|gs| gs.iter().any(|g| g["vmid"] == *vmid && g["status"] == "running"));

@@ -116,6 +116,22 @@ mod tests {
         assert_eq!(shell_join(&argv), "'A=b' x=y");
     }
 
+    /// Runs `printf '%s\0' WORDS…` through a real `sh -c` from [`shell_join`]: the line, and what
+    /// printf printed split at each NUL (the last part is the empty rest after the last one).
+    fn printed_by_sh(words: &[&str]) -> (String, Vec<Vec<u8>>) {
+        let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
+        argv.extend(words.iter().map(|s| s.to_string()));
+        let line = shell_join(&argv);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {out:?}");
+        let parts = out.stdout.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+        (line, parts)
+    }
+
     #[test]
     fn quoted_words_survive_a_real_shell() {
         let odd = [
@@ -133,22 +149,14 @@ mod tests {
             "star*",
             "jörg",
         ];
-        let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
-        argv.extend(odd.iter().map(|s| s.to_string()));
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(shell_join(&argv))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let got: Vec<String> = out
-            .stdout
-            .split(|b| *b == 0)
+        let (line, got) = printed_by_sh(&odd);
+        let got: Vec<String> = got
+            .iter()
             .map(|p| String::from_utf8(p.to_vec()).unwrap())
             .collect();
         let mut want: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
         want.push(String::new()); // after the last NUL
-        assert_eq!(got, want);
+        assert_eq!(got, want, "{line}");
     }
 
     /// Hostile arguments — quotes of both kinds, newlines, command substitution with `$()` and
@@ -173,16 +181,7 @@ mod tests {
             "\r\t\x1b[31m",
         ];
         // As the only word after the program, and as the first word (where `=` matters).
-        let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
-        argv.extend(hostile.iter().map(|s| s.to_string()));
-        let line = shell_join(&argv);
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{line}: {out:?}");
-        let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        let (line, got) = printed_by_sh(&hostile);
         let want: Vec<&[u8]> = hostile.iter().map(|s| s.as_bytes()).chain([&b""[..]]).collect();
         assert_eq!(got, want, "{line}");
         for arg in hostile {

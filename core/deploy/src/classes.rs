@@ -2,6 +2,7 @@
 //! the class page's VM list, more VMs and retries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use pve::PowerAction;
 use pve::{GuestConfig, GuestKind};
@@ -106,6 +107,30 @@ pub fn check_specs(s: &ClassSpecs) -> Result<()> {
 pub const MAX_DESCRIPTION: usize = 500;
 use crate::templates::linked_clone_preflight;
 use crate::trees::VmRole;
+
+/// The record of a new job of `kind` on `class`, by `owner`, at `now`: pending, with `params` and no
+/// steps yet.
+pub(crate) fn class_job(
+    class: &ClassRecord,
+    kind: &str,
+    id: &str,
+    owner: &str,
+    now: u64,
+    params: Value,
+) -> JobRecord {
+    JobRecord {
+        id: id.to_string(),
+        kind: kind.into(),
+        state: JobState::Pending,
+        owner: owner.to_string(),
+        class_id: Some(class.id.clone()),
+        created_at: now,
+        cluster: class.cluster.clone(),
+        params,
+        updated_at: now,
+        ..JobRecord::default()
+    }
+}
 
 /// What a teacher asks for when creating a class.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -404,23 +429,14 @@ impl Deployer {
 
         let job_id = self.new_id("j")?;
         ctx["job"] = json!({"id": job_id});
-        let journal = Journal::create(
-            &self.inner.store,
-            JobRecord {
-                id: job_id.clone(),
-                kind: KIND_DEPLOY.into(),
-                state: JobState::Pending,
-                owner: owner.to_string(),
-                class_id: Some(class.id.clone()),
-                created_at: now,
-                cluster: spec.cluster.clone(),
-                params: json!({"workflow": workflow, "ctx": ctx, "plan": null, "base_version": 1}),
-                updated_at: now,
-                ..JobRecord::default()
-            },
-            self.inner.events.clone(),
-            self.clock(),
-        )?;
+        let journal = self.journal_new_job(class_job(
+            &class,
+            KIND_DEPLOY,
+            &job_id,
+            owner,
+            now,
+            json!({"workflow": workflow, "ctx": ctx, "plan": null, "base_version": 1}),
+        ))?;
         let vmids = match self
             .reserve_vmids(
                 &spec.cluster,
@@ -756,24 +772,11 @@ impl Deployer {
         let version = class.bases.last().map(|b| b.version).unwrap_or(1);
         let now = self.now();
         let steps: Vec<JobStep> = entries.iter().map(|e| vm_step(&class.cluster, e)).collect();
-        let journal = Journal::create(
-            &self.inner.store,
-            JobRecord {
-                id: job_id.to_string(),
-                kind: kind.into(),
-                state: JobState::Pending,
-                owner: actor.to_string(),
-                class_id: Some(class.id.clone()),
-                steps,
-                created_at: now,
-                cluster: class.cluster.clone(),
-                params: json!({"workflow": class.workflow, "ctx": ctx, "plan": plan, "vms": entries, "base_version": version}),
-                updated_at: now,
-                ..JobRecord::default()
-            },
-            self.inner.events.clone(),
-            self.clock(),
-        )?;
+        let params = json!({"workflow": class.workflow, "ctx": ctx, "plan": plan, "vms": entries, "base_version": version});
+        let journal = self.journal_new_job(JobRecord {
+            steps,
+            ..class_job(class, kind, job_id, actor, now, params)
+        })?;
         // On disk before the job destroys or makes anything: a crash from here is resumed by recovery.
         self.inner.store.flush_covering()?;
         let rec = journal.snapshot();
@@ -796,6 +799,37 @@ impl Deployer {
         self.start_delete_job(id, actor, Some(vmids), false)
     }
 
+    /// Refuses (409) while a job of class `id` has not ended: one job at a time changes a class.
+    pub(crate) fn refuse_while_a_job_runs(&self, id: &str) -> Result<()> {
+        match self
+            .jobs_of_class(id)?
+            .into_iter()
+            .find(|j| !crate::is_terminal(j.state))
+        {
+            Some(j) => Err(DeployError::Conflict(format!(
+                "job {} ({}) of class {id} is still running",
+                j.id, j.kind
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores `rec`, a new job, and returns its journal; nothing runs yet.
+    pub(crate) fn journal_new_job(&self, rec: JobRecord) -> Result<Arc<Journal>> {
+        Journal::create(&self.inner.store, rec, self.inner.events.clone(), self.clock())
+    }
+
+    /// The user an assignment gives its VM to ("" for none, or for an unknown assignment).
+    fn assigned_user(&self, assignment_id: &str) -> Result<String> {
+        Ok(self
+            .inner
+            .store
+            .assignments
+            .get(assignment_id)?
+            .map(|a| a.user)
+            .unwrap_or_default())
+    }
+
     /// Student VMs of a class nobody has (and that are not being reset).
     pub(crate) fn free_student_vms(&self, id: &str) -> Result<Vec<crate::trees::ClassVm>> {
         let mut out = Vec::new();
@@ -803,13 +837,7 @@ impl Deployer {
             if v.role != VmRole::Student || v.reset_job.is_some() {
                 continue;
             }
-            let user = self
-                .inner
-                .store
-                .assignments
-                .get(&v.assignment_id)?
-                .map(|a| a.user)
-                .unwrap_or_default();
+            let user = self.assigned_user(&v.assignment_id)?;
             if user.is_empty() {
                 out.push(v);
             }
@@ -915,16 +943,7 @@ impl Deployer {
                 self.class_vms(id)?.len()
             )));
         }
-        if let Some(j) = self
-            .jobs_of_class(id)?
-            .into_iter()
-            .find(|j| !crate::is_terminal(j.state))
-        {
-            return Err(DeployError::Conflict(format!(
-                "job {} ({}) of class {id} is still running",
-                j.id, j.kind
-            )));
-        }
+        self.refuse_while_a_job_runs(id)?;
         self.set_class_state(id, "deleting")?;
         self.start_delete_job(id, actor, None, true)
     }
@@ -939,23 +958,8 @@ impl Deployer {
         let class = self.class(id)?;
         let job_id = self.new_id("j")?;
         let now = self.now();
-        let journal = Journal::create(
-            &self.inner.store,
-            JobRecord {
-                id: job_id.clone(),
-                kind: KIND_DELETE.into(),
-                state: JobState::Pending,
-                owner: actor.to_string(),
-                class_id: Some(id.to_string()),
-                created_at: now,
-                cluster: class.cluster.clone(),
-                params: json!({"vmids": vmids, "remove_class": remove_class, "storage": class.storage}),
-                updated_at: now,
-                ..JobRecord::default()
-            },
-            self.inner.events.clone(),
-            self.clock(),
-        )?;
+        let params = json!({"vmids": vmids, "remove_class": remove_class, "storage": class.storage});
+        let journal = self.journal_new_job(class_job(&class, KIND_DELETE, &job_id, actor, now, params))?;
         self.update_class(id, |c| c.last_job = Some(job_id.clone()))?;
         let rec = journal.snapshot();
         self.spawn_job(journal, self.scripts());
@@ -1065,13 +1069,7 @@ impl Deployer {
         let current = class.bases.last().map(|b| b.version).unwrap_or(1);
         let mut out = Vec::new();
         for v in self.class_vms(id)? {
-            let user = self
-                .inner
-                .store
-                .assignments
-                .get(&v.assignment_id)?
-                .map(|a| a.user)
-                .unwrap_or_default();
+            let user = self.assigned_user(&v.assignment_id)?;
             let inv = self.inner.host.inventory_guest(&v.cluster, v.vmid);
             let state = inv
                 .as_ref()

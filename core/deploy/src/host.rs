@@ -56,13 +56,7 @@ impl StaticHost {
         clients: BTreeMap<String, pve::PveClient>,
         nodes: NodeOps,
     ) -> Arc<StaticHost> {
-        Arc::new(StaticHost {
-            handle,
-            ops: ops_over(&clients),
-            clients,
-            nodes,
-            clock: None,
-        })
+        StaticHost::build(handle, clients, nodes, None)
     }
 
     /// Like [`StaticHost::new`] with an injected clock (Unix seconds), e.g. to test invite expiry.
@@ -72,12 +66,21 @@ impl StaticHost {
         nodes: NodeOps,
         clock: Clock,
     ) -> Arc<StaticHost> {
+        StaticHost::build(handle, clients, nodes, Some(clock))
+    }
+
+    fn build(
+        handle: tokio::runtime::Handle,
+        clients: BTreeMap<String, pve::PveClient>,
+        nodes: NodeOps,
+        clock: Option<Clock>,
+    ) -> Arc<StaticHost> {
         Arc::new(StaticHost {
             handle,
             ops: ops_over(&clients),
             clients,
             nodes,
-            clock: Some(clock),
+            clock,
         })
     }
 }

@@ -83,16 +83,7 @@ impl Deployer {
                 "class {id} has not been deployed yet"
             )));
         };
-        if let Some(j) = self
-            .jobs_of_class(id)?
-            .into_iter()
-            .find(|j| !crate::is_terminal(j.state))
-        {
-            return Err(DeployError::Conflict(format!(
-                "job {} ({}) of class {id} is still running",
-                j.id, j.kind
-            )));
-        }
+        self.refuse_while_a_job_runs(id)?;
         let teacher = self
             .class_vms(id)?
             .into_iter()
@@ -128,23 +119,15 @@ impl Deployer {
         let job_id = self.new_id("j")?;
         ctx["job"] = json!({"id": job_id});
         let now = self.now();
-        let journal = Journal::create(
-            &self.inner.store,
-            JobRecord {
-                id: job_id.clone(),
-                kind: KIND_PUBLISH.into(),
-                state: JobState::Pending,
-                owner: actor.to_string(),
-                class_id: Some(id.to_string()),
-                created_at: now,
-                cluster: class.cluster.clone(),
-                params: json!({"workflow": class.workflow, "ctx": ctx, "mode": mode, "base_version": version, "old_plan": plan}),
-                updated_at: now,
-                ..JobRecord::default()
-            },
-            self.inner.events.clone(),
-            self.clock(),
-        )?;
+        let params = json!({"workflow": class.workflow, "ctx": ctx, "mode": mode, "base_version": version, "old_plan": plan});
+        let journal = self.journal_new_job(crate::classes::class_job(
+            &class,
+            KIND_PUBLISH,
+            &job_id,
+            actor,
+            now,
+            params,
+        ))?;
         let storage = class.storage.clone().unwrap_or_default();
         let vmids = self
             .reserve_vmids(

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::Deployer;
 use crate::error::{DeployError, Result};
 use crate::journal::{Journal, ScriptSink};
-use crate::limits::backoff;
+use crate::limits::{Permits, backoff};
 use crate::trees::{ClassVm, VmDisk, VmRole};
 
 pub(crate) const KIND_DEPLOY: &str = "deploy";
@@ -474,22 +474,16 @@ impl Deployer {
                     s.detail = "queued".into();
                 }
             });
+            let detail = if reset {
+                "resetting to the class base"
+            } else if remake {
+                "re-making on the current base"
+            } else {
+                "creating"
+            };
             let permits = self
-                .inner
-                .limiter
-                .acquire(&cluster, &node, storage.as_deref())
+                .start_step(journal, idx, (&cluster, &node), storage.as_deref(), detail)
                 .await;
-            journal.update_step(idx, |s| {
-                s.state = JobState::Running;
-                s.attempts += 1;
-                s.detail = if reset {
-                    "resetting to the class base".into()
-                } else if remake {
-                    "re-making on the current base".into()
-                } else {
-                    "creating".into()
-                };
-            });
             let attempt = journal.step(idx).map(|s| s.attempts).unwrap_or(1);
             let mut result = Ok(());
             if need_cleanup {
@@ -919,6 +913,25 @@ impl Deployer {
         Ok(())
     }
 
+    /// Waits for the permits a step on `node` of `cluster` (and `storage`) needs, then marks the step
+    /// running (one more attempt) with `detail`. The permits are held until dropped.
+    async fn start_step(
+        &self,
+        journal: &Journal,
+        idx: usize,
+        (cluster, node): (&str, &str),
+        storage: Option<&str>,
+        detail: &str,
+    ) -> Permits {
+        let permits = self.inner.limiter.acquire(cluster, node, storage).await;
+        journal.update_step(idx, |s| {
+            s.state = JobState::Running;
+            s.attempts += 1;
+            s.detail = detail.into();
+        });
+        permits
+    }
+
     async fn delete_step(&self, journal: &Arc<Journal>, idx: usize, storage: Option<String>) {
         let Some(step) = journal.step(idx) else { return };
         let (Some(vmid), cluster) = (step.vmid, step.cluster.clone()) else {
@@ -926,15 +939,8 @@ impl Deployer {
         };
         let node = step.node.clone().unwrap_or_default();
         let permits = self
-            .inner
-            .limiter
-            .acquire(&cluster, &node, storage.as_deref())
+            .start_step(journal, idx, (&cluster, &node), storage.as_deref(), "removing")
             .await;
-        journal.update_step(idx, |s| {
-            s.state = JobState::Running;
-            s.attempts += 1;
-            s.detail = "removing".into();
-        });
         let storages: Vec<String> = storage.iter().cloned().collect();
         let r = self
             .cleanup_vmid(&cluster, vmid, &node, &storages, Some(&step.name))

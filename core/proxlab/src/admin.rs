@@ -149,6 +149,21 @@ fn fmt_time(secs: u64) -> String {
         .to_string()
 }
 
+/// Disables an account (its sessions end, its API tokens stop working) or enables it again; audited.
+fn set_disabled(store: &Store, name: &str, disabled: bool) -> anyhow::Result<()> {
+    store
+        .set_user_disabled(name, disabled)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if disabled {
+        audit(store, "user.disable", name)?;
+        println!("{name} disabled; its sessions were ended and its API tokens stop working");
+    } else {
+        audit(store, "user.enable", name)?;
+        println!("{name} enabled");
+    }
+    Ok(())
+}
+
 /// Runs a `proxlab user …` command.
 pub fn user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
     let store = open_store(cfg)?;
@@ -204,20 +219,8 @@ pub fn user(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        UserCmd::Disable { name } => {
-            store
-                .set_user_disabled(&name, true)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            audit(&store, "user.disable", &name)?;
-            println!("{name} disabled; its sessions were ended and its API tokens stop working");
-        }
-        UserCmd::Enable { name } => {
-            store
-                .set_user_disabled(&name, false)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            audit(&store, "user.enable", &name)?;
-            println!("{name} enabled");
-        }
+        UserCmd::Disable { name } => set_disabled(&store, &name, true)?,
+        UserCmd::Enable { name } => set_disabled(&store, &name, false)?,
     }
     store.flush()?;
     Ok(())

@@ -101,15 +101,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::tests::{BASE, refusal};
 
-    const CFG: &str = r#"
-[[cluster]]
-id = "lab"
-url = "https://127.0.0.11:8006"
-token_id = "root@pam!portal"
-token_secret = "s3cret"
-ca_file = "ca.crt"
-vmid_range = [5000, 5999]
+    /// The cluster of [`BASE`] with a VMID range and two nodes: one over SSH, one local.
+    const NODES: &str = r#"vmid_range = [5000, 5999]
 
 [[cluster.node]]
 name = "pve1"
@@ -124,9 +119,13 @@ local = true
 storage_roots = { labnfs = "/mnt/pve/labnfs" }
 "#;
 
+    fn cfg_text() -> String {
+        format!("{BASE}{NODES}")
+    }
+
     #[test]
     fn nodes_become_executors_and_storage_paths() {
-        let cfg = Config::parse(CFG, &[], Path::new("/etc/proxlab")).unwrap();
+        let cfg = Config::parse(&cfg_text(), &[], Path::new("/etc/proxlab")).unwrap();
         let n = &cfg.clusters[0].nodes[0];
         assert_eq!(
             n.key_file.as_deref(),
@@ -143,23 +142,17 @@ storage_roots = { labnfs = "/mnt/pve/labnfs" }
 
     #[test]
     fn a_node_without_host_key_verification_is_refused() {
-        let text = CFG.replace(
+        let text = cfg_text().replace(
             "host_key_sha256 = \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"\n",
             "",
         );
-        let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("the host key must be verified"),
-            "{err:#}"
-        );
-        let text = CFG.replace(
+        let err = refusal(&text);
+        assert!(err.contains("the host key must be verified"), "{err}");
+        let text = cfg_text().replace(
             "storage_roots = { labnfs = \"/mnt/pve/labnfs\" }",
             "storage_roots = { labnfs = \"rel\" }",
         );
-        let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("must be an absolute directory"),
-            "{err:#}"
-        );
+        let err = refusal(&text);
+        assert!(err.contains("must be an absolute directory"), "{err}");
     }
 }

@@ -842,10 +842,21 @@ fn set_path(value: &mut toml::Value, path: &[String], new: toml::Value) -> anyho
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const BASE: &str = r#"
+    /// `text` parsed with no environment, relative paths below `/x`.
+    pub(crate) fn parse(text: &str) -> Config {
+        Config::parse(text, &[], Path::new("/x")).unwrap()
+    }
+
+    /// Why `text` is refused, with its causes (`{:#}`).
+    pub(crate) fn refusal(text: &str) -> String {
+        format!("{:#}", Config::parse(text, &[], Path::new("/x")).unwrap_err())
+    }
+
+    /// A config with one cluster `lab` (a CA file, no nodes), the start of most tests' texts.
+    pub(crate) const BASE: &str = r#"
 listen = "127.0.0.1:8080"
 [[cluster]]
 id = "lab"
@@ -858,29 +869,23 @@ ca_file = "ca.crt"
     #[test]
     fn token_ids_are_checked_locally_and_a_pasted_secret_is_never_repeated() {
         let with = |id: &str| BASE.replace("root@pam!portal", id);
-        Config::parse(&with("proxlab@pve!portal-1"), &[], Path::new("/x")).unwrap();
+        parse(&with("proxlab@pve!portal-1"));
         for pasted in [
             "PVEAPIToken=root@pam!portal=9b1f0c6e-5a2d-4c3b-8e7f-aaaabbbbcccc",
             "root@pam!portal=9b1f0c6e-5a2d-4c3b-8e7f-aaaabbbbcccc",
         ] {
-            let err = format!(
-                "{:#}",
-                Config::parse(&with(pasted), &[], Path::new("/x")).unwrap_err()
-            );
+            let err = refusal(&with(pasted));
             assert!(err.contains("token_id") && err.contains("not shown"), "{err}");
             assert!(!err.contains("9b1f0c6e"), "the secret is printed: {err}");
         }
         for bad in ["root@pam", "root!portal", "root@pam!a!b", "@pam!x", "root@pam!"] {
-            let err = format!(
-                "{:#}",
-                Config::parse(&with(bad), &[], Path::new("/x")).unwrap_err()
-            );
+            let err = refusal(&with(bad));
             assert!(err.contains("user@realm!name"), "{bad}: {err}");
         }
         let ticket = BASE
             .replace("token_id = \"root@pam!portal\"", "user = \"root@pam!portal\"")
             .replace("token_secret = \"s3cret\"", "password = \"pw\"");
-        let err = format!("{:#}", Config::parse(&ticket, &[], Path::new("/x")).unwrap_err());
+        let err = refusal(&ticket);
         assert!(err.contains("set it as token_id"), "{err}");
     }
 
@@ -888,7 +893,7 @@ ca_file = "ca.crt"
     fn loopback_test_ranges_need_test_mode_and_guest_networks_are_per_cluster() {
         let text =
             format!("{BASE}guest_networks = [\"10.20.0.0/16\"]\n[ip]\nallow_ranges = [\"127.60.0.0/16\"]\n");
-        let err = format!("{:#}", Config::parse(&text, &[], Path::new("/x")).unwrap_err());
+        let err = refusal(&text);
         assert!(
             err.contains("PROXLAB_TEST_MODE") && err.contains("guest_networks"),
             "{err}"
@@ -906,30 +911,22 @@ ca_file = "ca.crt"
 
     #[test]
     fn unknown_key_is_rejected_by_name() {
-        let err = Config::parse(&format!("{BASE}\nlisten_port = 1\n"), &[], Path::new("/x")).unwrap_err();
-        assert!(format!("{err:#}").contains("listen_port"), "{err:#}");
-        let err = Config::parse(&format!("{BASE}\ncolour = 1\n"), &[], Path::new("/x")).unwrap_err();
-        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+        let err = refusal(&format!("{BASE}\nlisten_port = 1\n"));
+        assert!(err.contains("listen_port"), "{err}");
+        let err = refusal(&format!("{BASE}\ncolour = 1\n"));
+        assert!(err.contains("colour"), "{err}");
     }
 
     #[test]
     fn limits_default_and_refuse_zero_by_name() {
-        let c = Config::parse(BASE, &[], Path::new("/x")).unwrap();
+        let c = parse(BASE);
         assert_eq!((c.limits.power_per_cluster, c.limits.deploy_per_node), (16, 6));
-        let c = Config::parse(
-            &format!("{BASE}\n[limits]\npower_per_cluster = 4\ndeploy_total = 3\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap();
+        let c = parse(&format!(
+            "{BASE}\n[limits]\npower_per_cluster = 4\ndeploy_total = 3\n"
+        ));
         assert_eq!((c.limits.power_per_cluster, c.limits.deploy_total), (4, 3));
-        let err = Config::parse(
-            &format!("{BASE}\n[limits]\npower_per_cluster = 0\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("limits.power_per_cluster"), "{err:#}");
+        let err = refusal(&format!("{BASE}\n[limits]\npower_per_cluster = 0\n"));
+        assert!(err.contains("limits.power_per_cluster"), "{err}");
     }
 
     #[test]
@@ -954,13 +951,13 @@ ca_file = "ca.crt"
     #[test]
     fn unknown_env_key_is_rejected_by_name() {
         let env = vec![("PROXLAB_SYNCC__INTERVAL".to_string(), "2".to_string())];
-        let err = Config::parse(BASE, &env, Path::new("/x")).unwrap_err();
-        assert!(format!("{err:#}").contains("syncc"), "{err:#}");
+        let err = format!("{:#}", Config::parse(BASE, &env, Path::new("/x")).unwrap_err());
+        assert!(err.contains("syncc"), "{err}");
     }
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let cfg = Config::parse(BASE, &[], Path::new("/x")).unwrap();
+        let cfg = parse(BASE);
         let dbg = format!("{:?}", cfg.clusters[0]);
         assert!(!dbg.contains("s3cret"), "{dbg}");
     }
@@ -972,41 +969,21 @@ ca_file = "ca.crt"
             BASE.replace("ca_file = \"ca.crt\"", ""),
             ["AB"; 32].join(":")
         );
-        let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
-        assert!(format!("{err:#}").contains("insecure_skip_verify"), "{err:#}");
+        let err = refusal(&text);
+        assert!(err.contains("insecure_skip_verify"), "{err}");
     }
 
     #[test]
     fn auth_section_is_checked() {
-        let cfg = Config::parse(
-            &format!("{BASE}\n[auth]\nrealm_admins = [\"root@pam\"]\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap();
+        let cfg = parse(&format!("{BASE}\n[auth]\nrealm_admins = [\"root@pam\"]\n"));
         assert_eq!(cfg.auth.realm_admins, ["root@pam"]);
         assert_eq!(cfg.auth.session_idle_secs, 8 * 3600);
-        let err = Config::parse(
-            &format!("{BASE}\n[auth]\nrealm_default_role = \"admin\"\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("realm_default_role"), "{err:#}");
-        let err = Config::parse(
-            &format!("{BASE}\n[auth]\nrealm_cluster = \"nope\"\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("nope"), "{err:#}");
-        let err = Config::parse(
-            &format!("{BASE}\n[auth]\nsesion_idle_secs = 1\n"),
-            &[],
-            Path::new("/x"),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("sesion_idle_secs"), "{err:#}");
+        let err = refusal(&format!("{BASE}\n[auth]\nrealm_default_role = \"admin\"\n"));
+        assert!(err.contains("realm_default_role"), "{err}");
+        let err = refusal(&format!("{BASE}\n[auth]\nrealm_cluster = \"nope\"\n"));
+        assert!(err.contains("nope"), "{err}");
+        let err = refusal(&format!("{BASE}\n[auth]\nsesion_idle_secs = 1\n"));
+        assert!(err.contains("sesion_idle_secs"), "{err}");
     }
 }
 
@@ -1016,6 +993,7 @@ ca_file = "ca.crt"
 /// infinite or huge durations) are refused here.
 #[cfg(test)]
 mod prop_tests {
+    use super::tests::{parse, refusal};
     use super::*;
     use proptest::prelude::*;
 
@@ -1066,11 +1044,11 @@ mod prop_tests {
         ) {
             prop_assume!(!known_keys().contains(&key));
             let text = format!("{CLUSTER}{key} = 1\n");
-            let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
-            prop_assert!(format!("{err:#}").contains(&key), "{err:#}");
+            let err = refusal(&text);
+            prop_assert!(err.contains(&key), "{err}");
             let text = format!("listen = \"127.0.0.1:8080\"\n{section}{key} = 1\n");
-            let err = Config::parse(&text, &[], Path::new("/x")).unwrap_err();
-            prop_assert!(format!("{err:#}").contains(&key), "{err:#}");
+            let err = refusal(&text);
+            prop_assert!(err.contains(&key), "{err}");
         }
 
         /// Any display name (unicode, quotes, backslashes, control characters) round-trips; cluster
@@ -1078,7 +1056,7 @@ mod prop_tests {
         #[test]
         fn odd_strings_round_trip_and_ids_are_checked(name in ".{0,60}", id in ".{0,12}") {
             let text = CLUSTER.replace("id = \"lab\"", &format!("id = \"lab\"\nname = {}", quoted(&name)));
-            let cfg = Config::parse(&text, &[], Path::new("/x")).unwrap();
+            let cfg = parse(&text);
             prop_assert_eq!(cfg.clusters[0].name.as_deref(), Some(name.as_str()));
             let text = CLUSTER.replace("id = \"lab\"", &format!("id = {}", quoted(&id)));
             let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');

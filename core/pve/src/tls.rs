@@ -145,17 +145,18 @@ impl fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-/// Verifies a server by the SHA-256 of its end-entity certificate alone, with real handshake signature
-/// checks.
+/// Verifies a server by the SHA-256 of its end-entity certificate alone (`pin`), or accepts any
+/// certificate (`pin: None`, InsecureSkipVerify); either way with real handshake signature checks.
 ///
 /// Only the end-entity certificate is compared (extra chain certificates are ignored, so appending
 /// the pinned certificate to an attacker's chain does not help). The TLS 1.2/1.3 handshake signatures
 /// are checked with rustls's own helpers against that certificate's key, so replaying the public
-/// certificate without its private key fails. The check runs inside the handshake that carries the
+/// certificate without its private key fails (also with no pin: the handshake must still be signed
+/// by the key of the certificate presented). The check runs inside the handshake that carries the
 /// API traffic; there is no probe connection.
 #[derive(Debug)]
 struct PinVerifier {
-    pin: Fingerprint,
+    pin: Option<Fingerprint>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -168,60 +169,20 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pin.matches_der(end_entity.as_ref()) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            let mismatch = PinMismatch {
-                expected: self.pin,
-                presented: Fingerprint::of_der(end_entity.as_ref()),
-            };
-            tracing::warn!(%mismatch, "refusing TLS server");
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(mismatch)),
-            )))
+        match self.pin {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(pin) if pin.matches_der(end_entity.as_ref()) => Ok(ServerCertVerified::assertion()),
+            Some(pin) => {
+                let mismatch = PinMismatch {
+                    expected: pin,
+                    presented: Fingerprint::of_der(end_entity.as_ref()),
+                };
+                tracing::warn!(%mismatch, "refusing TLS server");
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(mismatch)),
+                )))
+            }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// Accepts any certificate (InsecureSkipVerify) but still checks that the handshake was signed by
-/// the key of the certificate presented.
-#[derive(Debug)]
-struct AcceptAnyVerifier {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -308,7 +269,10 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, PveError> {
             .with_no_client_auth(),
         Tls::Fingerprint(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, algs }))
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: Some(*pin),
+                algs,
+            }))
             .with_no_client_auth(),
         Tls::InsecureSkipVerify => {
             tracing::warn!(
@@ -317,7 +281,7 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, PveError> {
             );
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyVerifier { algs }))
+                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: None, algs }))
                 .with_no_client_auth()
         }
     };

@@ -180,11 +180,19 @@ impl AppState {
             &self.auth.index(),
         ) {
             Decision::Allow => Ok(cluster),
-            Decision::NotFound => Err(crate::error::AppError::NotFound(format!(
-                "no VM {vmid} in cluster {cluster}"
-            ))),
+            Decision::NotFound => Err(no_vm(&cluster, vmid)),
             Decision::Forbidden => Err(crate::error::AppError::Forbidden("not allowed".into())),
         }
+    }
+
+    /// The inventory record of VM `vmid` of `cluster` (after [`AppState::authorize_vm`]); 404, with
+    /// the message of a VM the caller may not see, while the inventory does not hold it.
+    pub fn guest(&self, cluster: &str, vmid: u32) -> Result<Arc<store::GuestRecord>, crate::error::AppError> {
+        self.inventory
+            .snapshot()
+            .guest(cluster, vmid)
+            .cloned()
+            .ok_or_else(|| no_vm(cluster, vmid))
     }
 
     /// The cluster a bare VMID refers to: `?cluster=` if given, else the default.
@@ -213,4 +221,9 @@ impl ReloadSource for crate::theme::Themes {
     fn reload_status(&self) -> script::ReloadStatus {
         self.status()
     }
+}
+
+/// The one answer for a VM that does not exist and a VM the caller may not see: 404.
+fn no_vm(cluster: &str, vmid: u32) -> crate::error::AppError {
+    crate::error::AppError::NotFound(format!("no VM {vmid} in cluster {cluster}"))
 }

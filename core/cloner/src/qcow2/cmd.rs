@@ -143,14 +143,23 @@ mod tests {
     use super::*;
     use crate::shell_join;
 
+    /// The argv that makes an overlay at `overlay` over the `format` image `base`.
+    fn overlay(base: &str, format: ImageFormat, overlay: &str) -> Vec<String> {
+        create_overlay(Path::new(base), format, Path::new(overlay)).unwrap()
+    }
+
+    /// The argv that rebases `overlay` onto the `format` image `base`.
+    fn rebased(overlay: &str, base: &str, format: ImageFormat, mode: RebaseMode) -> Vec<String> {
+        rebase(Path::new(overlay), Path::new(base), format, mode).unwrap()
+    }
+
     #[test]
     fn overlay_golden_string() {
-        let a = create_overlay(
-            Path::new("/var/lib/vz/images/9000/base-9000-disk-0.qcow2"),
+        let a = overlay(
+            "/var/lib/vz/images/9000/base-9000-disk-0.qcow2",
             ImageFormat::Qcow2,
-            Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
-        )
-        .unwrap();
+            "/var/lib/vz/images/210/vm-210-disk-0.qcow2",
+        );
         assert_eq!(
             shell_join(&a),
             "qemu-img create -f qcow2 -F qcow2 -b /var/lib/vz/images/9000/base-9000-disk-0.qcow2 /var/lib/vz/images/210/vm-210-disk-0.qcow2"
@@ -163,12 +172,11 @@ mod tests {
 
     #[test]
     fn paths_with_spaces_and_quotes_stay_one_argument() {
-        let a = create_overlay(
-            Path::new("/mnt/pve/my nfs/base 'gold'.qcow2"),
+        let a = overlay(
+            "/mnt/pve/my nfs/base 'gold'.qcow2",
             ImageFormat::Qcow2,
-            Path::new("/mnt/pve/my nfs/images/210/vm-210-disk-0.qcow2"),
-        )
-        .unwrap();
+            "/mnt/pve/my nfs/images/210/vm-210-disk-0.qcow2",
+        );
         assert_eq!(a.len(), 9);
         assert_eq!(a[7], "/mnt/pve/my nfs/base 'gold'.qcow2");
         assert_eq!(
@@ -198,13 +206,12 @@ mod tests {
 
     #[test]
     fn safe_rebase_golden_string() {
-        let a = rebase(
-            Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
-            Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.qcow2"),
+        let a = rebased(
+            "/var/lib/vz/images/210/vm-210-disk-0.qcow2",
+            "/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.qcow2",
             ImageFormat::Qcow2,
             RebaseMode::Safe,
-        )
-        .unwrap();
+        );
         assert_eq!(
             shell_join(&a),
             "qemu-img rebase -f qcow2 -F qcow2 -b /mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.qcow2 /var/lib/vz/images/210/vm-210-disk-0.qcow2"
@@ -213,13 +220,12 @@ mod tests {
 
     #[test]
     fn unsafe_rebase_still_carries_f_upper() {
-        let a = rebase(
-            Path::new("/var/lib/vz/images/210/vm-210-disk-0.qcow2"),
-            Path::new("/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.raw"),
+        let a = rebased(
+            "/var/lib/vz/images/210/vm-210-disk-0.qcow2",
+            "/mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.raw",
             ImageFormat::Raw,
             RebaseMode::UnsafeIdentical,
-        )
-        .unwrap();
+        );
         assert_eq!(
             shell_join(&a),
             "qemu-img rebase -u -f qcow2 -F raw -b /mnt/pve/nfs-tpl/images/9000/base-9000-disk-0.raw /var/lib/vz/images/210/vm-210-disk-0.qcow2"
@@ -230,12 +236,11 @@ mod tests {
     fn raw_base_from_info_json_gives_f_raw() {
         let json = r#"{"format":"raw","virtual-size":10737418240,"filename":"/var/lib/vz/images/9001/base-9001-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
-        let a = create_overlay(
-            Path::new(&info.filename),
+        let a = overlay(
+            &info.filename,
             info.image_format().unwrap(),
-            Path::new("/var/lib/vz/images/211/vm-211-disk-0.qcow2"),
-        )
-        .unwrap();
+            "/var/lib/vz/images/211/vm-211-disk-0.qcow2",
+        );
         assert_eq!(
             shell_join(&a),
             "qemu-img create -f qcow2 -F raw -b /var/lib/vz/images/9001/base-9001-disk-0.raw /var/lib/vz/images/211/vm-211-disk-0.qcow2"
@@ -248,12 +253,7 @@ mod tests {
         let json = r#"{"format":"qcow2","virtual-size":1048576,"filename":"/s/images/9/base-9-disk-0.raw"}"#;
         let info = super::super::ImageInfo::parse(json).unwrap();
         assert_eq!(info.image_format().unwrap(), ImageFormat::Qcow2);
-        let a = create_overlay(
-            Path::new(&info.filename),
-            info.image_format().unwrap(),
-            Path::new("/s/o.qcow2"),
-        )
-        .unwrap();
+        let a = overlay(&info.filename, info.image_format().unwrap(), "/s/o.qcow2");
         assert_eq!(a[5], "qcow2");
     }
 
@@ -266,12 +266,7 @@ mod tests {
 
     #[test]
     fn guard_wraps_the_command_as_positional_arguments() {
-        let inner = create_overlay(
-            Path::new("/s/b.qcow2"),
-            ImageFormat::Qcow2,
-            Path::new("/s/images/210/o 1.qcow2"),
-        )
-        .unwrap();
+        let inner = overlay("/s/b.qcow2", ImageFormat::Qcow2, "/s/images/210/o 1.qcow2");
         let a = guard_new_file(
             Path::new("/s/images/210/o 1.qcow2"),
             Path::new("/s/images/210"),

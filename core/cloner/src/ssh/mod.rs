@@ -616,14 +616,14 @@ impl client::Handler for Client {
 mod tests {
     use super::*;
 
+    /// `root@192.0.2.10` with key file `/k`, checking its host key by `policy`.
+    fn node(policy: HostKeyPolicy) -> NodeAccess {
+        NodeAccess::new("192.0.2.10", "root", "/k", policy)
+    }
+
     #[test]
     fn access_defaults_and_target() {
-        let a = NodeAccess::new(
-            "192.0.2.10",
-            "root",
-            "/k",
-            HostKeyPolicy::KnownHosts("/kh".into()),
-        );
+        let a = node(HostKeyPolicy::KnownHosts("/kh".into()));
         assert_eq!(a.port, 22);
         assert!(!a.legacy_algorithms);
         assert_eq!(a.max_sessions, 10);
@@ -637,23 +637,13 @@ mod tests {
 
     #[test]
     fn malformed_pin_is_refused_before_any_connection() {
-        let a = NodeAccess::new(
-            "192.0.2.10",
-            "root",
-            "/k",
-            HostKeyPolicy::Fingerprint("aa:bb".into()),
-        );
+        let a = node(HostKeyPolicy::Fingerprint("aa:bb".into()));
         assert!(matches!(SshExecutor::new(a), Err(ClonerError::Config(_))));
     }
 
     #[test]
     fn pool_reuses_the_executor_until_access_changes() {
-        let a = NodeAccess::new(
-            "192.0.2.10",
-            "root",
-            "/k",
-            HostKeyPolicy::KnownHosts("/kh".into()),
-        );
+        let a = node(HostKeyPolicy::KnownHosts("/kh".into()));
         let pool = SshPool::new();
         let x = pool.get("c1/pve-a", &a).unwrap();
         let y = pool.get("c1/pve-a", &a).unwrap();

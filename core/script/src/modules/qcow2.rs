@@ -1,11 +1,52 @@
 //! `qcow2::` — QCOW2 images on a node's file storage (info, overlay, flatten), done by the
 //! cloner's executor behind [`crate::Qcow2Ops`].
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use rhai::plugin::*;
+
+use crate::engine::{CallState, throw};
+use crate::host::{HostError, Qcow2Ops};
+
+/// Refuses a `format` argument (named `arg` in the message) other than the two formats a volume's
+/// config states for these images: `arg.format`.
+fn check_format(arg: &str, format: &str) -> Result<(), Box<EvalAltResult>> {
+    if ["qcow2", "raw"].contains(&format) {
+        Ok(())
+    } else {
+        Err(throw("arg.format", format!("{arg} must be \"qcow2\" or \"raw\"")))
+    }
+}
+
+/// Refuses a pair of paths (named `names` in the message) unless both are absolute: `arg.path`.
+fn check_absolute(a: &str, b: &str, names: &str) -> Result<(), Box<EvalAltResult>> {
+    if a.starts_with('/') && b.starts_with('/') {
+        Ok(())
+    } else {
+        Err(throw("arg.path", format!("{names} must be absolute paths")))
+    }
+}
+
+/// Runs `op` on the cloner's QCOW2 executor, booked as host time; `qcow2.unavailable` without one,
+/// the executor's own error code otherwise.
+fn on_executor<R>(
+    state: &CallState,
+    op: impl FnOnce(Arc<dyn Qcow2Ops>) -> BoxFuture<'static, Result<R, HostError>>,
+) -> Result<R, Box<EvalAltResult>> {
+    let ops = state
+        .host
+        .qcow2()
+        .ok_or_else(|| throw("qcow2.unavailable", "no QCOW2 executor configured"))?;
+    state
+        .host_call(|| state.host.runtime().block_on(op(ops)))
+        .map_err(|e| throw(&e.code, e.message))
+}
 
 /// QCOW2 operations.
 #[export_module]
 pub mod qcow2_mod {
+    use super::{check_absolute, check_format, on_executor};
     use crate::engine::{call_state, throw};
     use crate::modules::to_dyn;
 
@@ -40,22 +81,9 @@ pub mod qcow2_mod {
         format: &str,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         crate::engine::located(&ctx, || {
-            if !["qcow2", "raw"].contains(&format) {
-                return Err(throw("arg.format", "format must be \"qcow2\" or \"raw\""));
-            }
+            check_format("format", format)?;
             let state = call_state(&ctx)?;
-            let ops = state
-                .host
-                .qcow2()
-                .ok_or_else(|| throw("qcow2.unavailable", "no QCOW2 executor configured"))?;
-            let v = state
-                .host_call(|| {
-                    state
-                        .host
-                        .runtime()
-                        .block_on(ops.info(cluster, node, path, format))
-                })
-                .map_err(|e| throw(&e.code, e.message))?;
+            let v = on_executor(&state, |ops| ops.info(cluster, node, path, format))?;
             to_dyn(&v)
         })
     }
@@ -77,12 +105,8 @@ pub mod qcow2_mod {
         overlay: &str,
     ) -> Result<(), Box<EvalAltResult>> {
         crate::engine::located(&ctx, || {
-            if !base.starts_with('/') || !overlay.starts_with('/') {
-                return Err(throw("arg.path", "base and overlay must be absolute paths"));
-            }
-            if !["qcow2", "raw"].contains(&base_format) {
-                return Err(throw("arg.format", "base_format must be \"qcow2\" or \"raw\""));
-            }
+            check_absolute(base, overlay, "base and overlay")?;
+            check_format("base_format", base_format)?;
             let state = call_state(&ctx)?;
             state.record(format!(
                 "qcow2 {cluster}/{node}: create overlay {overlay} backing {base} ({base_format})"
@@ -90,21 +114,9 @@ pub mod qcow2_mod {
             if state.dry_run {
                 return Ok(());
             }
-            let ops = state
-                .host
-                .qcow2()
-                .ok_or_else(|| throw("qcow2.unavailable", "no QCOW2 executor configured"))?;
-            state
-                .host_call(|| {
-                    state.host.runtime().block_on(ops.create_overlay(
-                        cluster,
-                        node,
-                        base,
-                        base_format,
-                        overlay,
-                    ))
-                })
-                .map_err(|e| throw(&e.code, e.message))
+            on_executor(&state, |ops| {
+                ops.create_overlay(cluster, node, base, base_format, overlay)
+            })
         })
     }
 
@@ -147,12 +159,8 @@ pub mod qcow2_mod {
         dst: &str,
     ) -> Result<(), Box<EvalAltResult>> {
         crate::engine::located(&ctx, || {
-            if !src.starts_with('/') || !dst.starts_with('/') {
-                return Err(throw("arg.path", "src and dst must be absolute paths"));
-            }
-            if !["qcow2", "raw"].contains(&src_format) {
-                return Err(throw("arg.format", "src_format must be \"qcow2\" or \"raw\""));
-            }
+            check_absolute(src, dst, "src and dst")?;
+            check_format("src_format", src_format)?;
             let state = call_state(&ctx)?;
             state.record(format!(
                 "qcow2 {cluster}/{node}: flatten {src} ({src_format}) -> {dst}"
@@ -160,18 +168,7 @@ pub mod qcow2_mod {
             if state.dry_run {
                 return Ok(());
             }
-            let ops = state
-                .host
-                .qcow2()
-                .ok_or_else(|| throw("qcow2.unavailable", "no QCOW2 executor configured"))?;
-            state
-                .host_call(|| {
-                    state
-                        .host
-                        .runtime()
-                        .block_on(ops.flatten(cluster, node, src, src_format, dst))
-                })
-                .map_err(|e| throw(&e.code, e.message))
+            on_executor(&state, |ops| ops.flatten(cluster, node, src, src_format, dst))
         })
     }
 }

@@ -101,6 +101,11 @@ mod tests {
     use crate::auth::{Principal, Via};
     use store::AssignmentRecord;
 
+    /// The VM `vmid` on `cluster` as a decision's target.
+    fn vm(cluster: &str, vmid: u32) -> Target<'_> {
+        Target::Vm { cluster, vmid }
+    }
+
     fn who(name: &str, role: Role) -> Principal {
         Principal {
             name: name.into(),
@@ -147,57 +152,32 @@ mod tests {
         idx
     }
 
+    /// Checks each `(action, target, decision)` row for `p`.
+    fn check(p: &Principal, i: &AccessIndex, rows: &[(Action, Target<'_>, Decision)]) {
+        for (action, target, want) in rows {
+            assert_eq!(
+                decide(p, *action, target, i),
+                *want,
+                "{} {action:?} {target:?}",
+                p.name
+            );
+        }
+    }
+
     #[test]
     fn student_sees_own_vm_and_gets_not_found_for_others() {
         let i = idx();
-        let s = who("stud", Role::Student);
-        assert_eq!(
-            decide(
-                &s,
-                Action::OperateVm,
-                &Target::Vm {
-                    cluster: "lab",
-                    vmid: 4001
-                },
-                &i
-            ),
-            Decision::Allow
-        );
-        assert_eq!(
-            decide(
-                &s,
-                Action::ViewVm,
-                &Target::Vm {
-                    cluster: "lab",
-                    vmid: 4002
-                },
-                &i
-            ),
-            Decision::NotFound
-        );
-        assert_eq!(
-            decide(
-                &s,
-                Action::ViewVm,
-                &Target::Vm {
-                    cluster: "other",
-                    vmid: 4001
-                },
-                &i
-            ),
-            Decision::NotFound
-        );
-        assert_eq!(
-            decide(&s, Action::Administer, &Target::Site, &i),
-            Decision::Forbidden
-        );
-        assert_eq!(
-            decide(&s, Action::ViewClass, &Target::Class("c1"), &i),
-            Decision::Allow
-        );
-        assert_eq!(
-            decide(&s, Action::ManageClass, &Target::Class("c1"), &i),
-            Decision::Forbidden
+        check(
+            &who("stud", Role::Student),
+            &i,
+            &[
+                (Action::OperateVm, vm("lab", 4001), Decision::Allow),
+                (Action::ViewVm, vm("lab", 4002), Decision::NotFound),
+                (Action::ViewVm, vm("other", 4001), Decision::NotFound),
+                (Action::Administer, Target::Site, Decision::Forbidden),
+                (Action::ViewClass, Target::Class("c1"), Decision::Allow),
+                (Action::ManageClass, Target::Class("c1"), Decision::Forbidden),
+            ],
         );
     }
 
@@ -205,85 +185,41 @@ mod tests {
     fn teacher_and_co_owner_see_class_vms_other_teacher_does_not() {
         let i = idx();
         for t in ["teach", "co"] {
-            let p = who(t, Role::Teacher);
-            assert_eq!(
-                decide(
-                    &p,
-                    Action::OperateVm,
-                    &Target::Vm {
-                        cluster: "lab",
-                        vmid: 4003
-                    },
-                    &i
-                ),
-                Decision::Allow
-            );
-            assert_eq!(
-                decide(&p, Action::ManageClass, &Target::Class("c1"), &i),
-                Decision::Allow
-            );
-            assert_eq!(
-                decide(
-                    &p,
-                    Action::ViewVm,
-                    &Target::Vm {
-                        cluster: "lab",
-                        vmid: 4002
-                    },
-                    &i
-                ),
-                Decision::NotFound
+            check(
+                &who(t, Role::Teacher),
+                &i,
+                &[
+                    (Action::OperateVm, vm("lab", 4003), Decision::Allow),
+                    (Action::ManageClass, Target::Class("c1"), Decision::Allow),
+                    (Action::ViewVm, vm("lab", 4002), Decision::NotFound),
+                ],
             );
         }
-        let o = who("stranger", Role::Teacher);
-        assert_eq!(
-            decide(
-                &o,
-                Action::ViewVm,
-                &Target::Vm {
-                    cluster: "lab",
-                    vmid: 4001
-                },
-                &i
-            ),
-            Decision::NotFound
-        );
-        assert_eq!(
-            decide(&o, Action::ManageClass, &Target::Class("c1"), &i),
-            Decision::NotFound
+        check(
+            &who("stranger", Role::Teacher),
+            &i,
+            &[
+                (Action::ViewVm, vm("lab", 4001), Decision::NotFound),
+                (Action::ManageClass, Target::Class("c1"), Decision::NotFound),
+            ],
         );
         // A student named as co-owner by mistake gets no teacher powers over VMs.
-        let s = who("co", Role::Student);
-        assert_eq!(
-            decide(
-                &s,
-                Action::ViewVm,
-                &Target::Vm {
-                    cluster: "lab",
-                    vmid: 4003
-                },
-                &i
-            ),
-            Decision::NotFound
+        check(
+            &who("co", Role::Student),
+            &i,
+            &[(Action::ViewVm, vm("lab", 4003), Decision::NotFound)],
         );
     }
 
     #[test]
     fn admin_may_do_everything() {
-        let i = idx();
-        let a = who("root", Role::Admin);
-        assert_eq!(decide(&a, Action::Administer, &Target::Site, &i), Decision::Allow);
-        assert_eq!(
-            decide(
-                &a,
-                Action::OperateVm,
-                &Target::Vm {
-                    cluster: "x",
-                    vmid: 1
-                },
-                &i
-            ),
-            Decision::Allow
+        check(
+            &who("root", Role::Admin),
+            &idx(),
+            &[
+                (Action::Administer, Target::Site, Decision::Allow),
+                (Action::OperateVm, vm("x", 1), Decision::Allow),
+            ],
         );
     }
 }

@@ -33,6 +33,28 @@ pub struct AccessIndex {
     pub teaches: HashMap<String, Vec<String>>,
 }
 
+/// The records of a tree that could be read; each unreadable one is skipped with a warning naming
+/// `what` (it grants nothing).
+fn readable<K, T, E: std::fmt::Display>(
+    items: impl Iterator<Item = Result<(K, T), E>>,
+    what: &'static str,
+) -> impl Iterator<Item = T> {
+    items.filter_map(move |item| match item {
+        Ok((_, t)) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an unreadable {what}");
+            None
+        }
+    })
+}
+
+/// Each set of VMs as its sorted list.
+fn sorted_lists(sets: HashMap<String, BTreeSet<VmRef>>) -> HashMap<String, Vec<VmRef>> {
+    sets.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
 impl AccessIndex {
     /// Builds the index from the store. Undecodable records are skipped with a warning (they grant
     /// nothing).
@@ -40,14 +62,7 @@ impl AccessIndex {
         let mut idx = AccessIndex::default();
         let mut by_user: HashMap<String, BTreeSet<VmRef>> = HashMap::new();
         let mut class_vms: HashMap<String, BTreeSet<VmRef>> = HashMap::new();
-        for item in store.assignments.iter() {
-            let a = match item {
-                Ok((_, a)) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping an unreadable assignment");
-                    continue;
-                }
-            };
+        for a in readable(store.assignments.iter(), "assignment") {
             let vm = (a.cluster.clone(), a.vmid);
             if !a.user.is_empty() {
                 by_user.entry(a.user.clone()).or_default().insert(vm.clone());
@@ -57,14 +72,7 @@ impl AccessIndex {
             }
             idx.by_vm.entry(vm).or_default().push(a);
         }
-        for item in store.classes.iter() {
-            let c = match item {
-                Ok((_, c)) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping an unreadable class");
-                    continue;
-                }
-            };
+        for c in readable(store.classes.iter(), "class") {
             for t in std::iter::once(&c.owner).chain(c.co_owners.iter()) {
                 if !t.is_empty() {
                     idx.teaches.entry(t.clone()).or_default().push(c.id.clone());
@@ -78,14 +86,8 @@ impl AccessIndex {
                 },
             );
         }
-        idx.by_user = by_user
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
-        idx.class_vms = class_vms
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
+        idx.by_user = sorted_lists(by_user);
+        idx.class_vms = sorted_lists(class_vms);
         idx
     }
 

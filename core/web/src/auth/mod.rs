@@ -185,12 +185,15 @@ pub struct Authn {
     pub addr: IpAddr,
 }
 
+/// What the authenticate layer found out about the request, if that layer ran.
+fn authn_of(parts: &Parts) -> Option<&Authn> {
+    parts.extensions.get::<Authn>()
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Authn {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Authn>()
+        authn_of(parts)
             .cloned()
             .ok_or_else(|| AppError::Internal("authenticate layer missing".into()))
     }
@@ -199,9 +202,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Authn {
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Authn>()
+        authn_of(parts)
             .and_then(|a| a.principal.clone())
             .ok_or(AppError::Unauthorized)
     }
@@ -682,6 +683,24 @@ impl AuthState {
         if let Err(e) = self.store.audit(rec) {
             tracing::error!(error = %e, action, "cannot write the audit log");
         }
+    }
+
+    /// [`AuthState::audit`] of an action's outcome, `ok` or the error's own words, handing the outcome
+    /// back: `let r = st.auth.audited(&p.name, authn.addr, "class.retry", &id, r);`.
+    pub fn audited<T, E: std::fmt::Display>(
+        &self,
+        who: &str,
+        addr: IpAddr,
+        action: &str,
+        target: &str,
+        r: Result<T, E>,
+    ) -> Result<T, E> {
+        let result = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.audit(who, addr, action, target, &result);
+        r
     }
 
     /// Issues a one-time connect token for a WebSocket to `cluster`/`vmid` (valid [`CONNECT_TOKEN_TTL`]).

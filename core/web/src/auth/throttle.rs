@@ -288,10 +288,16 @@ mod tests {
     use super::super::clock::ManualWallClock;
     use super::*;
 
-    #[test]
-    fn account_delay_grows_exponentially_and_is_capped() {
+    /// A throttle with the default limits on a clock the test moves.
+    fn default_throttle() -> (Arc<ManualWallClock>, Throttle) {
         let clock = Arc::new(ManualWallClock::new());
         let t = Throttle::new(ThrottleConfig::default(), clock.clone());
+        (clock, t)
+    }
+
+    #[test]
+    fn account_delay_grows_exponentially_and_is_capped() {
+        let (clock, t) = default_throttle();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..4 {
             t.record_failure("alice", a);
@@ -315,8 +321,7 @@ mod tests {
 
     #[test]
     fn address_is_refused_for_a_growing_window_that_ends() {
-        let clock = Arc::new(ManualWallClock::new());
-        let t = Throttle::new(ThrottleConfig::default(), clock.clone());
+        let (clock, t) = default_throttle();
         let a: IpAddr = "127.0.0.9".parse().unwrap();
         for i in 0..19 {
             t.record_failure(&format!("u{i}"), a);

@@ -452,11 +452,8 @@ pub async fn create_assignment(
     authn: Authn,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let input: AssignmentInput = match parse_body(&headers, &body) {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
+) -> AppResult<Response> {
+    let input: AssignmentInput = parse_body(&headers, &body)?;
     let what = format!(
         "{}/{} -> {}",
         input.cluster.clone().unwrap_or_default(),
@@ -464,25 +461,18 @@ pub async fn create_assignment(
         input.user
     );
     if input.user.is_empty() {
-        return AppError::BadRequest("user is required".into()).into_response();
+        return Err(AppError::BadRequest("user is required".into()));
     }
-    match make_assignment(&st, &p, input, AssignmentRole::Direct) {
-        Ok(a) => {
-            st.auth.audit(
-                &p.name,
-                authn.addr,
-                "assignment.create",
-                &format!("{}/{} -> {}", a.cluster, a.vmid, a.user),
-                "ok",
-            );
-            (StatusCode::CREATED, Json(json!(a))).into_response()
-        }
-        Err(e) => {
-            st.auth
-                .audit(&p.name, authn.addr, "assignment.create", &what, &e.to_string());
-            e.into_response()
-        }
-    }
+    // A success is audited under the assignment's own cluster (the input may leave it out).
+    let r = make_assignment(&st, &p, input, AssignmentRole::Direct);
+    let target = match &r {
+        Ok(a) => format!("{}/{} -> {}", a.cluster, a.vmid, a.user),
+        Err(_) => what,
+    };
+    let a = st
+        .auth
+        .audited(&p.name, authn.addr, "assignment.create", &target, r)?;
+    Ok((StatusCode::CREATED, Json(json!(a))).into_response())
 }
 
 /// `DELETE /api/user-vm-assignments/{id}` (admin): removes an assignment; `{deleted: id}`; 404 if unknown.
@@ -508,13 +498,9 @@ pub async fn delete_assignment(
     }
     let res = st.auth.store.remove_assignment(&id);
     st.auth.rebuild_index();
-    let result = res
-        .as_ref()
-        .map(|_| "ok".to_string())
-        .unwrap_or_else(|e| e.to_string());
-    st.auth
-        .audit(&p.name, authn.addr, "assignment.delete", &id, &result);
-    let a = res?;
+    let a = st
+        .auth
+        .audited(&p.name, authn.addr, "assignment.delete", &id, res)?;
     Ok(Json(
         json!({"deleted": a.id, "cluster": a.cluster, "vmid": a.vmid, "user": a.user}),
     ))
@@ -569,13 +555,10 @@ pub async fn create_mapping(
     authn: Authn,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let input: AssignmentInput = match parse_body(&headers, &body) {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
+) -> AppResult<Response> {
+    let input: AssignmentInput = parse_body(&headers, &body)?;
     if input.class_id.as_deref().is_none_or(str::is_empty) {
-        return AppError::BadRequest("class_id is required".into()).into_response();
+        return Err(AppError::BadRequest("class_id is required".into()));
     }
     let what = format!(
         "{}/{} -> class {}",
@@ -583,17 +566,9 @@ pub async fn create_mapping(
         input.vmid,
         input.class_id.clone().unwrap_or_default()
     );
-    match make_assignment(&st, &p, input, AssignmentRole::Student) {
-        Ok(a) => {
-            st.auth.audit(&p.name, authn.addr, "mapping.create", &what, "ok");
-            (StatusCode::CREATED, Json(json!(a))).into_response()
-        }
-        Err(e) => {
-            st.auth
-                .audit(&p.name, authn.addr, "mapping.create", &what, &e.to_string());
-            e.into_response()
-        }
-    }
+    let r = make_assignment(&st, &p, input, AssignmentRole::Student);
+    let a = st.auth.audited(&p.name, authn.addr, "mapping.create", &what, r)?;
+    Ok((StatusCode::CREATED, Json(json!(a))).into_response())
 }
 
 #[derive(Deserialize)]

@@ -213,22 +213,6 @@ async fn hash_password(st: &AppState, pw: Secret) -> AppResult<String> {
     })
 }
 
-fn audited<T>(
-    st: &AppState,
-    p: &Principal,
-    authn: &Authn,
-    action: &str,
-    target: &str,
-    r: AppResult<T>,
-) -> AppResult<T> {
-    let result = match &r {
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    st.auth.audit(&p.name, authn.addr, action, target, &result);
-    r
-}
-
 /// `POST /api/users` `{name, display_name?, role, password}`: creates a local account. The name is
 /// stored lower-case: 1–64 letters, digits, `.`, `_`, `-`, never `@` (realm users are created by
 /// their first sign-in). The password (at least [`MIN_PASSWORD_CHARS`] characters, at most 1,024
@@ -266,7 +250,7 @@ pub async fn create_user(State(st): State<AppState>, p: Principal, authn: Authn,
         Ok(row_of(&st, &rec, &p.name, 0))
     }
     .await;
-    match audited(&st, &p, &authn, "user.create", &name, r) {
+    match st.auth.audited(&p.name, authn.addr, "user.create", &name, r) {
         Ok(row) => (StatusCode::CREATED, Json(json!(row))).into_response(),
         Err(e) => e.into_response(),
     }
@@ -359,7 +343,7 @@ pub async fn update_user(
         }
         format!("{name} ({})", parts.join(", "))
     };
-    match audited(&st, &p, &authn, "user.update", &what, r) {
+    match st.auth.audited(&p.name, authn.addr, "user.update", &what, r) {
         Ok(row) => Json(json!(row)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -399,7 +383,7 @@ pub async fn reset_password(
         Ok(())
     }
     .await;
-    match audited(&st, &p, &authn, "user.password", &name, r) {
+    match st.auth.audited(&p.name, authn.addr, "user.password", &name, r) {
         Ok(()) => Json(json!({"ok": true, "user": name, "sessions_revoked": true})).into_response(),
         Err(e) => e.into_response(),
     }

@@ -289,25 +289,14 @@ pub async fn create_class(State(st): State<AppState>, p: Principal, authn: Authn
     };
     let result = d.create_class(&p.name, spec).await;
     let target = result.as_ref().map(|(c, _)| c.id.clone()).unwrap_or_default();
-    st.auth.audit(
-        &p.name,
-        authn.addr,
-        "class.create",
-        &target,
-        &audit_result(&result),
-    );
+    let result = st
+        .auth
+        .audited(&p.name, authn.addr, "class.create", &target, result);
     let (class, job) = result?;
     st.auth.rebuild_index();
     Ok(accepted(
         json!({"class": class_json(&class, false), "job": job_json(&job)}),
     ))
-}
-
-fn audit_result<T>(r: &Result<T, DeployError>) -> String {
-    match r {
-        Ok(_) => "ok".into(),
-        Err(e) => e.to_string(),
-    }
 }
 
 /// `GET /api/classes/{id}`: the class, its VMs with live state and IP, and (for its teachers) the
@@ -385,8 +374,7 @@ pub async fn update_class(
             },
         )
         .await;
-    st.auth
-        .audit(&p.name, authn.addr, "class.update", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.update", &id, r);
     let (class, job) = r?;
     Ok(Json(json!({"class": class_json(&class, false), "job": job.as_ref().map(job_json)})).into_response())
 }
@@ -418,8 +406,7 @@ pub async fn delete_class(
             q.confirm.as_deref().unwrap_or_default(),
         )
         .await;
-    st.auth
-        .audit(&p.name, authn.addr, "class.delete", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.delete", &id, r);
     Ok(accepted(json!({"job": job_json(&r?)})))
 }
 
@@ -467,8 +454,7 @@ pub async fn create_invite(
         (false, None) => InviteTtl::Default,
     };
     let r = d.create_invite(&id, &p.name, ttl, b.max_registrations);
-    st.auth
-        .audit(&p.name, authn.addr, "class.invite", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.invite", &id, r);
     let inv = r?;
     let url = match &st.auth.config.public_origin {
         Some(origin) => format!("{}{}", origin.trim_end_matches('/'), inv.path),
@@ -496,8 +482,9 @@ pub async fn revoke_invite(
 ) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
     let r = deployer(&st)?.revoke_invite(&id, &invite);
-    st.auth
-        .audit(&p.name, authn.addr, "class.invite.revoke", &id, &audit_result(&r));
+    let r = st
+        .auth
+        .audited(&p.name, authn.addr, "class.invite.revoke", &id, r);
     Ok(Json(json!({"invite": r?})).into_response())
 }
 
@@ -514,8 +501,7 @@ pub async fn join(State(st): State<AppState>, p: Principal, authn: Authn, Path(t
         Some(inv) => (inv.class_id.clone(), format!("{} via {}", inv.class_id, inv.id)),
         None => (String::new(), "unknown invite".to_string()),
     };
-    st.auth
-        .audit(&p.name, authn.addr, "class.join", &target, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.join", &target, r);
     let to = match r {
         Ok(_) => {
             st.auth.rebuild_index();
@@ -551,12 +537,12 @@ pub async fn assign(
     let d = deployer(&st)?;
     let b: AssignBody = body(&bytes)?;
     let r = d.assign(&id, &b.user);
-    st.auth.audit(
+    let r = st.auth.audited(
         &p.name,
         authn.addr,
         "class.assign",
         &format!("{id}:{}", b.user),
-        &audit_result(&r),
+        r,
     );
     let out = r?;
     st.auth.rebuild_index();
@@ -573,13 +559,9 @@ pub async fn unassign(
 ) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
     let r = deployer(&st)?.unassign(&id, &user);
-    st.auth.audit(
-        &p.name,
-        authn.addr,
-        "class.unassign",
-        &format!("{id}:{user}"),
-        &audit_result(&r),
-    );
+    let r = st
+        .auth
+        .audited(&p.name, authn.addr, "class.unassign", &format!("{id}:{user}"), r);
     let vm = r?;
     st.auth.rebuild_index();
     Ok(Json(json!({"vm": vm})).into_response())
@@ -590,8 +572,7 @@ pub async fn unassign(
 /// `GET /api/classes/{id}/co-owners`: `{owner, co_owners}`.
 pub async fn list_co_owners(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> Res {
     allow(&st, &p, Action::ViewClass, &id)?;
-    let c = deployer(&st)?.class(&id)?;
-    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+    Ok(co_owners_json(&deployer(&st)?.class(&id)?))
 }
 
 /// `POST /api/classes/{id}/co-owners` `{user}` (the class owner or an admin; `user` must be a teacher
@@ -607,16 +588,14 @@ pub async fn add_co_owner(
     let d = deployer(&st)?;
     let b: AssignBody = body(&bytes)?;
     let r = d.add_co_owner(&id, &p.name, p.is_admin(), &b.user);
-    st.auth.audit(
+    let r = st.auth.audited(
         &p.name,
         authn.addr,
         "class.co_owner.add",
         &format!("{id}:{}", b.user),
-        &audit_result(&r),
+        r,
     );
-    let c = r?;
-    st.auth.rebuild_index();
-    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+    co_owners_changed(&st, r?)
 }
 
 /// `DELETE /api/classes/{id}/co-owners/{user}` (the class owner or an admin; a co-owner only
@@ -629,16 +608,24 @@ pub async fn remove_co_owner(
 ) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
     let r = deployer(&st)?.remove_co_owner(&id, &p.name, p.is_admin(), &user);
-    st.auth.audit(
+    let r = st.auth.audited(
         &p.name,
         authn.addr,
         "class.co_owner.remove",
         &format!("{id}:{user}"),
-        &audit_result(&r),
+        r,
     );
-    let c = r?;
+    co_owners_changed(&st, r?)
+}
+
+/// The answer to a co-owner change: `{owner, co_owners}` of the class, after the access index learnt it.
+fn co_owners_changed(st: &AppState, c: ClassRecord) -> Res {
     st.auth.rebuild_index();
-    Ok(Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response())
+    Ok(co_owners_json(&c))
+}
+
+fn co_owners_json(c: &ClassRecord) -> Response {
+    Json(json!({"owner": c.owner, "co_owners": c.co_owners})).into_response()
 }
 
 /// `POST /api/classes/{id}/teacher/{action}` (the class's teachers): `start`, `stop`, `shutdown`,
@@ -664,13 +651,7 @@ pub async fn teacher_power(
         .find(|v| v.role == deploy::VmRole::Teacher)
         .ok_or_else(|| AppError::NotFound(format!("class {id} has no teacher VM")))?;
     let r = st.ops.power(&vm.cluster, vm.vmid, action).await;
-    let result = match &r {
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    st.auth
-        .audit(&p.name, authn.addr, "class.teacher_vm", &id, &result);
-    match r {
+    match st.auth.audited(&p.name, authn.addr, "class.teacher_vm", &id, r) {
         Ok(_) => Ok(Json(json!({"vm": vm, "action": action.as_str()})).into_response()),
         Err(e) => Ok(crate::error::op_error_response(&e)),
     }
@@ -698,8 +679,7 @@ pub async fn add_vms(
     // "count 4294967295 is more than the class limit 500": checked, before anything is stored.
     deploy::pool_after_adding(d.class(&id)?.pool_size, b.count, d.max_pool())?;
     let r = d.add_vms(&id, &p.name, b.count).await;
-    st.auth
-        .audit(&p.name, authn.addr, "class.add_vms", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.add_vms", &id, r);
     Ok(accepted(json!({"job": job_json(&r?)})))
 }
 
@@ -708,8 +688,7 @@ pub async fn add_vms(
 pub async fn retry(State(st): State<AppState>, p: Principal, authn: Authn, Path(id): Path<String>) -> Res {
     allow(&st, &p, Action::ManageClass, &id)?;
     let r = deployer(&st)?.retry_failed(&id, &p.name).await;
-    st.auth
-        .audit(&p.name, authn.addr, "class.retry", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.retry", &id, r);
     Ok(match r? {
         Some(j) => accepted(json!({"job": job_json(&j)})),
         None => Json(json!({"job": null})).into_response(),
@@ -749,8 +728,7 @@ pub async fn publish(
         }
     };
     let r = d.publish(&id, &p.name, mode, b.confirm).await;
-    st.auth
-        .audit(&p.name, authn.addr, "class.publish", &id, &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "class.publish", &id, r);
     Ok(accepted(json!({"job": job_json(&r?)})))
 }
 
@@ -789,8 +767,7 @@ pub async fn template_stats(State(st): State<AppState>, p: Principal) -> Res {
 /// `POST /api/templates/sync` (admins): refreshes every registered template's specs.
 pub async fn sync_templates(State(st): State<AppState>, p: Principal, authn: Authn) -> Res {
     let r = deployer(&st)?.sync_templates(None).await;
-    st.auth
-        .audit(&p.name, authn.addr, "templates.sync", "", &audit_result(&r));
+    let r = st.auth.audited(&p.name, authn.addr, "templates.sync", "", r);
     Ok(Json(json!({"templates": r?})).into_response())
 }
 
@@ -872,13 +849,9 @@ pub async fn register_template(State(st): State<AppState>, p: Principal, authn: 
         (None, None) => return Err(AppError::BadRequest("give vmid or name".into()).into()),
     };
     let out = d.register_template(&cluster, r, visibility).await;
-    st.auth.audit(
-        &p.name,
-        authn.addr,
-        "template.register",
-        &target,
-        &audit_result(&out),
-    );
+    let out = st
+        .auth
+        .audited(&p.name, authn.addr, "template.register", &target, out);
     Ok((StatusCode::CREATED, Json(json!(out?))).into_response())
 }
 
@@ -895,15 +868,16 @@ pub async fn update_template(
     let b: VisibilityBody = body(&bytes)?;
     let visibility = visibility_of(Some(&b.visibility), b.teachers)?;
     let out = d.set_template_visibility(&cluster, vmid, visibility);
+    let result = match &out {
+        Ok(t) => format!("ok: {:?}", t.visibility),
+        Err(e) => e.to_string(),
+    };
     st.auth.audit(
         &p.name,
         authn.addr,
         "template.visibility",
         &format!("{cluster}/{vmid}"),
-        &match &out {
-            Ok(t) => format!("ok: {:?}", t.visibility),
-            Err(e) => e.to_string(),
-        },
+        &result,
     );
     Ok(Json(json!(out?)).into_response())
 }
@@ -917,12 +891,12 @@ pub async fn unregister_template(
     Path((cluster, vmid)): Path<(String, u32)>,
 ) -> Res {
     let out = deployer(&st)?.unregister_template(&cluster, vmid);
-    st.auth.audit(
+    let out = st.auth.audited(
         &p.name,
         authn.addr,
         "template.unregister",
         &format!("{cluster}/{vmid}"),
-        &audit_result(&out),
+        out,
     );
     Ok(Json(json!({"unregistered": out?})).into_response())
 }
@@ -959,16 +933,12 @@ pub async fn set_teacher_limits(
             vms: b.vms,
         },
     );
-    st.auth.audit(
-        &p.name,
-        authn.addr,
-        "teacher.limits",
-        &name,
-        &match &out {
-            Ok(u) => format!("ok: {} classes, {} VMs", u.classes_limit, u.vms_limit),
-            Err(e) => e.to_string(),
-        },
-    );
+    let result = match &out {
+        Ok(u) => format!("ok: {} classes, {} VMs", u.classes_limit, u.vms_limit),
+        Err(e) => e.to_string(),
+    };
+    st.auth
+        .audit(&p.name, authn.addr, "teacher.limits", &name, &result);
     Ok(Json(json!(out?)).into_response())
 }
 

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::{ConnectQuery, tag_port};
 use crate::auth::{Action, Principal};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::state::AppState;
 
 /// OS family of a PVE `ostype`: `windows` (`win*`, `wxp`, `w2k*`, `wvista`), `linux` (`l24`, `l26`, and
@@ -81,11 +81,7 @@ pub async fn connect_info(
     Query(q): Query<ConnectQuery>,
 ) -> AppResult<Json<Value>> {
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ConnectVm)?;
-    let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .cloned()
-        .ok_or_else(|| AppError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
+    let g = st.guest(&cluster, vmid)?;
     let cfg = &st.connect.config;
     let facts = snap.facts(&cluster, vmid);
     let now = sync::now_secs();

@@ -115,10 +115,7 @@ fn prepare(
     headers: &HeaderMap,
 ) -> Result<Console, AppError> {
     let cluster = super::check_upgrade(st, p, vmid, q, headers, "console")?;
-    let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .ok_or_else(|| AppError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
+    let g = st.guest(&cluster, vmid)?;
     if g.status != "running" {
         return Err(AppError::Conflict("the VM is not running; start it first".into()));
     }

@@ -98,11 +98,8 @@ pub async fn rdp_file(
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| AppError::NotFound(format!("no such file {file:?}; use /rdp/<vmid>.rdp")))?;
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ConnectVm)?;
+    let g = st.guest(&cluster, vmid)?;
     let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .cloned()
-        .ok_or_else(|| AppError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
     let vm_ip = g.ip.as_ref().and_then(|ip| ip.address.parse::<IpAddr>().ok());
     if g.status != "running" || vm_ip.is_none() {
         return Err(AppError::Conflict(if g.status == "running" {

@@ -139,23 +139,17 @@ pub fn file_name(vm_name: &str, vmid: u32) -> String {
     format!("{base}.rdp")
 }
 
+/// UTF-16 text from its bytes, two a unit, read by `unit` (little- or big-endian).
+fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> Option<String> {
+    let units: Vec<u16> = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+    String::from_utf16(&units).ok()
+}
+
 /// Decodes a file by its BOM (UTF-16 LE/BE, UTF-8 with or without BOM), as a reader would.
 pub fn decode(bytes: &[u8]) -> Option<String> {
     match bytes {
-        [0xFF, 0xFE, rest @ ..] => {
-            let units: Vec<u16> = rest
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
-        [0xFE, 0xFF, rest @ ..] => {
-            let units: Vec<u16> = rest
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes),
         [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8(rest.to_vec()).ok(),
         other => String::from_utf8(other.to_vec()).ok(),
     }

@@ -400,10 +400,7 @@ fn prepare(
     headers: &HeaderMap,
 ) -> Result<Session, AppError> {
     let cluster = super::check_upgrade(st, p, vmid, q, headers, "ssh")?;
-    let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .ok_or_else(|| AppError::NotFound(format!("no VM {vmid} in cluster {cluster}")))?;
+    let g = st.guest(&cluster, vmid)?;
     if g.status != "running" {
         return Err(AppError::Conflict("the VM is not running; start it first".into()));
     }

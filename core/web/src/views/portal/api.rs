@@ -236,10 +236,7 @@ pub async fn vm_status(
     Query(q): Query<ClusterQuery>,
 ) -> AppResult<Json<Value>> {
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ViewVm)?;
-    let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .ok_or_else(|| not_found(&cluster, vmid))?;
+    let g = st.guest(&cluster, vmid)?;
     Ok(Json(
         serde_json::to_value(g.as_ref()).map_err(|e| AppError::Internal(e.to_string()))?,
     ))
@@ -254,10 +251,7 @@ pub async fn vm_ip(
     Query(q): Query<ClusterQuery>,
 ) -> AppResult<Json<Value>> {
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ViewVm)?;
-    let snap = st.inventory.snapshot();
-    let g = snap
-        .guest(&cluster, vmid)
-        .ok_or_else(|| not_found(&cluster, vmid))?;
+    let g = st.guest(&cluster, vmid)?;
     let now = sync::now_secs();
     Ok(Json(match &g.ip {
         Some(ip) => json!({
@@ -269,10 +263,6 @@ pub async fn vm_ip(
             "state": if g.status == "running" { "pending" } else { "not_running" },
         }),
     }))
-}
-
-fn not_found(cluster: &str, vmid: u32) -> AppError {
-    AppError::NotFound(format!("no VM {vmid} in cluster {cluster}"))
 }
 
 /// `POST /api/vm/{vmid}/{action}` with action `start|stop|shutdown|reboot|resume|suspend|revert`.
