@@ -108,7 +108,8 @@ async fn teachers_set_hours_bad_input_names_the_field_and_usage_is_listed() {
     assert_eq!(v["error"]["field"], "quota_hours", "{v}");
     assert_eq!(hours.settings("c1").unwrap().unwrap().quota_hours, Some(10));
 
-    // With every hour used, the student's Start is refused before PVE is asked, naming the quota.
+    // With every hour used, the student's Start of their class VM (`support::OWN_VM`, 1101, in c1) is
+    // refused before PVE is asked, naming the quota.
     fx.store
         .usage
         .insert(
@@ -119,7 +120,7 @@ async fn teachers_set_hours_bad_input_names_the_field_and_usage_is_listed() {
             },
         )
         .unwrap();
-    let (st, v) = call("stud", "POST", "/api/vm/1199/start?cluster=lab", None).await;
+    let (st, v) = call("stud", "POST", "/api/vm/1101/start?cluster=lab", None).await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "no_hours_left", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();

@@ -83,7 +83,7 @@ pub async fn connect_info(
     let cluster = st.authorize_vm(&p, vmid, q.cluster.as_deref(), Action::ConnectVm)?;
     let g = st.guest(&cluster, vmid)?;
     let cfg = &st.connect.config;
-    let facts = snap.facts(&cluster, vmid);
+    let facts = st.inventory.snapshot().facts(&cluster, vmid);
     let now = sync::now_secs();
 
     // OS type: one config read per VM, in the background.

@@ -311,7 +311,13 @@ pub async fn vm_power(
             .get(&(cluster.clone(), vmid))
             .and_then(|list| {
                 list.iter()
-                    .find(|a| a.user == p.name && a.role == store::AssignmentRole::Student)
+                    .find(|a| {
+                        a.user == p.name
+                            && matches!(
+                                a.role,
+                                store::AssignmentRole::Student | store::AssignmentRole::Direct
+                            )
+                    })
                     .and_then(|a| a.class_id.clone())
             })
         && let Err(message) = h.may_start(&class, &p.name, h.now())
