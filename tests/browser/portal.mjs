@@ -136,6 +136,11 @@ await step("revert with confirmation", async () => {
   seen.dialog = (await dialog.textContent()).replace(/\s+/g, " ").trim();
   await page.locator("#revert-confirm").click();
   await vm.locator('[data-f="result"]').filter({ hasText: "Revert: done" }).waitFor({ timeout: 30000 });
+  // It says what comes next: a VM reverted to a stopped snapshot needs Start.
+  seen.revert_result = (await vm.locator('[data-f="result"]').textContent()).trim();
+  if (!seen.revert_result.includes("The VM is stopped: press Start to use it.")) {
+    throw new Error("the revert result does not say what comes next: " + seen.revert_result);
+  }
   await vm.locator('[data-f="state"]').filter({ hasText: "stopped" }).waitFor({ timeout: 30000 });
   seen.reverted_after_ms = since();
   if (await page.evaluate(() => window.__proxlabNoReload) !== 1) { throw new Error("the page reloaded"); }

@@ -38,6 +38,21 @@
     for (var i = 0; i < all.length; i++) { cards[all[i].getAttribute("data-key")] = all[i]; }
   }
 
+  // What a revert did and what comes next: back to the snapshot or moved to the class's newer base,
+  // and a VM left stopped needs Start.
+  function afterRevert(b) {
+    var o = b.outcome || {};
+    var words = "";
+    if (o.outcome === "moved") {
+      words = " It now runs on the class's newer base (version " + o.to + ").";
+    } else if (o.outcome === "rolled_back" && o.snapshot && !b.snapshot) {
+      words = " (back to “" + o.snapshot + "”)";
+    }
+    var state = b.guest && (b.guest.state || b.guest.status);
+    if (state === "stopped") { words += " The VM is stopped: press Start to use it."; }
+    return words;
+  }
+
   var OP_LABEL = { start: "Start", shutdown: "Shut down", stop: "Stop", revert: "Revert" };
   var OP_RUNNING = { start: "Starting…", shutdown: "Shutting down…", stop: "Stopping…", revert: "Reverting…" };
 
@@ -212,6 +227,7 @@
         var text = b.message ? b.message
           : OP_LABEL[op] + ": done" + (b.exitstatus && b.exitstatus !== "OK" ? " (" + b.exitstatus + ")" : "") +
             (b.snapshot ? " (back to “" + b.snapshot + "”)" : "");
+        if (op === "revert" && !b.message) { text += afterRevert(b); }
         setResult(card, text, "ok");
         if (b.guest && b.guest.vmid !== undefined && (events[key] || 0) === seenBefore) { patchGuest(b.guest); }
       } else if (r.status === 401) {
