@@ -469,6 +469,17 @@ async function phasePublish() {
       if (seen.outdated < 1) { throw new Error("no student VM marked outdated"); }
       await screenshot(page, "teacher-published");
     });
+    await step("teacher grants a student extra minutes in the usage table", async () => {
+      const row = page.locator(`#hours-usage tr[data-user="${plan.student.user}"]`);
+      await row.waitFor({ timeout: 10000 });
+      seen.left_before = (await row.locator('[data-f="left"]').textContent()).trim();
+      await row.locator("input[data-extra-user]").fill("90");
+      await page.locator("#hours-form").getByRole("button", { name: "Save class hours" }).click();
+      await page.locator('#hours-form [data-f="result"]').filter({ hasText: "Class hours saved." }).waitFor({ timeout: 10000 });
+      const after = page.locator(`#hours-usage tr[data-user="${plan.student.user}"] [data-f="left"]`);
+      await after.filter({ hasText: /^11 h/ }).waitFor({ timeout: 10000 });
+      seen.left_after = (await after.textContent()).trim();
+    });
     await context.close();
   }
   const { context, page } = await browser(plan.student.user);

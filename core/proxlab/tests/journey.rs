@@ -453,7 +453,7 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
     let first = &got[0];
     let first_vmid = first["vmid"].as_u64().unwrap();
     let backing_before = backing_file(&labnfs, first_vmid);
-    browser_phase(
+    let seen = browser_phase(
         &root,
         &server,
         dir.path(),
@@ -462,6 +462,16 @@ async fn admin_teacher_and_three_students_go_from_a_new_cluster_to_connected_vms
             "class_id": class_id, "student": {"user": first["user"], "vmid": first_vmid},
         }),
     );
+    // The extra minutes granted in the page are stored beside the timetable and quota saved before.
+    let (_, hours) = api.get(&format!("/api/classes/{class_id}/hours")).await;
+    assert_eq!(
+        hours["hours"]["extra_minutes"][first["user"].as_str().unwrap()],
+        90,
+        "{hours}"
+    );
+    assert_eq!(hours["hours"]["quota_hours"], 10, "{hours}");
+    assert_eq!(hours["hours"]["timetable"]["zone"], "Europe/London", "{hours}");
+    assert!(seen["left_after"].as_str().unwrap().starts_with("11 h"), "{seen}");
     let (_, class) = api.get(&format!("/api/classes/{class_id}")).await;
     let vm_of = |vmid: u64| {
         class["vms"]

@@ -4,7 +4,8 @@
 // draws the week as an SVG calendar, edits it in form#hours-form and saves it with PUT {data-api}. A
 // refusal names the field (error.field, e.g. "timetable.weekly[1].end"); that input is marked and
 // focused, and nothing stored changed. GET {data-usage} ({usage: [{user, used_secs, used_text,
-// quota_secs, remaining_secs, remaining_text, running}]}) fills table#hours-usage.
+// quota_secs, remaining_secs, remaining_text, running}]}) fills table#hours-usage, whose inputs
+// [data-extra-user] hold the extra minutes granted per student (saved with the form).
 (function () {
   "use strict";
 
@@ -98,7 +99,13 @@
     });
   }
 
+  // Extra minutes the teacher granted per student: kept from the last answer and sent back with every
+  // save (a save never drops a grant), edited in the usage table.
+  var extra = {};
+
   function fill(h) {
+    extra = {};
+    Object.keys(h.extra_minutes || {}).forEach(function (u) { extra[u] = h.extra_minutes[u]; });
     var t = h.timetable || {};
     form.elements.zone.value = t.zone || "";
     form.elements.warmup_minutes.value = t.warmup_minutes === undefined ? 10 : t.warmup_minutes;
@@ -136,8 +143,20 @@
         grace_minutes: Number(form.elements.grace_minutes.value || 0),
         outside: form.elements.outside.value
       },
-      quota_hours: q === "" ? null : Number(q)
+      quota_hours: q === "" ? null : Number(q),
+      extra_minutes: extraMinutes()
     };
+  }
+
+  function extraMinutes() {
+    var out = {};
+    Object.keys(extra).forEach(function (u) { out[u] = extra[u]; });
+    document.querySelectorAll("#hours-usage input[data-extra-user]").forEach(function (i) {
+      var u = i.getAttribute("data-extra-user");
+      var v = i.value.trim();
+      if (v === "" || Number(v) === 0) { delete out[u]; } else { out[u] = Number(v); }
+    });
+    return out;
   }
 
   function minutes(hhmm) {
@@ -225,7 +244,7 @@
     return call("GET", panel.getAttribute("data-usage")).then(function (u) {
       body.textContent = "";
       var list = u.usage || [];
-      if (!list.length) { body.appendChild(el("tr")).appendChild(el("td", { colspan: "4", "class": "empty" }, "No students yet.")); return; }
+      if (!list.length) { body.appendChild(el("tr")).appendChild(el("td", { colspan: "5", "class": "empty" }, "No students yet.")); return; }
       list.forEach(function (s) {
         var tr = el("tr", { "data-user": s.user });
         tr.appendChild(el("td", {}, s.user));
@@ -238,11 +257,15 @@
           bar.appendChild(document.createTextNode(" " + Math.round(100 * Math.min(s.used_secs, s.quota_secs) / s.quota_secs) + " %"));
         }
         tr.appendChild(bar);
+        var cell = el("td", { "class": "num" });
+        cell.appendChild(el("input", { type: "number", min: "0", max: "100000", step: "1", value: extra[s.user] ? String(extra[s.user]) : "",
+          placeholder: "0", "data-extra-user": s.user, "aria-label": "Extra minutes for " + s.user }));
+        tr.appendChild(cell);
         body.appendChild(tr);
       });
     }).catch(function (e) {
       body.textContent = "";
-      body.appendChild(el("tr")).appendChild(el("td", { colspan: "4", "class": "result-bad" }, e.message));
+      body.appendChild(el("tr")).appendChild(el("td", { colspan: "5", "class": "result-bad" }, e.message));
     });
   }
 
@@ -294,6 +317,5 @@
     Intl.supportedValuesOf("timeZone").forEach(function (z) { zones.appendChild(el("option", { value: z })); });
   }
 
-  load();
-  loadUsage();
+  load().then(loadUsage);
 })();
